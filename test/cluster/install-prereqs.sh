@@ -86,7 +86,8 @@ SRC
   work="$(mktemp -d "${TMPDIR:-/tmp}/bkf-k8s-build.XXXXXX")"
   trap 'rm -rf "$work"' RETURN
   log "fetching Debian's kubernetes source package into $work"
-  (cd "$work" && apt-get source -qq "kubernetes=${K8S_VERSION}*" >/dev/null 2>&1 || apt-get source -qq kubernetes >/dev/null)
+  # bookworm's package is versioned 1.20.5+really1.20.2: the 1.20.2 sources.
+  (cd "$work" && apt-get source -qq kubernetes >/dev/null)
   local src
   src="$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -1)"
   [ -n "$src" ] || die "apt-get source kubernetes produced no source tree"
@@ -108,12 +109,15 @@ SRC
       while IFS= read -r line; do printf '[prereqs] build [%4ss] %s\n' "$((SECONDS - start))" "$line" >&2; done
   ) &
   local builder=$!
-  # progress while go compiles silently
-  while kill -0 "$builder" 2>/dev/null; do
-    sleep 30
-    kill -0 "$builder" 2>/dev/null && log "still building... $((SECONDS - start))s"
-  done
-  wait "$builder" || die "kubernetes build failed (see the lines above)"
+  # Progress while go compiles silently. (A `kill -0` loop on the builder never ends: an exited
+  # but unreaped child is a zombie, and kill -0 succeeds on zombies.)
+  ( while sleep 30; do log "still building... $((SECONDS - start))s"; done ) &
+  local ticker=$!
+  local rc=0
+  wait "$builder" || rc=$?
+  kill "$ticker" 2>/dev/null || true
+  wait "$ticker" 2>/dev/null || true
+  [ "$rc" = 0 ] || die "kubernetes build failed (exit $rc, see the lines above)"
   mkdir -p "$K8S_DIR.tmp"
   for b in "${K8S_BINS[@]}"; do
     local out

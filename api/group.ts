@@ -1,0 +1,35 @@
+// Names shared by every component: the API group, the kinds and the defaults that the CRD schema,
+// the webhook and the controller must agree on.
+
+export const GROUP = 'buildkit.seatgeek.io';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+
+export const BUILDKIT_TEMPLATE = {
+  kind: 'BuildkitTemplate',
+  listKind: 'BuildkitTemplateList',
+  plural: 'buildkittemplates',
+  singular: 'buildkittemplate',
+  shortNames: ['bkt'],
+} as const;
+
+export const BUILDKIT = {
+  kind: 'Buildkit',
+  listKind: 'BuildkitList',
+  plural: 'buildkits',
+  singular: 'buildkit',
+  shortNames: ['bk'],
+} as const;
+
+/** seatgeek keeps `buildkit-<template>-toml` (63 chars) a valid name by capping template names. */
+export const TEMPLATE_NAME_MAX_LENGTH = 57;
+
+export const DEFAULT_PORT = 1234;
+export const DEFAULT_IMAGE = 'moby/buildkit:latest';
+export const DEFAULT_ROOTLESS_IMAGE = 'moby/buildkit:rootless';
+export const DEFAULT_IMAGE_PULL_POLICY = 'IfNotPresent';
+export const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS = 900;
+export const DEFAULT_IDLE_TIMEOUT = '5m';
+
+export const PHASES = ['Pending', 'Running', 'ScaledToZero', 'Waking', 'Failed'] as const;
+export type Phase = (typeof PHASES)[number];

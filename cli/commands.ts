@@ -1,0 +1,110 @@
+// Command dispatch and help for the `buildkit-fleet` CLI. Each component registers one command;
+// later components (webhook, controller, sidecar, certs) add theirs here.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+
+import { allCrds } from '../api/crds.ts';
+
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+}
+
+export interface Command {
+  summary: string;
+  usage: string;
+  run: (args: string[], io: Io) => Promise<number>;
+}
+
+/** Thrown for bad command-line input: printed without a stack trace, exit code 2. */
+export class UsageError extends Error {}
+
+const crdsCommand: Command = {
+  summary: 'Print the BuildkitTemplate and Buildkit CRDs as YAML (pipe into `kubectl apply -f -`).',
+  usage: 'buildkit-fleet crds',
+  async run(args, io) {
+    parseStrict(args, {});
+    io.out(allCrds().map((crd) => stringify(crd, { lineWidth: 0 })).join('---\n'));
+    return 0;
+  },
+};
+
+export const COMMANDS: Record<string, Command> = {
+  crds: crdsCommand,
+};
+
+function version(): string {
+  // ../package.json from the sources, ../../package.json from the compiled dist/ tree.
+  for (const candidate of ['../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(candidate, import.meta.url), 'utf8')) as {
+        name?: string;
+        version: string;
+      };
+      if (pkg.name === 'buildkit-fleet') return pkg.version;
+    } catch {
+      // try the next location
+    }
+  }
+  return 'unknown';
+}
+
+export function helpText(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return [
+    'buildkit-fleet: BuildKit build servers on Kubernetes that scale to zero when idle.',
+    '',
+    'Usage: buildkit-fleet <command> [flags]',
+    '',
+    'Commands:',
+    ...lines,
+    '',
+    'Flags:',
+    '  -h, --help     Show help (also `buildkit-fleet <command> --help`).',
+    '  -v, --version  Print the version.',
+    '',
+  ].join('\n');
+}
+
+type Options = NonNullable<Parameters<typeof parseArgs>[0]>['options'];
+
+/** parseArgs that turns its errors into UsageError (unknown flag, missing value, stray argument). */
+export function parseStrict<O extends Options>(args: string[], options: O) {
+  try {
+    return parseArgs({ args, options, strict: true, allowPositionals: false });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+export async function runCli(argv: string[], io: Io): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    io.out(helpText());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '-v' || name === '--version') {
+    io.out(`${version()}\n`);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    io.err(`buildkit-fleet: unknown command "${name}"\n\n${helpText()}`);
+    return 2;
+  }
+  if (rest.includes('-h') || rest.includes('--help')) {
+    io.out(`Usage: ${command.usage}\n\n${command.summary}\n`);
+    return 0;
+  }
+  try {
+    return await command.run(rest, io);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      io.err(`buildkit-fleet ${name}: ${error.message}\nUsage: ${command.usage}\n`);
+      return 2;
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,42 @@
+// Regenerates api/generated/k8s-schemas.ts, api/crds/*.yaml and api/types.generated.ts.
+// `--check` writes nothing and exits 1 when a committed file is out of date.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const check = process.argv.includes('--check');
+let stale = 0;
+
+function emit(path: string, content: string): void {
+  const full = root + path;
+  let current = '';
+  try {
+    current = readFileSync(full, 'utf8');
+  } catch {
+    // missing counts as stale
+  }
+  if (current === content) return;
+  stale++;
+  if (check) {
+    console.error(`out of date: ${path} (run npm run gen)`);
+  } else {
+    writeFileSync(full, content);
+    console.log(`wrote ${path}`);
+  }
+}
+
+// The embedded Kubernetes schemas first: schema.ts imports them, so it is loaded only afterwards.
+const { renderK8sSchemasModule } = await import('../api/codegen/render.ts');
+emit('api/generated/k8s-schemas.ts', renderK8sSchemasModule());
+
+const { renderCrdYaml, renderTypes } = await import('../api/codegen/render.ts');
+const { buildkitTemplateCrd, buildkitCrd } = await import('../api/crds.ts');
+const { buildkitTemplateSchema, buildkitSchema } = await import('../api/schema.ts');
+emit('api/crds/buildkittemplates.yaml', renderCrdYaml(buildkitTemplateCrd()));
+emit('api/crds/buildkits.yaml', renderCrdYaml(buildkitCrd()));
+emit(
+  'api/types.generated.ts',
+  await renderTypes({ BuildkitTemplate: buildkitTemplateSchema, Buildkit: buildkitSchema }),
+);
+
+if (check && stale) process.exit(1);

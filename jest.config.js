@@ -13,6 +13,7 @@ const common = {
 };
 
 export default {
+  reporters: ['default', '<rootDir>/test/jest/summary-reporter.js'],
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'] },
     {

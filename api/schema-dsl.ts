@@ -98,9 +98,7 @@ export function toCrdSchema(schema: JsonSchema): JsonSchema {
   const { title: _title, tsType: _tsType, ...rest } = schema;
   const out: JsonSchema = { ...rest };
   if (rest.properties) {
-    out.properties = Object.fromEntries(
-      Object.entries(rest.properties).map(([k, v]) => [k, toCrdSchema(v)]),
-    );
+    out.properties = Object.fromEntries(Object.entries(rest.properties).map(([k, v]) => [k, toCrdSchema(v)]));
   }
   if (rest.items) out.items = toCrdSchema(rest.items);
   if (rest.additionalProperties && typeof rest.additionalProperties === 'object') {

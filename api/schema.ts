@@ -42,7 +42,7 @@ export const DURATION_PATTERN = '^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$';
 
 const condition = object(
   'Condition',
-  'One aspect of the object\'s state, in the Kubernetes condition convention.',
+  "One aspect of the object's state, in the Kubernetes condition convention.",
   {
     type: str('Condition type, e.g. `Ready`. Unique within the list.'),
     status: str('`True`, `False` or `Unknown`.', { enum: ['True', 'False', 'Unknown'] }),
@@ -75,10 +75,10 @@ export const buildkitTemplateSpec = object(
   'How every buildkitd of this class runs: image, port, configuration, resources, scheduling, lifecycle and autoscaling. Admin-owned; Buildkit instances name it in spec.template.',
   {
     podLabels: stringMap(
-      'Labels added to every buildkitd pod of this template. They win over the Buildkit\'s spec.labels on conflict.',
+      "Labels added to every buildkitd pod of this template. They win over the Buildkit's spec.labels on conflict.",
     ),
     podAnnotations: stringMap(
-      'Annotations added to every buildkitd pod of this template. They win over the Buildkit\'s spec.annotations on conflict.',
+      "Annotations added to every buildkitd pod of this template. They win over the Buildkit's spec.annotations on conflict.",
     ),
     rootless: bool(
       'Run buildkitd rootless (uid 1000, no privileged container, `--oci-worker-no-process-sandbox`). When true and spec.image is empty, the image defaults to ' +
@@ -94,14 +94,17 @@ export const buildkitTemplateSpec = object(
     image: str(
       `buildkitd container image. Defaults to \`${DEFAULT_IMAGE}\`, or \`${DEFAULT_ROOTLESS_IMAGE}\` when spec.rootless is true (set by the admission webhook, not the schema, because it depends on spec.rootless). Pin a version tag in production.`,
     ),
-    imagePullPolicy: str(`Pull policy of the buildkitd container. Default \`${DEFAULT_IMAGE_PULL_POLICY}\`.`, {
-      enum: ['Always', 'IfNotPresent', 'Never'],
-      default: DEFAULT_IMAGE_PULL_POLICY,
-    }),
+    imagePullPolicy: str(
+      `Pull policy of the buildkitd container. Default \`${DEFAULT_IMAGE_PULL_POLICY}\`.`,
+      {
+        enum: ['Always', 'IfNotPresent', 'Never'],
+        default: DEFAULT_IMAGE_PULL_POLICY,
+      },
+    ),
     resources: object('TemplateResources', 'Compute resources of the buildkitd container.', {
       default: embedded(
         'V1ResourceRequirements',
-        'Requests and limits every instance starts from. A Buildkit\'s spec.resources override them, clamped by maximum.',
+        "Requests and limits every instance starts from. A Buildkit's spec.resources override them, clamped by maximum.",
       ),
       maximum: quantityMap(
         'Upper bound per resource name (e.g. cpu, memory) for requests and limits of any instance. Also fills in a missing limit.',
@@ -110,7 +113,9 @@ export const buildkitTemplateSpec = object(
     command: stringList(
       'Overrides the buildkitd container entrypoint. The arguments are always set by the platform.',
     ),
-    serviceAccountName: str('Service account of the buildkitd pod (also the way to give it imagePullSecrets).'),
+    serviceAccountName: str(
+      'Service account of the buildkitd pod (also the way to give it imagePullSecrets).',
+    ),
     scheduling: object('Scheduling', 'Where buildkitd pods may run.', {
       nodeSelector: stringMap('Node labels a node must carry to run the pod.'),
       tolerations: arrayOf(
@@ -132,7 +137,7 @@ export const buildkitTemplateSpec = object(
           'Refuse Buildkits without metadata.ownerReferences, so each builder is garbage-collected with its owner (e.g. a CI job pod).',
           { default: false },
         ),
-        restartPolicy: str('Restart policy of the buildkitd pod. Kubernetes\' default is Always.', {
+        restartPolicy: str("Restart policy of the buildkitd pod. Kubernetes' default is Always.", {
           enum: ['Always', 'OnFailure', 'Never'],
         }),
         terminationGracePeriodSeconds: int64(
@@ -196,10 +201,12 @@ export const buildkitSpec = object(
     }),
     resources: embedded(
       'V1ResourceRequirements',
-      'Requests and limits for this instance, merged over the template\'s resources.default and bounded by its resources.maximum.',
+      "Requests and limits for this instance, merged over the template's resources.default and bounded by its resources.maximum.",
     ),
-    annotations: stringMap('Annotations of the buildkitd pod (the template\'s podAnnotations win on conflict).'),
-    labels: stringMap('Labels of the buildkitd pod (the template\'s podLabels win on conflict).'),
+    annotations: stringMap(
+      "Annotations of the buildkitd pod (the template's podAnnotations win on conflict).",
+    ),
+    labels: stringMap("Labels of the buildkitd pod (the template's podLabels win on conflict)."),
   },
   { required: ['template'] },
 );
@@ -226,7 +233,8 @@ const apiVersionField = str(
 const kindField = str(
   'Kind is a string value representing the REST resource this object represents. In CamelCase.',
 );
-const metadataField: JsonSchema = { type: 'object', description: 'Standard object metadata.', tsType: 'V1ObjectMeta' };
+// The API server refuses anything but `type` on metadata: it validates metadata itself.
+const metadataField: JsonSchema = { type: 'object', tsType: 'V1ObjectMeta' };
 
 export const buildkitTemplateSchema = object(
   'BuildkitTemplate',

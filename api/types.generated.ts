@@ -13,9 +13,6 @@ export interface BuildkitTemplate {
    * Kind is a string value representing the REST resource this object represents. In CamelCase.
    */
   kind?: string;
-  /**
-   * Standard object metadata.
-   */
   metadata?: V1ObjectMeta;
   spec?: BuildkitTemplateSpec;
   status?: BuildkitTemplateStatus;
@@ -267,9 +264,6 @@ export interface Buildkit {
    * Kind is a string value representing the REST resource this object represents. In CamelCase.
    */
   kind?: string;
-  /**
-   * Standard object metadata.
-   */
   metadata?: V1ObjectMeta;
   spec: BuildkitSpec;
   status?: BuildkitStatus;

@@ -5,6 +5,10 @@ import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 
 import { allCrds } from '../api/crds.ts';
+import { UsageError } from './errors.ts';
+import type { OptionSpecs } from './options.ts';
+import { optionsHelp, parseOptions } from './options.ts';
+import { WEBHOOK_OPTIONS, runWebhookCommand } from '../webhook/main.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -14,24 +18,41 @@ export interface Io {
 export interface Command {
   summary: string;
   usage: string;
+  options?: OptionSpecs;
   run: (args: string[], io: Io) => Promise<number>;
 }
 
-/** Thrown for bad command-line input: printed without a stack trace, exit code 2. */
-export class UsageError extends Error {}
+export { UsageError };
 
 const crdsCommand: Command = {
   summary: 'Print the BuildkitTemplate and Buildkit CRDs as YAML (pipe into `kubectl apply -f -`).',
   usage: 'buildkit-fleet crds',
   async run(args, io) {
     parseStrict(args, {});
-    io.out(allCrds().map((crd) => stringify(crd, { lineWidth: 0 })).join('---\n'));
+    io.out(
+      allCrds()
+        .map((crd) => stringify(crd, { lineWidth: 0 }))
+        .join('---\n'),
+    );
     return 0;
+  },
+};
+
+const webhookCommand: Command = {
+  summary: 'Run the HTTPS admission webhook that defaults and validates BuildkitTemplates and Buildkits.',
+  usage: 'buildkit-fleet webhook [flags]',
+  options: WEBHOOK_OPTIONS,
+  async run(args) {
+    const options = parseOptions(args, WEBHOOK_OPTIONS);
+    const explicitListen =
+      args.some((a) => a.startsWith('--listen')) || Boolean(process.env['BKF_WEBHOOK_LISTEN']);
+    return runWebhookCommand(options, explicitListen);
   },
 };
 
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,
+  webhook: webhookCommand,
 };
 
 function version(): string {
@@ -95,7 +116,8 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
     return 2;
   }
   if (rest.includes('-h') || rest.includes('--help')) {
-    io.out(`Usage: ${command.usage}\n\n${command.summary}\n`);
+    const flags = command.options ? `\nFlags:\n${optionsHelp(command.options)}\n` : '';
+    io.out(`Usage: ${command.usage}\n\n${command.summary}\n${flags}`);
     return 0;
   }
   try {

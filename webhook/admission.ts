@@ -3,7 +3,7 @@
 import type { Operation } from 'fast-json-patch';
 
 import type { FieldError } from './field-errors.ts';
-import { invalidMessage } from './field-errors.ts';
+import { fieldErrorBody, invalidMessage } from './field-errors.ts';
 
 export interface GroupVersionKind {
   group: string;
@@ -32,7 +32,12 @@ export interface AdmissionResponse {
     code: number;
     message: string;
     reason?: string;
-    details?: { name?: string; group?: string; kind?: string; causes?: { field: string; message: string; reason: string }[] };
+    details?: {
+      name?: string;
+      group?: string;
+      kind?: string;
+      causes?: { field: string; message: string; reason: string }[];
+    };
   };
   warnings?: string[];
   patchType?: 'JSONPatch';
@@ -49,7 +54,8 @@ export interface AdmissionReview {
 export class BadReviewError extends Error {}
 
 const OPERATIONS = new Set(['CREATE', 'UPDATE', 'DELETE', 'CONNECT']);
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
 
 export function parseAdmissionReview(body: unknown): AdmissionRequest {
   if (!isObject(body)) throw new BadReviewError('body must be a JSON AdmissionReview object');
@@ -60,13 +66,16 @@ export function parseAdmissionReview(body: unknown): AdmissionRequest {
   }
   const request = body['request'];
   if (!isObject(request)) throw new BadReviewError('AdmissionReview has no request');
-  if (typeof request['uid'] !== 'string' || !request['uid']) throw new BadReviewError('request.uid is missing');
+  if (typeof request['uid'] !== 'string' || !request['uid'])
+    throw new BadReviewError('request.uid is missing');
   const kind = request['kind'];
   if (!isObject(kind) || typeof kind['kind'] !== 'string' || typeof kind['group'] !== 'string') {
     throw new BadReviewError('request.kind is missing or malformed');
   }
   if (typeof request['operation'] !== 'string' || !OPERATIONS.has(request['operation'])) {
-    throw new BadReviewError(`request.operation ${JSON.stringify(request['operation'])} is not one of CREATE, UPDATE, DELETE, CONNECT`);
+    throw new BadReviewError(
+      `request.operation ${JSON.stringify(request['operation'])} is not one of CREATE, UPDATE, DELETE, CONNECT`,
+    );
   }
   for (const key of ['object', 'oldObject'] as const) {
     if (request[key] !== undefined && request[key] !== null && !isObject(request[key])) {
@@ -103,7 +112,9 @@ export function denyInvalid(
   errors: FieldError[],
   warnings: string[] = [],
 ): AdmissionResponse {
-  const name = request.name || String((request.object?.['metadata'] as Record<string, unknown> | undefined)?.['name'] ?? '');
+  const name =
+    request.name ||
+    String((request.object?.['metadata'] as Record<string, unknown> | undefined)?.['name'] ?? '');
   const group = request.kind.group;
   return {
     uid: request.uid,
@@ -116,7 +127,8 @@ export function denyInvalid(
         name,
         group,
         kind: request.kind.kind,
-        causes: errors.map((e) => ({ field: e.field, message: e.detail, reason: `Field${e.type}` })),
+        // kubectl prints `<field>: <message>` per cause, so the message carries type and value too
+        causes: errors.map((e) => ({ field: e.field, message: fieldErrorBody(e), reason: `Field${e.type}` })),
       },
     },
     ...withWarnings(warnings),

@@ -21,13 +21,18 @@ const LABEL: Record<FieldErrorType, string> = {
 };
 
 const shown = (value: unknown): string => {
-  const text = typeof value === 'string' ? JSON.stringify(value) : JSON.stringify(value) ?? String(value);
+  const text = typeof value === 'string' ? JSON.stringify(value) : (JSON.stringify(value) ?? String(value));
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 };
 
-export function formatFieldError(e: FieldError): string {
+/** `Invalid value: 70000: must be ...`: the part after the field, as apimachinery's ErrorBody(). */
+export function fieldErrorBody(e: FieldError): string {
   const withValue = e.value !== undefined && e.type !== 'Required' && e.type !== 'Forbidden';
-  return `${e.field}: ${LABEL[e.type]}${withValue ? `: ${shown(e.value)}` : ''}: ${e.detail}`;
+  return `${LABEL[e.type]}${withValue ? `: ${shown(e.value)}` : ''}: ${e.detail}`;
+}
+
+export function formatFieldError(e: FieldError): string {
+  return `${e.field}: ${fieldErrorBody(e)}`;
 }
 
 /** `<Kind>.<group> "<name>" is invalid: [a, b]`, as the API server words an Invalid status. */
@@ -44,4 +49,8 @@ export const invalid = (field: string, value: unknown, detail: string): FieldErr
   detail,
 });
 export const required = (field: string, detail: string): FieldError => ({ field, type: 'Required', detail });
-export const forbidden = (field: string, detail: string): FieldError => ({ field, type: 'Forbidden', detail });
+export const forbidden = (field: string, detail: string): FieldError => ({
+  field,
+  type: 'Forbidden',
+  detail,
+});

@@ -24,7 +24,11 @@ function expectKind(request: AdmissionRequest, kind: string): HandlerResult | un
   if (request.kind.group === GROUP && request.kind.kind === kind) return undefined;
   const got = `${request.kind.kind}.${request.kind.group || 'core'}`;
   return {
-    response: deny(request.uid, 400, `this webhook route serves ${kind}.${GROUP}, not ${got}; check the webhook configuration rules`),
+    response: deny(
+      request.uid,
+      400,
+      `this webhook route serves ${kind}.${GROUP}, not ${got}; check the webhook configuration rules`,
+    ),
     reason: `unexpected resource ${got}`,
   };
 }
@@ -70,7 +74,10 @@ export function validateBuildkitHandler(readTemplate: TemplateReader): Handler {
     if (wrong) return wrong;
     const object = (request.object ?? {}) as unknown as Buildkit;
     if (request.operation === 'UPDATE') {
-      return fromVerdict(request, validateBuildkitUpdate((request.oldObject ?? {}) as unknown as Buildkit, object));
+      return fromVerdict(
+        request,
+        validateBuildkitUpdate((request.oldObject ?? {}) as unknown as Buildkit, object),
+      );
     }
     if (request.operation !== 'CREATE') {
       return { response: allow(request.uid), reason: `${request.operation} is not validated` };

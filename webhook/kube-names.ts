@@ -49,7 +49,8 @@ export function validateKeyMap(
   }
   if (kind === 'annotations') {
     const size = Object.entries(map ?? {}).reduce((n, [k, v]) => n + k.length + (v?.length ?? 0), 0);
-    if (size > 256 * 1024) errors.push(invalid(field, `${size} bytes`, 'annotations may total at most 256 KiB'));
+    if (size > 256 * 1024)
+      errors.push(invalid(field, `${size} bytes`, 'annotations may total at most 256 KiB'));
   }
   return errors;
 }

@@ -9,7 +9,11 @@ import { invalid } from './field-errors.ts';
 type QuantityMap = Record<string, string | number | undefined> | undefined;
 
 /** Parses every value of a quantity map; bad ones become field errors. */
-export function parseQuantityMap(field: string, map: QuantityMap, errors: FieldError[]): Map<string, Quantity> {
+export function parseQuantityMap(
+  field: string,
+  map: QuantityMap,
+  errors: FieldError[],
+): Map<string, Quantity> {
   const parsed = new Map<string, Quantity>();
   for (const [name, raw] of Object.entries(map ?? {})) {
     if (raw === undefined) continue;
@@ -61,7 +65,11 @@ export function checkRequirements(
     for (const [name, value] of values) {
       const cap = max.get(name);
       if (cap && compareQuantities(value, cap) > 0) {
-        aboveMaximum.push({ field: `${field}.${kind}.${name}`, value: raw![name]!, maximum: maximum![name]! });
+        aboveMaximum.push({
+          field: `${field}.${kind}.${name}`,
+          value: raw![name]!,
+          maximum: maximum![name]!,
+        });
       }
     }
   }

@@ -24,7 +24,8 @@ export function floatingTagProblem(image: string): string | undefined {
   const lastSegment = image.slice(image.lastIndexOf('/') + 1);
   const tag = lastSegment.includes(':') ? lastSegment.slice(lastSegment.indexOf(':') + 1) : '';
   if (!tag) return 'has no tag (means :latest)';
-  if (['latest', 'rootless', 'master', 'master-rootless', 'nightly'].includes(tag)) return `uses the floating tag :${tag}`;
+  if (['latest', 'rootless', 'master', 'master-rootless', 'nightly'].includes(tag))
+    return `uses the floating tag :${tag}`;
   return undefined;
 }
 
@@ -36,7 +37,11 @@ function validateToml(toml: string | undefined, rootless: boolean, errors: Field
   } catch (error) {
     const where = error instanceof TomlError ? `line ${error.line}, column ${error.column}: ` : '';
     const reason = (error as Error).message.split('\n')[0]!.replace(/^Invalid TOML document: /, '');
-    errors.push({ field: 'spec.buildkitdToml', type: 'Invalid', detail: `not valid TOML: ${where}${reason}` });
+    errors.push({
+      field: 'spec.buildkitdToml',
+      type: 'Invalid',
+      detail: `not valid TOML: ${where}${reason}`,
+    });
     return;
   }
   const worker = parsed['worker'] as Record<string, Record<string, unknown> | undefined> | undefined;
@@ -44,7 +49,8 @@ function validateToml(toml: string | undefined, rootless: boolean, errors: Field
     errors.push({
       field: 'spec.buildkitdToml',
       type: 'Invalid',
-      detail: '[worker.containerd] enabled = true cannot work rootless (it needs the host containerd socket as root); use the OCI worker or set spec.rootless: false',
+      detail:
+        '[worker.containerd] enabled = true cannot work rootless (it needs the host containerd socket as root); use the OCI worker or set spec.rootless: false',
     });
   }
 }
@@ -78,7 +84,11 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
   errors.push(...resources.errors);
   for (const over of resources.aboveMaximum) {
     errors.push(
-      invalid(over.field, over.value, `must not exceed spec.resources.maximum.${over.field.split('.').pop()} (${over.maximum})`),
+      invalid(
+        over.field,
+        over.value,
+        `must not exceed spec.resources.maximum.${over.field.split('.').pop()} (${over.maximum})`,
+      ),
     );
   }
 
@@ -86,7 +96,9 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
   if (idle !== undefined) {
     const ms = parseDuration(idle);
     if (ms === undefined) {
-      errors.push(invalid('spec.autoscaling.idleTimeout', idle, 'must be a duration such as 90s, 5m or 1h30m'));
+      errors.push(
+        invalid('spec.autoscaling.idleTimeout', idle, 'must be a duration such as 90s, 5m or 1h30m'),
+      );
     } else if (ms < IDLE_TIMEOUT_MIN_MS || ms > IDLE_TIMEOUT_MAX_MS) {
       errors.push(
         invalid(
@@ -101,7 +113,11 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
   for (const key of Object.keys(spec.observability?.otlp?.resourceAttributes ?? {})) {
     if (/[,=\s]/.test(key) || !key) {
       errors.push(
-        invalid('spec.observability.otlp.resourceAttributes', key, 'keys must be non-empty without ",", "=" or spaces (OTEL_RESOURCE_ATTRIBUTES syntax)'),
+        invalid(
+          'spec.observability.otlp.resourceAttributes',
+          key,
+          'keys must be non-empty without ",", "=" or spaces (OTEL_RESOURCE_ATTRIBUTES syntax)',
+        ),
       );
     }
   }
@@ -109,15 +125,21 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
   if (spec.image) {
     const floating = floatingTagProblem(spec.image);
     if (floating) {
-      warnings.push(`spec.image "${spec.image}" ${floating}: new pods may get a different buildkitd; pin a version tag or digest`);
+      warnings.push(
+        `spec.image "${spec.image}" ${floating}: new pods may get a different buildkitd; pin a version tag or digest`,
+      );
     }
     if (spec.rootless && !spec.image.includes('rootless')) {
-      warnings.push(`spec.rootless is true but spec.image "${spec.image}" does not look like a rootless image; buildkitd fails to start unless the image supports rootless mode`);
+      warnings.push(
+        `spec.rootless is true but spec.image "${spec.image}" does not look like a rootless image; buildkitd fails to start unless the image supports rootless mode`,
+      );
     }
   }
   const limits = spec.resources?.default?.limits;
   if (!limits?.['memory'] && !maximum?.['memory']) {
-    warnings.push('no memory limit (spec.resources.default.limits.memory or spec.resources.maximum.memory): one build can exhaust its node\'s memory');
+    warnings.push(
+      "no memory limit (spec.resources.default.limits.memory or spec.resources.maximum.memory): one build can exhaust its node's memory",
+    );
   }
   return { errors, warnings };
 }

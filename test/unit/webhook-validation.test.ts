@@ -20,16 +20,29 @@ describe('BuildkitTemplate validation', () => {
   test.each([
     [{ port: 0 }, 'spec.port: Invalid value: 0: must be between 1 and 65535'],
     [{ port: 65536 }, 'spec.port: Invalid value: 65536: must be between 1 and 65535'],
-    [{ buildkitdToml: '[log]\n  format = "json\n' }, 'spec.buildkitdToml: Invalid value: not valid TOML: line 2, column'],
     [
-      { rootless: true, image: 'moby/buildkit:v0.13.1-rootless', buildkitdToml: '[worker.containerd]\nenabled = true\n' },
+      { buildkitdToml: '[log]\n  format = "json\n' },
+      'spec.buildkitdToml: Invalid value: not valid TOML: line 2, column',
+    ],
+    [
+      {
+        rootless: true,
+        image: 'moby/buildkit:v0.13.1-rootless',
+        buildkitdToml: '[worker.containerd]\nenabled = true\n',
+      },
       'cannot work rootless',
     ],
     [{ podLabels: { 'bad key!': 'x' } }, 'spec.podLabels: Invalid value: "bad key!": invalid key'],
     [{ podLabels: { team: 'not valid value' } }, 'spec.podLabels[team]: Invalid value: "not valid value"'],
     [{ podAnnotations: { 'Example.com/x': 'y' } }, 'the prefix must be a lowercase DNS subdomain'],
-    [{ scheduling: { nodeSelector: { '/arch': 'arm64' } } }, 'spec.scheduling.nodeSelector: Invalid value: "/arch"'],
-    [{ resources: { maximum: { cpu: 'lots' } } }, 'spec.resources.maximum.cpu: Invalid value: "lots": must be a Kubernetes quantity'],
+    [
+      { scheduling: { nodeSelector: { '/arch': 'arm64' } } },
+      'spec.scheduling.nodeSelector: Invalid value: "/arch"',
+    ],
+    [
+      { resources: { maximum: { cpu: 'lots' } } },
+      'spec.resources.maximum.cpu: Invalid value: "lots": must be a Kubernetes quantity',
+    ],
     [
       { resources: { default: { requests: { memory: '8Gi' }, limits: { memory: '4Gi' } } } },
       'spec.resources.default.requests.memory: Invalid value: "8Gi": must be less than or equal to memory limit of 4Gi',
@@ -39,7 +52,10 @@ describe('BuildkitTemplate validation', () => {
       'spec.resources.default.limits.memory: Invalid value: "32Gi": must not exceed spec.resources.maximum.memory (16Gi)',
     ],
     [{ resources: { default: { requests: { cpu: '-1' } } } }, 'must not be negative'],
-    [{ autoscaling: { idleTimeout: 'soon' } }, 'spec.autoscaling.idleTimeout: Invalid value: "soon": must be a duration'],
+    [
+      { autoscaling: { idleTimeout: 'soon' } },
+      'spec.autoscaling.idleTimeout: Invalid value: "soon": must be a duration',
+    ],
     [{ autoscaling: { idleTimeout: '5s' } }, 'must be between 30s and 24h'],
     [{ autoscaling: { idleTimeout: '48h' } }, 'must be between 30s and 24h'],
     [
@@ -62,13 +78,19 @@ describe('BuildkitTemplate validation', () => {
   });
 
   test('every problem is reported at once, with structured causes', async () => {
-    const response = await validate({ port: 70000, buildkitdToml: '= nope', autoscaling: { idleTimeout: 'x' } });
+    const response = await validate({
+      port: 70000,
+      buildkitdToml: '= nope',
+      autoscaling: { idleTimeout: 'x' },
+    });
     expect(response.status?.details?.causes?.map((c) => c.field)).toEqual([
       'spec.port',
       'spec.buildkitdToml',
       'spec.autoscaling.idleTimeout',
     ]);
-    expect(messageOf(response)).toMatch(/is invalid: \[spec\.port: .*, spec\.buildkitdToml: .*, spec\.autoscaling\.idleTimeout: .*\]$/);
+    expect(messageOf(response)).toMatch(
+      /is invalid: \[spec\.port: .*, spec\.buildkitdToml: .*, spec\.autoscaling\.idleTimeout: .*\]$/,
+    );
   });
 
   test.each([
@@ -85,7 +107,9 @@ describe('BuildkitTemplate validation', () => {
     for (const image of ['registry:5000/buildkit:v0.13.1', `moby/buildkit@sha256:${'a'.repeat(64)}`]) {
       expect((await validate({ ...valid, image })).warnings).toBeUndefined();
     }
-    expect((await validate({ ...valid, image: 'registry:5000/buildkit' })).warnings?.[0]).toContain('has no tag');
+    expect((await validate({ ...valid, image: 'registry:5000/buildkit' })).warnings?.[0]).toContain(
+      'has no tag',
+    );
   });
 
   test('warns when rootless runs an image that does not look rootless', async () => {
@@ -102,7 +126,8 @@ describe('BuildkitTemplate validation', () => {
     const seed = {
       rootless: true,
       port: 1234,
-      buildkitdToml: '[log]\n  format = "json"\n\n[worker.oci]\n  enabled = true\n  max-parallelism = 3\n  cniPoolSize = 16\n\n[worker.containerd]\n  enabled = false\n',
+      buildkitdToml:
+        '[log]\n  format = "json"\n\n[worker.oci]\n  enabled = true\n  max-parallelism = 3\n  cniPoolSize = 16\n\n[worker.containerd]\n  enabled = false\n',
       resources: {
         default: { requests: { cpu: '500m', memory: '8Gi' }, limits: { memory: '8Gi' } },
         maximum: { cpu: 8, memory: '16Gi' },
@@ -129,7 +154,10 @@ describe('BuildkitTemplate validation', () => {
 
 describe('Buildkit validation', () => {
   const templates = new Map<string, BuildkitTemplate>([
-    ['ci/builders', { metadata: { name: 'builders' }, spec: { resources: { maximum: { memory: '16Gi', cpu: 8 } } } }],
+    [
+      'ci/builders',
+      { metadata: { name: 'builders' }, spec: { resources: { maximum: { memory: '16Gi', cpu: 8 } } } },
+    ],
     ['ci/owned', { metadata: { name: 'owned' }, spec: { lifecycle: { requireOwner: true } } }],
   ]);
   const reads: string[] = [];
@@ -138,7 +166,8 @@ describe('Buildkit validation', () => {
     return templates.get(`${ns}/${name}`);
   };
   const handler = validateBuildkitHandler(reader);
-  const check = async (...args: Parameters<typeof buildkitRequest>) => (await handler(buildkitRequest(...args))).response;
+  const check = async (...args: Parameters<typeof buildkitRequest>) =>
+    (await handler(buildkitRequest(...args))).response;
 
   test('an instance of an existing template is allowed, reading the template live', async () => {
     reads.length = 0;
@@ -148,7 +177,9 @@ describe('Buildkit validation', () => {
 
   test('a missing template is refused with where to look', async () => {
     const r = await check({ template: 'nope' });
-    expect(messageOf(r)).toContain('spec.template: Not found: "nope": no BuildkitTemplate "nope" in namespace "ci"');
+    expect(messageOf(r)).toContain(
+      'spec.template: Not found: "nope": no BuildkitTemplate "nope" in namespace "ci"',
+    );
   });
 
   test('an empty template name is refused', async () => {
@@ -160,11 +191,16 @@ describe('Buildkit validation', () => {
       'metadata.ownerReferences: Required value: BuildkitTemplate "owned" requires owner references',
     );
     const owner = { apiVersion: 'v1', kind: 'Pod', name: 'job', uid: '1' };
-    expect((await check({ template: 'owned' }, { metadata: { ownerReferences: [owner] } })).allowed).toBe(true);
+    expect((await check({ template: 'owned' }, { metadata: { ownerReferences: [owner] } })).allowed).toBe(
+      true,
+    );
   });
 
   test('resources above the template maximum are allowed with a warning that they are clamped', async () => {
-    const r = await check({ template: 'builders', resources: { limits: { memory: '32Gi' }, requests: { cpu: 2 } } });
+    const r = await check({
+      template: 'builders',
+      resources: { limits: { memory: '32Gi' }, requests: { cpu: 2 } },
+    });
     expect(r.allowed).toBe(true);
     expect(r.warnings).toEqual([
       'spec.resources.limits.memory 32Gi exceeds BuildkitTemplate "builders" maximum 16Gi; the pod gets 16Gi',
@@ -194,7 +230,10 @@ describe('Buildkit validation', () => {
 
   test('a metadata-only update is allowed', async () => {
     const old = buildkitRequest({ template: 'builders' }).object;
-    const r = await check({ template: 'builders' }, { operation: 'UPDATE', oldObject: old, metadata: { labels: { x: 'y' } } });
+    const r = await check(
+      { template: 'builders' },
+      { operation: 'UPDATE', oldObject: old, metadata: { labels: { x: 'y' } } },
+    );
     expect(r.allowed).toBe(true);
   });
 
@@ -204,7 +243,9 @@ describe('Buildkit validation', () => {
     });
     const r = (await failing(buildkitRequest({ template: 'builders' }))).response;
     expect(r).toMatchObject({ allowed: false, status: { code: 500 } });
-    expect(messageOf(r)).toContain('could not read BuildkitTemplate "builders" in namespace "ci": connect ECONNREFUSED');
+    expect(messageOf(r)).toContain(
+      'could not read BuildkitTemplate "builders" in namespace "ci": connect ECONNREFUSED',
+    );
   });
 
   test('changedSpecFields compares deeply', () => {
@@ -223,13 +264,29 @@ describe('AdmissionReview parsing', () => {
   test.each([
     ['not an object', 'hello', 'body must be a JSON AdmissionReview object'],
     ['an array', [], 'body must be a JSON AdmissionReview object'],
-    ['v1beta1', { ...good, apiVersion: 'admission.k8s.io/v1beta1' }, 'expected apiVersion admission.k8s.io/v1'],
-    ['another kind', { ...good, kind: 'Pod' }, 'expected apiVersion admission.k8s.io/v1, kind AdmissionReview'],
+    [
+      'v1beta1',
+      { ...good, apiVersion: 'admission.k8s.io/v1beta1' },
+      'expected apiVersion admission.k8s.io/v1',
+    ],
+    [
+      'another kind',
+      { ...good, kind: 'Pod' },
+      'expected apiVersion admission.k8s.io/v1, kind AdmissionReview',
+    ],
     ['no request', { apiVersion: good.apiVersion, kind: good.kind }, 'AdmissionReview has no request'],
     ['no uid', { ...good, request: { ...good.request, uid: '' } }, 'request.uid is missing'],
     ['no kind', { ...good, request: { ...good.request, kind: undefined } }, 'request.kind is missing'],
-    ['bad operation', { ...good, request: { ...good.request, operation: 'PATCH' } }, 'request.operation "PATCH"'],
-    ['object not an object', { ...good, request: { ...good.request, object: 'x' } }, 'request.object must be an object'],
+    [
+      'bad operation',
+      { ...good, request: { ...good.request, operation: 'PATCH' } },
+      'request.operation "PATCH"',
+    ],
+    [
+      'object not an object',
+      { ...good, request: { ...good.request, object: 'x' } },
+      'request.object must be an object',
+    ],
   ])('refuses %s', (_name, body, message) => {
     expect(() => parseAdmissionReview(body)).toThrow(BadReviewError);
     expect(() => parseAdmissionReview(body)).toThrow(message);

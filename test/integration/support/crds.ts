@@ -9,5 +9,10 @@ export const CRD_NAMES = ['buildkittemplates.buildkit.seatgeek.io', 'buildkits.b
 export async function installCrds(): Promise<void> {
   const { kubectl } = testCluster();
   await kubectl(['apply', '-f', CRD_DIR]);
-  await kubectl(['wait', '--for=condition=Established', '--timeout=60s', ...CRD_NAMES.map((n) => `crd/${n}`)]);
+  await kubectl([
+    'wait',
+    '--for=condition=Established',
+    '--timeout=60s',
+    ...CRD_NAMES.map((n) => `crd/${n}`),
+  ]);
 }

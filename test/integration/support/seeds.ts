@@ -24,6 +24,7 @@ export function seatgeekExamples(): { template: string; instance: string } {
   const blocks = yamlBlocks(readSeed('002_')).filter((b) => b.includes('apiVersion: buildkit.seatgeek.io/'));
   const template = blocks.find((b) => /^kind: BuildkitTemplate$/m.test(b));
   const instance = blocks.find((b) => /^kind: Buildkit$/m.test(b));
-  if (!template || !instance) throw new Error('seed 002 no longer has a BuildkitTemplate and a Buildkit example');
+  if (!template || !instance)
+    throw new Error('seed 002 no longer has a BuildkitTemplate and a Buildkit example');
   return { template, instance };
 }

@@ -1,0 +1,247 @@
+// `buildkit-fleet webhook`: wires the admission server. In --local mode it also makes its own
+// certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
+import { readFileSync } from 'node:fs';
+import { KubeConfig } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+
+import { createCa, createServingCert } from '../certs/index.ts';
+import { UsageError } from '../cli/errors.ts';
+import type { ParsedOptions } from '../cli/options.ts';
+import { createApp } from './app.ts';
+import { ROUTES, mutatingWebhookConfiguration, validatingWebhookConfiguration } from './configurations.ts';
+import { mutateTemplate, validateBuildkitHandler, validateTemplateHandler } from './handlers.ts';
+import type { TemplateReader } from './handlers.ts';
+import { applyWebhookConfigurations, deleteWebhookConfigurations, liveTemplateReader } from './kube.ts';
+import { createWebhookMetrics } from './metrics.ts';
+import type { TlsMaterial, WebhookServer } from './server.ts';
+import { createWebhookServer } from './server.ts';
+
+export const WEBHOOK_OPTIONS = {
+  listen: {
+    type: 'hostport',
+    env: 'BKF_WEBHOOK_LISTEN',
+    description: 'Address of the HTTPS admission server (--local: 127.0.0.1:0, a free port, unless set)',
+    default: '0.0.0.0:9443',
+  },
+  'tls-cert-file': {
+    type: 'string',
+    env: 'BKF_TLS_CERT_FILE',
+    description: 'PEM serving certificate (with --tls-key-file)',
+  },
+  'tls-key-file': {
+    type: 'string',
+    env: 'BKF_TLS_KEY_FILE',
+    description: 'PEM private key of the serving certificate',
+  },
+  kubeconfig: {
+    type: 'string',
+    env: 'KUBECONFIG',
+    description: 'kubeconfig file; in-cluster config when unset',
+  },
+  local: {
+    type: 'boolean',
+    description:
+      'Development mode: make a CA and a cert for 127.0.0.1, register the webhook configurations with the cluster pointing at this process, remove them on exit',
+    default: false,
+  },
+  'config-name': {
+    type: 'string',
+    env: 'BKF_WEBHOOK_CONFIG_NAME',
+    description: 'Name of the Mutating/ValidatingWebhookConfiguration that --local manages',
+    default: 'buildkit-fleet',
+  },
+  'failure-policy': {
+    type: { oneOf: ['Fail', 'Ignore'] },
+    env: 'BKF_WEBHOOK_FAILURE_POLICY',
+    description: 'failurePolicy of the configurations --local installs',
+    default: 'Fail',
+  },
+  'namespace-label': {
+    type: 'string',
+    env: 'BKF_WEBHOOK_NAMESPACE_LABEL',
+    description:
+      '--local: only review objects in namespaces carrying this label, as key=value (share a cluster without affecting others)',
+  },
+  'shutdown-grace': {
+    type: 'seconds',
+    env: 'BKF_SHUTDOWN_GRACE',
+    description: 'On SIGTERM, seconds to let in-flight reviews finish',
+    default: '10',
+  },
+  'log-level': {
+    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
+    env: 'BKF_LOG_LEVEL',
+    description: 'Log level',
+    default: 'info',
+  },
+} as const;
+
+export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
+
+function loadKubeConfig(path: string | undefined): KubeConfig {
+  const kc = new KubeConfig();
+  try {
+    if (path) kc.loadFromFile(path);
+    else kc.loadFromCluster();
+  } catch (error) {
+    throw new UsageError(`cannot load kubeconfig ${path ?? '(in-cluster)'}: ${(error as Error).message}`);
+  }
+  if (!kc.getCurrentCluster()) {
+    throw new UsageError(
+      path
+        ? `kubeconfig ${path} has no current cluster`
+        : 'not running in a cluster: set --kubeconfig or KUBECONFIG',
+    );
+  }
+  return kc;
+}
+
+function parseLabel(text: string | undefined): Record<string, string> | undefined {
+  if (text === undefined) return undefined;
+  const match = /^([^=\s]+)=([^=\s]*)$/.exec(text);
+  if (!match) throw new UsageError(`--namespace-label ${JSON.stringify(text)}: must be key=value`);
+  return { [match[1]!]: match[2]! };
+}
+
+function readTlsFiles(certFile: string, keyFile: string): TlsMaterial {
+  const read = (file: string, what: string) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new UsageError(
+        `cannot read ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+      );
+    }
+  };
+  return { certPem: read(certFile, '--tls-cert-file'), keyPem: read(keyFile, '--tls-key-file') };
+}
+
+export interface RunningWebhook {
+  server: WebhookServer;
+  url: string;
+  caPem?: string;
+  stop(): Promise<void>;
+}
+
+/** Starts the webhook; resolves once it serves (and, in --local mode, is registered). */
+export async function startWebhook(
+  options: WebhookOptions,
+  logger: Logger,
+  explicitListen: boolean,
+): Promise<RunningWebhook> {
+  const haveCert = options['tls-cert-file'] !== undefined || options['tls-key-file'] !== undefined;
+  if (haveCert && (!options['tls-cert-file'] || !options['tls-key-file'])) {
+    throw new UsageError('--tls-cert-file and --tls-key-file go together');
+  }
+  if (!options.local && !haveCert) {
+    throw new UsageError(
+      'no certificate: set --tls-cert-file and --tls-key-file, or use --local for development',
+    );
+  }
+  if (options.local && haveCert)
+    throw new UsageError('--local makes its own certificate; drop --tls-cert-file/--tls-key-file');
+  if (options.local && !options.kubeconfig)
+    throw new UsageError('--local needs --kubeconfig (or KUBECONFIG)');
+  const namespaceLabels = parseLabel(options['namespace-label']);
+
+  const kc = loadKubeConfig(options.kubeconfig);
+  const listen = options.local && !explicitListen ? { host: '127.0.0.1', port: 0 } : options.listen;
+
+  let tls: TlsMaterial;
+  let caPem: string | undefined;
+  if (options.local) {
+    const ca = createCa({ commonName: 'buildkit-fleet local webhook CA', validityDays: 7 });
+    tls = createServingCert({
+      ca,
+      dnsNames: ['localhost'],
+      ipAddresses: [listen.host === '0.0.0.0' ? '127.0.0.1' : listen.host],
+      validityDays: 7,
+    });
+    caPem = ca.certPem;
+  } else {
+    tls = readTlsFiles(options['tls-cert-file']!, options['tls-key-file']!);
+  }
+
+  const readTemplate: TemplateReader = liveTemplateReader(kc);
+  const metrics = createWebhookMetrics();
+  let ready = false;
+  const app = createApp({
+    routes: {
+      [ROUTES.mutateTemplate]: mutateTemplate,
+      [ROUTES.validateTemplate]: validateTemplateHandler,
+      [ROUTES.validateBuildkit]: validateBuildkitHandler(readTemplate),
+    },
+    logger,
+    metrics,
+    isReady: () => ready,
+  });
+  let server: WebhookServer;
+  try {
+    server = createWebhookServer(app, tls);
+  } catch (error) {
+    throw new UsageError(`the certificate or key cannot be used: ${(error as Error).message}`);
+  }
+  const address = await server.listen(listen.host, listen.port).catch((error: NodeJS.ErrnoException) => {
+    throw new UsageError(`cannot listen on ${listen.host}:${listen.port}: ${error.code ?? error.message}`);
+  });
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `https://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`;
+  ready = true;
+  logger.info({ url, local: options.local }, 'webhook serving');
+
+  const configName = options['config-name'];
+  if (options.local) {
+    const configOptions = {
+      name: configName,
+      clientConfig: (path: string) => ({ url: `${url}${path}` }),
+      caBundle: Buffer.from(caPem!).toString('base64'),
+      failurePolicy: options['failure-policy'] as 'Fail' | 'Ignore',
+      labels: { 'buildkit-fleet.io/local-webhook': 'true' },
+      ...(namespaceLabels ? { namespaceLabels } : {}),
+    };
+    try {
+      await applyWebhookConfigurations(
+        kc,
+        mutatingWebhookConfiguration(configOptions),
+        validatingWebhookConfiguration(configOptions),
+      );
+    } catch (error) {
+      await server.close(0);
+      throw new Error(
+        `could not register the webhook configurations "${configName}": ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+    logger.info({ name: configName, url }, 'registered webhook configurations');
+  }
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      ready = false;
+      if (options.local) {
+        await deleteWebhookConfigurations(kc, configName).catch((error: Error) =>
+          logger.error({ name: configName, err: error.message }, 'could not remove webhook configurations'),
+        );
+        logger.info({ name: configName }, 'removed webhook configurations');
+      }
+      await server.close(options['shutdown-grace'] * 1000);
+      logger.info('webhook stopped');
+    })());
+  return { server, url, ...(caPem ? { caPem } : {}), stop };
+}
+
+export async function runWebhookCommand(options: WebhookOptions, explicitListen: boolean): Promise<number> {
+  const logger = pino({ level: options['log-level'], base: { component: 'webhook' } });
+  const running = await startWebhook(options, logger, explicitListen);
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      logger.info({ signal }, 'shutting down');
+      running.stop().then(resolve, resolve);
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+  return 0;
+}

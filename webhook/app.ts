@@ -17,6 +17,8 @@ export interface AppOptions {
   logger: Logger;
   metrics: WebhookMetrics;
   isReady: () => boolean;
+  /** sees every parsed review body (scripts/record-admission-fixtures.ts records them) */
+  onReview?: (route: string, body: unknown) => void;
 }
 
 function resultOf(response: AdmissionResponse): string {
@@ -86,6 +88,7 @@ export function createApp(options: AppOptions): express.Express {
       async (req: Request, res: Response) => {
         const start = process.hrtime.bigint();
         let request: AdmissionRequest;
+        options.onReview?.(path, req.body);
         try {
           request = parseAdmissionReview(req.body);
         } catch (error) {

@@ -72,7 +72,9 @@ export function createApp(options: AppOptions): express.Express {
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 
-  const json = express.json({ limit: BODY_LIMIT, type: () => true, strict: false });
+  // express.raw + one JSON.parse: body-parser's json type adds charset decoding and checks that
+  // cost ~10% of a review's CPU (profiled), while the API server always sends UTF-8 JSON.
+  const rawBody = express.raw({ limit: BODY_LIMIT, type: () => true });
   for (const [path, handler] of Object.entries(routes)) {
     app.post(
       path,
@@ -84,13 +86,21 @@ export function createApp(options: AppOptions): express.Express {
         }
         next();
       },
-      json,
+      rawBody,
       async (req: Request, res: Response) => {
         const start = process.hrtime.bigint();
         let request: AdmissionRequest;
-        options.onReview?.(path, req.body);
+        let body: unknown;
         try {
-          request = parseAdmissionReview(req.body);
+          body = JSON.parse((req.body as Buffer).toString('utf8'));
+        } catch (error) {
+          metrics.reviews.inc({ route: path, result: 'bad_request' });
+          res.status(400).json({ error: `malformed JSON: ${(error as Error).message}` });
+          return;
+        }
+        options.onReview?.(path, body);
+        try {
+          request = parseAdmissionReview(body);
         } catch (error) {
           if (!(error instanceof BadReviewError)) throw error;
           metrics.reviews.inc({ route: path, result: 'bad_request' });
@@ -99,11 +109,14 @@ export function createApp(options: AppOptions): express.Express {
           return;
         }
         const { response, reason } = await handler(request);
-        res.json(review(response));
+        // one Buffer write: no second stringify/charset pass in res.json
+        res.setHeader('content-type', 'application/json');
+        res.end(Buffer.from(JSON.stringify(review(response))));
         const ms = Number(process.hrtime.bigint() - start) / 1e6;
         const result = resultOf(response);
-        metrics.reviews.inc({ route: path, result });
-        metrics.latency.observe({ route: path, result }, ms / 1000);
+        const series = metrics.series(path, result);
+        series.reviews.inc();
+        series.latency.observe(ms / 1000);
         logReview(logger, path, request, response, reason, ms);
       },
     );

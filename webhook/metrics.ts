@@ -5,6 +5,11 @@ export interface WebhookMetrics {
   registry: Registry;
   reviews: Counter<'route' | 'result'>;
   latency: Histogram<'route' | 'result'>;
+  /** the counter and histogram children of one route/result, created once and reused */
+  series(
+    route: string,
+    result: string,
+  ): { reviews: { inc(): void }; latency: { observe(seconds: number): void } };
 }
 
 export function createWebhookMetrics(): WebhookMetrics {
@@ -23,5 +28,15 @@ export function createWebhookMetrics(): WebhookMetrics {
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   });
-  return { registry, reviews, latency };
+  const children = new Map<string, ReturnType<WebhookMetrics['series']>>();
+  const series = (route: string, result: string) => {
+    const key = `${route} ${result}`;
+    let child = children.get(key);
+    if (!child) {
+      child = { reviews: reviews.labels(route, result), latency: latency.labels(route, result) };
+      children.set(key, child);
+    }
+    return child;
+  };
+  return { registry, reviews, latency, series };
 }

@@ -39,4 +39,7 @@ emit(
   await renderTypes({ BuildkitTemplate: buildkitTemplateSchema, Buildkit: buildkitSchema }),
 );
 
+const { renderWebhookManifests } = await import('../webhook/manifests.ts');
+emit('webhook/manifests/webhook-configurations.yaml', renderWebhookManifests());
+
 if (check && stale) process.exit(1);

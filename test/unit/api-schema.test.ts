@@ -169,3 +169,8 @@ describe('Buildkit schema', () => {
     expect(status.properties!.conditions!['x-kubernetes-list-map-keys']).toEqual(['type']);
   });
 });
+
+test('webhook/manifests/webhook-configurations.yaml agrees with webhook/configurations.ts', async () => {
+  const { renderWebhookManifests } = await import('../../webhook/manifests.ts');
+  expect(committed('webhook/manifests/webhook-configurations.yaml')).toBe(renderWebhookManifests());
+});

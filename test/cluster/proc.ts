@@ -94,7 +94,9 @@ export async function terminate(refs: ProcRef[], graceMs = 5000): Promise<string
   for (const r of stubborn) signal(r, 'SIGKILL');
   const survivors = await waitGone(stubborn, 5000);
   if (survivors.length > 0) {
-    throw new Error(`processes survived SIGKILL: ${survivors.map((r) => `${r.name} (pid ${r.pid})`).join(', ')}`);
+    throw new Error(
+      `processes survived SIGKILL: ${survivors.map((r) => `${r.name} (pid ${r.pid})`).join(', ')}`,
+    );
   }
   return stubborn.map((r) => r.name);
 }

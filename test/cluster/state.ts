@@ -68,18 +68,26 @@ export function isHarnessDir(dir: string): boolean {
 
 // Kills everything a cluster started and removes its files. Used by stop(), the watchdog and
 // the sweep, so a cluster is torn down the same way whoever does it.
-export async function destroy(state: ClusterState, graceMs = 5000): Promise<void> {
+// keepFiles leaves the dir (logs, certs, etcd data) for debugging; only state.json goes, so
+// nobody sweeps it again.
+export async function destroy(
+  state: ClusterState,
+  opts: { graceMs?: number; keepFiles?: boolean } = {},
+): Promise<void> {
   const refs = [...state.processes];
   // The watchdog is not killed when it is the one calling destroy().
   if (state.watchdog && state.watchdog.pid !== process.pid) refs.push(state.watchdog);
-  await terminate(refs, graceMs);
-  removeDirs(state);
-}
-
-export function removeDirs(state: ClusterState): void {
-  unregister(state.id);
-  for (const d of state.extraDirs ?? []) fs.rmSync(d, { recursive: true, force: true });
-  if (isHarnessDir(state.dir)) fs.rmSync(state.dir, { recursive: true, force: true });
+  try {
+    await terminate(refs, opts.graceMs ?? 5000);
+  } finally {
+    unregister(state.id);
+    if (opts.keepFiles) {
+      fs.rmSync(path.join(state.dir, STATE_FILE), { force: true });
+    } else {
+      for (const d of state.extraDirs ?? []) fs.rmSync(d, { recursive: true, force: true });
+      if (isHarnessDir(state.dir)) fs.rmSync(state.dir, { recursive: true, force: true });
+    }
+  }
 }
 
 export interface SweepResult {

@@ -2,7 +2,17 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['api/generated/', 'api/types.generated.ts', 'dist/', 'node_modules/', '.local/', 'coverage/', 'charts/**/*.yaml'] },
+  {
+    ignores: [
+      'api/generated/',
+      'api/types.generated.ts',
+      'dist/',
+      'node_modules/',
+      '.local/',
+      'coverage/',
+      'charts/**/*.yaml',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -5,7 +5,11 @@ import { stringify } from 'yaml';
 
 import { mutatingWebhookConfiguration, validatingWebhookConfiguration } from './configurations.ts';
 
-export const DEFAULT_SERVICE = { name: 'buildkit-fleet-webhook', namespace: 'buildkit-fleet-system', port: 443 };
+export const DEFAULT_SERVICE = {
+  name: 'buildkit-fleet-webhook',
+  namespace: 'buildkit-fleet-system',
+  port: 443,
+};
 
 export function renderWebhookManifests(service = DEFAULT_SERVICE): string {
   const options = {

@@ -60,12 +60,18 @@ describe.each([
   test('is structural: every node has a type, codegen-only keys are stripped', () => {
     const problems: string[] = [];
     walk(root, '', (node, path) => {
-      if (!node.type && !node['x-kubernetes-int-or-string'] && !node['x-kubernetes-preserve-unknown-fields']) {
+      if (
+        !node.type &&
+        !node['x-kubernetes-int-or-string'] &&
+        !node['x-kubernetes-preserve-unknown-fields']
+      ) {
         problems.push(`${path}: no type`);
       }
       if ('tsType' in node || 'title' in node) problems.push(`${path}: codegen key left in CRD`);
-      if (path === '.metadata' && Object.keys(node).join() !== 'type') problems.push('.metadata: only type allowed');
-      if (node.properties && node.additionalProperties) problems.push(`${path}: properties and additionalProperties`);
+      if (path === '.metadata' && Object.keys(node).join() !== 'type')
+        problems.push('.metadata: only type allowed');
+      if (node.properties && node.additionalProperties)
+        problems.push(`${path}: properties and additionalProperties`);
     });
     expect(problems).toEqual([]);
   });
@@ -141,7 +147,9 @@ describe('BuildkitTemplate schema', () => {
 
   test('embeds real Kubernetes schemas for scheduling and resources', () => {
     expect(at(spec, 'scheduling.tolerations[].effect')?.type).toBe('string');
-    expect(at(spec, 'scheduling.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution')).toMatchObject({
+    expect(
+      at(spec, 'scheduling.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution'),
+    ).toMatchObject({
       type: 'object',
       required: ['nodeSelectorTerms'],
     });
@@ -163,7 +171,13 @@ describe('Buildkit schema', () => {
   });
 
   test('has phase, lastActivityTime and conditions with observedGeneration', () => {
-    expect(status.properties!.phase!.enum).toEqual(['Pending', 'Running', 'ScaledToZero', 'Waking', 'Failed']);
+    expect(status.properties!.phase!.enum).toEqual([
+      'Pending',
+      'Running',
+      'ScaledToZero',
+      'Waking',
+      'Failed',
+    ]);
     expect(status.properties!.lastActivityTime).toMatchObject({ type: 'string', format: 'date-time' });
     expect(status.properties!.conditions!.items!.properties).toHaveProperty('observedGeneration');
     expect(status.properties!.conditions!['x-kubernetes-list-map-keys']).toEqual(['type']);

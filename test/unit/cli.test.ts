@@ -13,7 +13,9 @@ async function cli(...argv: string[]) {
 
 test('the README shows exactly what --help prints', async () => {
   const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-  const block = /<!-- cli-help:begin[^\n]*\n\n?```\n([\s\S]*?)```\n\n?<!-- cli-help:end -->/.exec(readme)?.[1];
+  const block = /<!-- cli-help:begin[^\n]*\n\n?```\n([\s\S]*?)```\n\n?<!-- cli-help:end -->/.exec(
+    readme,
+  )?.[1];
   let expected = `$ buildkit-fleet --help\n${helpText()}\n`;
   for (const name of Object.keys(COMMANDS).filter((n) => COMMANDS[n]!.options)) {
     expected += `$ buildkit-fleet ${name} --help\n${(await cli(name, '--help')).out}`;

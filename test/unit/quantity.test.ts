@@ -26,9 +26,12 @@ test.each([
   expect(value(input)).toBeCloseTo(expected, 12);
 });
 
-test.each(['', 'abc', '1Gb', '1 Gi', '1.2.3', 'Gi', '1i', '--1', '1e', NaN, Infinity])('refuses %p', (input) => {
-  expect(parseQuantity(input as string)).toBeUndefined();
-});
+test.each(['', 'abc', '1Gb', '1 Gi', '1.2.3', 'Gi', '1i', '--1', '1e', NaN, Infinity])(
+  'refuses %p',
+  (input) => {
+    expect(parseQuantity(input as string)).toBeUndefined();
+  },
+);
 
 test.each([
   ['1', '1000m', 0],

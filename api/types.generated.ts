@@ -251,7 +251,6 @@ export interface ResourceRef {
    */
   namespace?: string;
 }
-
 /**
  * One BuildKit build server (buildkitd) made from a BuildkitTemplate. Its status.endpoint is where clients connect.
  */
@@ -321,58 +320,4 @@ export interface BuildkitStatus {
    * Objects this resource manages (seatgeek compatibility; buildkit-fleet finds them by owner reference).
    */
   resourceRefs?: ResourceRef[];
-}
-/**
- * One aspect of the object's state, in the Kubernetes condition convention.
- */
-export interface Condition {
-  /**
-   * Condition type, e.g. `Ready`. Unique within the list.
-   */
-  type: string;
-  /**
-   * `True`, `False` or `Unknown`.
-   */
-  status: 'True' | 'False' | 'Unknown';
-  /**
-   * A machine-readable CamelCase reason for the last transition, e.g. `PodPending`.
-   */
-  reason?: string;
-  /**
-   * A human-readable explanation of the last transition.
-   */
-  message?: string;
-  /**
-   * When the status last changed.
-   */
-  lastTransitionTime?: string;
-  /**
-   * The metadata.generation this condition was computed from.
-   */
-  observedGeneration?: number;
-}
-/**
- * A reference to a managed object.
- */
-export interface ResourceRef {
-  /**
-   * API group of the object; empty for the core group.
-   */
-  group?: string;
-  /**
-   * API version of the object.
-   */
-  version?: string;
-  /**
-   * Kind of the object.
-   */
-  kind?: string;
-  /**
-   * Name of the object.
-   */
-  name?: string;
-  /**
-   * Namespace of the object.
-   */
-  namespace?: string;
 }

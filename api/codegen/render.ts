@@ -26,23 +26,22 @@ export function renderCrdYaml(crd: V1CustomResourceDefinition): string {
 }
 
 export async function renderTypes(schemas: Record<string, unknown>): Promise<string> {
-  const parts: string[] = [];
-  for (const [name, schema] of Object.entries(schemas)) {
-    parts.push(
-      await compile(schema as JSONSchema, name, {
-        bannerComment: '',
-        additionalProperties: false,
-        declareExternallyReferenced: true,
-        strictIndexSignatures: true,
-        style: { singleQuote: true, printWidth: 110, trailingComma: 'all' },
-      }),
-    );
-  }
+  // One document for all kinds, so types they share (Condition, ResourceRef) are declared once;
+  // the wrapper interface itself is dropped from the output.
+  const wrapper = { title: 'AllKinds', type: 'object', properties: schemas, additionalProperties: false };
+  const compiled = await compile(wrapper as JSONSchema, 'AllKinds', {
+    bannerComment: '',
+    additionalProperties: false,
+    declareExternallyReferenced: true,
+    strictIndexSignatures: true,
+    style: { singleQuote: true, printWidth: 110, trailingComma: 'all' },
+  });
+  const withoutWrapper = compiled.replace(/^export interface AllKinds \{\n(?:.*\n)*?\}\n/m, '');
   const clientNodeTypes = [...EMBEDDED_MODELS, 'V1ObjectMeta'].sort();
   return [
     `// ${GENERATED}`,
     `import type { ${clientNodeTypes.join(', ')} } from '@kubernetes/client-node';`,
     '',
-    parts.join('\n'),
+    withoutWrapper,
   ].join('\n');
 }

@@ -1,0 +1,59 @@
+// Label and annotation names the controller puts on the objects it creates. The webhook imports
+// them (to inject the sidecar into opted-in pods, and to refuse user labels that would collide), so
+// they live in one module without dependencies.
+
+/** The name every buildkitd pod carries (seatgeek's default, which users may override). */
+export const NAME_LABEL = 'app.kubernetes.io/name';
+export const NAME_LABEL_VALUE = 'buildkit';
+
+/** Marks objects the controller manages; nobody can override it. */
+export const MANAGED_BY_LABEL = 'app.kubernetes.io/managed-by';
+export const MANAGED_BY_VALUE = 'buildkit-fleet';
+
+/**
+ * The Buildkit an object belongs to (a label-safe form of its name, see labelValueForName). The
+ * Service selects pods by it, and the controller lists pods by it (then keeps only those whose
+ * controller owner reference carries the Buildkit's uid).
+ */
+export const INSTANCE_LABEL = 'buildkit.seatgeek.io/instance';
+
+/** The BuildkitTemplate an object was made from (template names are at most 57 characters). */
+export const TEMPLATE_LABEL = 'buildkit.seatgeek.io/template';
+
+/**
+ * Autoscaling opt-in: the sidecar injector selects pods by this label (a label, not an
+ * annotation, so a webhook objectSelector can match it and other pods never reach the webhook).
+ */
+export const AUTOSCALE_LABEL = 'buildkit-fleet.io/autoscale';
+export const AUTOSCALE_ENABLED = 'enabled';
+
+/** How long the pod must have no client connection before it scales to zero (`90s`, `5m`, ...). */
+export const IDLE_TIMEOUT_ANNOTATION = 'buildkit-fleet.io/idle-timeout';
+
+/** The TCP port buildkitd serves clients on, so the injector need not guess which port to front. */
+export const TARGET_PORT_ANNOTATION = 'buildkit-fleet.io/target-port';
+
+/**
+ * A hash of everything a pod was built from (its spec, labels and annotations, the buildkitd.toml
+ * and preStop script it mounts). The controller compares it with a fresh build to report pods that
+ * run an outdated template; the webhook's later changes to the pod do not affect it.
+ */
+export const SPEC_HASH_ANNOTATION = 'buildkit-fleet.io/spec-hash';
+
+/** AppArmor before Kubernetes 1.30 (`securityContext.appArmorProfile` replaced it). */
+export const APPARMOR_ANNOTATION_PREFIX = 'container.apparmor.security.beta.kubernetes.io/';
+
+/** Labels only the platform sets: user values for these keys are dropped. */
+export const RESERVED_LABELS: readonly string[] = [
+  MANAGED_BY_LABEL,
+  INSTANCE_LABEL,
+  TEMPLATE_LABEL,
+  AUTOSCALE_LABEL,
+];
+
+/** Annotations only the platform sets: user values for these keys are dropped. */
+export const RESERVED_ANNOTATIONS: readonly string[] = [
+  IDLE_TIMEOUT_ANNOTATION,
+  TARGET_PORT_ANNOTATION,
+  SPEC_HASH_ANNOTATION,
+];

@@ -17,3 +17,60 @@ export type {
 export { describeCert, expiresWithin, keyMatchesCert, verifyChain } from './inspect.ts';
 export type { CertDescription } from './inspect.ts';
 export { CertificateError } from './parse.ts';
+
+// Lifecycle: decisions, Secret storage, caBundle injection, rotation and file reload.
+export {
+  DEFAULT_VALIDITY,
+  SECRET_KEYS,
+  decide,
+  decisionKind,
+  inspectSecret,
+  servingProblem,
+  validatePolicy,
+} from './decide.ts';
+export type { CertPolicy, CertSecretData, Decision, RepairProblem, RotateStep } from './decide.ts';
+export { formatCertDuration, parseCertDuration } from './duration.ts';
+export { applyDecision, planCertificates, unservableReason } from './material.ts';
+export type { CertFactory, Plan, PlanOptions } from './material.ts';
+export {
+  SECRET_TYPE_TLS,
+  SecretAccessError,
+  SecretConflictError,
+  kubeSecretStore,
+  memorySecretStore,
+  reconcileSecret,
+} from './secret-store.ts';
+export type { SecretStore, StoredSecret } from './secret-store.ts';
+export {
+  WebhookConfigAccessError,
+  bundleBase64,
+  caBundlePatch,
+  createCaBundleInjector,
+  kubeWebhookConfigClient,
+} from './ca-bundle.ts';
+export type {
+  CaBundleInjector,
+  CaBundleSyncReport,
+  WebhookConfigClient,
+  WebhookKind,
+  WebhookTargets,
+} from './ca-bundle.ts';
+export { certMetrics } from './metrics.ts';
+export type { CertMetrics } from './metrics.ts';
+export {
+  CERT_ANNOTATIONS,
+  DEFAULT_CHECK_INTERVAL_MS,
+  rotatorPolicy,
+  startSelfManagedCerts,
+} from './rotator.ts';
+export type {
+  CertSource,
+  CheckResult,
+  SelfManagedCerts,
+  SelfManagedCertsOptions,
+  ServingMaterial,
+} from './rotator.ts';
+export { startFileReloader, validateServingPair } from './file-reloader.ts';
+export type { CertFileReloader, FileReloaderOptions } from './file-reloader.ts';
+export { CERT_OPTIONS, certConfigFromOptions, startCertSource } from './options.ts';
+export type { CertConfig, CertOptions } from './options.ts';

@@ -1,0 +1,502 @@
+// What to do with the webhook's certificate Secret, as a pure function of its data, the time and the
+// policy. Every path that talks to the API server (rotator.ts) asks this first, so the rules for
+// reuse, renewal, CA rotation and repair live in one place and are tested without a cluster.
+//
+// Secret layout (type kubernetes.io/tls), all values PEM text:
+//   tls.crt      serving certificate (the leaf only), issued by the active CA
+//   tls.key      its private key (PKCS#8)
+//   ca.crt       the trust bundle published as caBundle: the active CA first, then the next CA while a
+//                rotation is pending, then previous CAs that are kept until every replica serves a
+//                certificate from the active one
+//   ca.key       private key of the active CA; which certificate in ca.crt is "active" is found by key
+//   ca-next.key  private key of the next CA, present only between "add next CA" and "switch"
+// Any other keys are left alone.
+//
+// CA rotation runs in three steps, each one a separate decision at a separate time, so that the
+// API server always trusts the CA of every certificate any replica may still be serving:
+//   add-next        ca.crt = [active, next]; tls.crt still from the active CA
+//   switch          (caOverlap after add-next) next becomes active, tls.crt re-issued from it;
+//                   ca.crt = [new active, old]
+//   drop-previous   (caOverlap after the switch) ca.crt = [active]
+// The start times are read from the certificates themselves (notBefore of the next CA and of the
+// leaf), so the state survives restarts and is the same for every replica without extra bookkeeping.
+import { X509Certificate } from 'node:crypto';
+import { createSecureContext } from 'node:tls';
+import forge from 'node-forge';
+
+import { DAY_MS, formatCertDuration } from './duration.ts';
+import { CLOCK_SKEW_MS } from './generate.ts';
+import { describeCert } from './inspect.ts';
+import {
+  CertificateError,
+  MIN_RSA_BITS,
+  canonicalIp,
+  errorMessage,
+  isCaCertificate,
+  parseCertificate,
+  parseRsaPrivateKey,
+  rsaPublicKeyOf,
+  samePublicKey,
+} from './parse.ts';
+
+export const SECRET_KEYS = {
+  cert: 'tls.crt',
+  key: 'tls.key',
+  caBundle: 'ca.crt',
+  caKey: 'ca.key',
+  nextCaKey: 'ca-next.key',
+} as const;
+
+/** Secret data decoded to text (base64 is the store's business). */
+export type CertSecretData = Readonly<Record<string, string>>;
+
+export interface CertPolicy {
+  caValidityDays: number;
+  servingValidityDays: number;
+  /** Renew the serving certificate when it expires within this; also sets when the CA rotation starts. */
+  renewBeforeDays: number;
+  /** How long caBundle holds both CAs before the switch, and both again after it. */
+  caOverlapDays: number;
+  /** Names the serving certificate must cover (it may cover more). */
+  dnsNames: readonly string[];
+  ipAddresses: readonly string[];
+}
+
+export const DEFAULT_VALIDITY = {
+  caValidityDays: 3650,
+  servingValidityDays: 365,
+  renewBeforeDays: 90,
+  caOverlapDays: 30,
+} as const;
+
+export type RepairProblem =
+  | 'missing'
+  | 'garbage'
+  | 'key-mismatch'
+  | 'not-a-ca'
+  | 'weak-ca-key'
+  | 'ca-expired'
+  | 'ca-not-yet-valid'
+  | 'next-ca-invalid'
+  | 'bundle-garbage'
+  | 'not-a-serving-cert'
+  | 'weak-serving-cert'
+  | 'not-from-ca'
+  | 'wrong-sans'
+  | 'serving-expired'
+  | 'serving-not-yet-valid';
+
+export type RotateStep = 'add-next' | 'switch' | 'drop-previous';
+
+export type Decision =
+  | { action: 'reuse'; reason: string }
+  | { action: 'create'; reason: string }
+  | { action: 'renew-serving'; reason: string }
+  | { action: 'rotate-ca'; step: RotateStep; reason: string }
+  /**
+   * scope all: new CA and serving cert (still-valid old CA certificates stay in ca.crt for an overlap);
+   * serving: new serving cert from the active CA; bundle: rewrite ca.crt / drop ca-next.key.
+   */
+  | { action: 'repair'; scope: 'all' | 'serving' | 'bundle'; problem: RepairProblem; reason: string };
+
+/** A short label for metrics and logs: reuse, create, renew-serving, rotate-ca/switch, repair/serving. */
+export function decisionKind(decision: Decision): string {
+  if (decision.action === 'rotate-ca') return `rotate-ca/${decision.step}`;
+  if (decision.action === 'repair') return `repair/${decision.scope}`;
+  return decision.action;
+}
+
+/** Throws a CertificateError when the policy would churn certificates or rotate without overlap. */
+export function validatePolicy(policy: CertPolicy): void {
+  const { caValidityDays: ca, servingValidityDays: serving, renewBeforeDays: renew } = policy;
+  const overlap = policy.caOverlapDays;
+  for (const [name, value] of Object.entries({ ca, serving, renew, overlap })) {
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+      throw new CertificateError(`certificate policy: ${name} must be a positive duration`);
+    }
+  }
+  if (renew >= serving) {
+    throw new CertificateError(
+      `certificate policy: renew-before (${days(renew)}) must be shorter than the serving validity (${days(serving)}), ` +
+        'or every check would renew',
+    );
+  }
+  if (renew + 2 * overlap >= ca) {
+    throw new CertificateError(
+      `certificate policy: the CA validity (${days(ca)}) must exceed renew-before + 2 x CA overlap ` +
+        `(${days(renew + 2 * overlap)}): the CA rotation starts that long before the CA expires`,
+    );
+  }
+  if (policy.dnsNames.length === 0 && policy.ipAddresses.length === 0) {
+    throw new CertificateError('certificate policy: at least one DNS name or IP address is required');
+  }
+}
+
+export interface ParsedCert {
+  pem: string;
+  cert: forge.pki.Certificate;
+  x509: X509Certificate;
+  notBefore: Date;
+  notAfter: Date;
+  fingerprint: string;
+}
+
+export interface CaPair {
+  cert: ParsedCert;
+  keyPem: string;
+}
+
+/** The Secret's data taken apart; what decide() judges and the builder (material.ts) reuses. */
+export interface SecretView {
+  /** Parseable certificates of ca.crt, duplicates removed, in stored order. */
+  bundle: ParsedCert[];
+  /** Why ca.crt needs rewriting even though its usable part is fine (garbage blocks, duplicates). */
+  bundleNoise: string[];
+  active?: CaPair;
+  /** Why there is no usable active CA. */
+  caProblem?: { problem: RepairProblem; reason: string };
+  next?: CaPair;
+  nextProblem?: string;
+  /** Bundle certificates that are neither active nor next. */
+  previous: ParsedCert[];
+}
+
+// X.509 times are whole seconds (generate.ts truncates), so an instant read back from a certificate may
+// be up to a second early; waits measured from one are stretched by that much to never end too soon.
+const TIME_PRECISION_MS = 1000;
+const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g;
+// Go (the API server) refuses SHA-1 signatures since Go 1.18; only SHA-2 RSA signatures pass everywhere.
+const SHA2_RSA = new Set(['1.2.840.113549.1.1.11', '1.2.840.113549.1.1.12', '1.2.840.113549.1.1.13']);
+
+/** Every PEM block of `text`, verbatim (one unparseable block must not spoil the others). */
+export function pemBlocks(text: string): { type: string; pem: string }[] {
+  return [...text.matchAll(PEM_BLOCK)].map((m) => ({ type: m[1]!, pem: `${m[0]}\n` }));
+}
+
+export function parseCert(pem: string, what: string): ParsedCert {
+  const cert = parseCertificate(pem, what);
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(pem);
+  } catch (err) {
+    throw new CertificateError(`${what}: OpenSSL cannot parse it (${errorMessage(err)})`, { cause: err });
+  }
+  return {
+    pem: pemBlocks(pem).find((b) => b.type === 'CERTIFICATE')?.pem ?? pem,
+    cert,
+    x509,
+    notBefore: cert.validity.notBefore,
+    notAfter: cert.validity.notAfter,
+    fingerprint: x509.fingerprint256,
+  };
+}
+
+function keyMatches(keyPem: string, cert: ParsedCert, what: string): boolean {
+  const key = parseRsaPrivateKey(keyPem, what);
+  return samePublicKey(rsaPublicKeyOf(cert.cert, what), key);
+}
+
+function rsaBits(cert: ParsedCert): number {
+  return (cert.cert.publicKey as forge.pki.rsa.PublicKey).n.bitLength();
+}
+
+function issuedBy(leaf: ParsedCert, ca: ParsedCert): boolean {
+  try {
+    return leaf.x509.checkIssued(ca.x509) && leaf.x509.verify(ca.x509.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+/** Takes the CA side of the Secret apart; never throws. */
+export function inspectSecret(data: CertSecretData, now: Date): SecretView {
+  const view: SecretView = { bundle: [], bundleNoise: [], previous: [] };
+  const bundleText = data[SECRET_KEYS.caBundle];
+  if (!bundleText?.trim()) {
+    view.caProblem = { problem: 'missing', reason: `${SECRET_KEYS.caBundle} is missing or empty` };
+    return view;
+  }
+  const blocks = pemBlocks(bundleText);
+  blocks.forEach((block, i) => {
+    const what = `${SECRET_KEYS.caBundle} block #${i + 1}`;
+    if (block.type !== 'CERTIFICATE') {
+      view.bundleNoise.push(`${what} is a ${block.type}, not a CERTIFICATE`);
+      return;
+    }
+    try {
+      const cert = parseCert(block.pem, what);
+      if (view.bundle.some((c) => c.fingerprint === cert.fingerprint)) {
+        view.bundleNoise.push(`${what} is a duplicate`);
+      } else {
+        view.bundle.push(cert);
+      }
+    } catch (err) {
+      view.bundleNoise.push(errorMessage(err));
+    }
+  });
+  if (view.bundle.length === 0) {
+    const why = view.bundleNoise[0] ?? 'no PEM block found';
+    view.caProblem = {
+      problem: 'garbage',
+      reason: `${SECRET_KEYS.caBundle} holds no usable certificate: ${why}`,
+    };
+    return view;
+  }
+
+  const caKey = data[SECRET_KEYS.caKey];
+  if (!caKey?.trim()) {
+    view.caProblem = {
+      problem: 'missing',
+      reason: `${SECRET_KEYS.caKey} is missing, so no serving certificate can be issued`,
+    };
+    return view;
+  }
+  let activeCert: ParsedCert | undefined;
+  try {
+    activeCert = view.bundle.find((c) => keyMatches(caKey, c, SECRET_KEYS.caKey));
+  } catch (err) {
+    view.caProblem = { problem: 'garbage', reason: errorMessage(err) };
+    return view;
+  }
+  if (!activeCert) {
+    view.caProblem = {
+      problem: 'key-mismatch',
+      reason: `${SECRET_KEYS.caKey} matches none of the ${view.bundle.length} certificate(s) in ${SECRET_KEYS.caBundle}`,
+    };
+    return view;
+  }
+  const activeProblem = caUnusable(activeCert, caKey, now);
+  if (activeProblem) {
+    view.caProblem = activeProblem;
+    return view;
+  }
+  view.active = { cert: activeCert, keyPem: caKey };
+
+  const nextKey = data[SECRET_KEYS.nextCaKey];
+  if (nextKey !== undefined) {
+    try {
+      const nextCert = view.bundle.find(
+        (c) => c !== activeCert && keyMatches(nextKey, c, SECRET_KEYS.nextCaKey),
+      );
+      if (!nextCert) {
+        view.nextProblem = `${SECRET_KEYS.nextCaKey} matches no certificate in ${SECRET_KEYS.caBundle} other than the active CA`;
+      } else {
+        const problem = caUnusable(nextCert, nextKey, now);
+        if (problem) view.nextProblem = `next CA: ${problem.reason}`;
+        else view.next = { cert: nextCert, keyPem: nextKey };
+      }
+    } catch (err) {
+      view.nextProblem = errorMessage(err);
+    }
+  }
+  view.previous = view.bundle.filter((c) => c !== activeCert && c !== view.next?.cert);
+  return view;
+}
+
+function caUnusable(ca: ParsedCert, keyPem: string, now: Date): SecretView['caProblem'] {
+  const subject = `CA "${ca.x509.subject.replace(/\n/g, ', ')}"`;
+  if (!isCaCertificate(ca.cert)) {
+    return {
+      problem: 'not-a-ca',
+      reason: `${subject} is not a CA certificate (basicConstraints cA is not true)`,
+    };
+  }
+  const bits = parseRsaPrivateKey(keyPem, 'CA key').n.bitLength();
+  if (bits < MIN_RSA_BITS) {
+    return {
+      problem: 'weak-ca-key',
+      reason: `${subject} has a ${bits}-bit key; at least ${MIN_RSA_BITS} is required`,
+    };
+  }
+  if (ca.notAfter <= now) {
+    return { problem: 'ca-expired', reason: `${subject} expired at ${iso(ca.notAfter)}` };
+  }
+  if (ca.notBefore > now) {
+    return { problem: 'ca-not-yet-valid', reason: `${subject} is not valid before ${iso(ca.notBefore)}` };
+  }
+  return undefined;
+}
+
+/**
+ * Why the serving certificate in `data` would be refused, judged against `ca` (the active CA): an
+ * undefined answer means the API server (Go) and the HTTPS server (OpenSSL) both accept it.
+ */
+export function servingProblem(
+  data: CertSecretData,
+  ca: ParsedCert,
+  now: Date,
+  policy: Pick<CertPolicy, 'dnsNames' | 'ipAddresses'>,
+): { problem: RepairProblem; reason: string } | undefined {
+  const certPem = data[SECRET_KEYS.cert];
+  const keyPem = data[SECRET_KEYS.key];
+  if (!certPem?.trim()) return { problem: 'missing', reason: `${SECRET_KEYS.cert} is missing or empty` };
+  if (!keyPem?.trim()) return { problem: 'missing', reason: `${SECRET_KEYS.key} is missing or empty` };
+  let leaf: ParsedCert;
+  try {
+    leaf = parseCert(certPem, SECRET_KEYS.cert);
+    if (!keyMatches(keyPem, leaf, SECRET_KEYS.key)) {
+      return { problem: 'key-mismatch', reason: `${SECRET_KEYS.key} is not the key of ${SECRET_KEYS.cert}` };
+    }
+  } catch (err) {
+    return { problem: 'garbage', reason: errorMessage(err) };
+  }
+  if (isCaCertificate(leaf.cert)) {
+    return { problem: 'not-a-serving-cert', reason: `${SECRET_KEYS.cert} is a CA certificate` };
+  }
+  const bits = rsaBits(leaf);
+  if (bits < MIN_RSA_BITS) {
+    return { problem: 'weak-serving-cert', reason: `${SECRET_KEYS.cert} has a ${bits}-bit key` };
+  }
+  if (!SHA2_RSA.has(leaf.cert.signatureOid)) {
+    return {
+      problem: 'weak-serving-cert',
+      reason: `${SECRET_KEYS.cert} is signed with ${forge.pki.oids[leaf.cert.signatureOid] ?? leaf.cert.signatureOid}, which Go refuses`,
+    };
+  }
+  if (!issuedBy(leaf, ca)) {
+    return { problem: 'not-from-ca', reason: `${SECRET_KEYS.cert} was not issued by the active CA` };
+  }
+  const described = describeCert(certPem);
+  const dns = new Set(described.dnsNames.map((n) => n.toLowerCase()));
+  const ips = new Set(described.ipAddresses);
+  const missing = [
+    ...policy.dnsNames.filter((n) => !dns.has(n.toLowerCase())),
+    ...policy.ipAddresses.filter((ip) => !ips.has(canonicalIp(ip) ?? ip)),
+  ];
+  if (missing.length > 0) {
+    return { problem: 'wrong-sans', reason: `${SECRET_KEYS.cert} does not cover ${missing.join(', ')}` };
+  }
+  if (leaf.notAfter <= now) {
+    return { problem: 'serving-expired', reason: `${SECRET_KEYS.cert} expired at ${iso(leaf.notAfter)}` };
+  }
+  if (leaf.notBefore > now) {
+    return {
+      problem: 'serving-not-yet-valid',
+      reason: `${SECRET_KEYS.cert} is not valid before ${iso(leaf.notBefore)}`,
+    };
+  }
+  try {
+    // OpenSSL's own verdict (e.g. "ee key too small" at higher security levels) before anyone serves it.
+    createSecureContext({ cert: certPem, key: keyPem, minVersion: 'TLSv1.2' });
+  } catch (err) {
+    return {
+      problem: 'weak-serving-cert',
+      reason: `OpenSSL refuses ${SECRET_KEYS.cert}: ${errorMessage(err)}`,
+    };
+  }
+  return undefined;
+}
+
+/** What to do with the certificate Secret; `data` undefined means the Secret does not exist. */
+export function decide(data: CertSecretData | undefined, now: Date, policy: CertPolicy): Decision {
+  if (data === undefined) return { action: 'create', reason: 'the Secret does not exist' };
+  const view = inspectSecret(data, now);
+  if (!view.active) {
+    const { problem, reason } = view.caProblem ?? { problem: 'garbage' as const, reason: 'no usable CA' };
+    return { action: 'repair', scope: 'all', problem, reason };
+  }
+  const active = view.active.cert;
+  const overlapMs = policy.caOverlapDays * DAY_MS;
+  const activeLeftMs = active.notAfter.getTime() - now.getTime();
+
+  if (view.nextProblem !== undefined) {
+    return { action: 'repair', scope: 'bundle', problem: 'next-ca-invalid', reason: view.nextProblem };
+  }
+  if (view.bundleNoise.length > 0) {
+    return {
+      action: 'repair',
+      scope: 'bundle',
+      problem: 'bundle-garbage',
+      reason: view.bundleNoise.join('; '),
+    };
+  }
+
+  if (view.next) {
+    const publishedAt = view.next.cert.notBefore.getTime() + CLOCK_SKEW_MS + TIME_PRECISION_MS;
+    if (now.getTime() >= publishedAt + overlapMs) {
+      return {
+        action: 'rotate-ca',
+        step: 'switch',
+        reason: `the next CA has been in ${SECRET_KEYS.caBundle} since ${iso(new Date(publishedAt))}, the CA overlap of ${days(policy.caOverlapDays)}`,
+      };
+    }
+    if (activeLeftMs <= overlapMs) {
+      return {
+        action: 'rotate-ca',
+        step: 'switch',
+        reason: `the active CA expires at ${iso(active.notAfter)}, before the CA overlap would end`,
+      };
+    }
+  }
+
+  const leafProblem = servingProblem(data, active, now, policy);
+  if (leafProblem) return { action: 'repair', scope: 'serving', ...leafProblem };
+  const leaf = parseCert(data[SECRET_KEYS.cert]!, SECRET_KEYS.cert);
+
+  const renewBeforeMs = policy.renewBeforeDays * DAY_MS;
+  const leafLeftMs = leaf.notAfter.getTime() - now.getTime();
+  if (leafLeftMs <= renewBeforeMs) {
+    // A serving cert cannot outlive its CA; when the CA ends soon, renewing again and again would only
+    // churn, so renew only when it buys real lifetime and otherwise leave it to the CA rotation.
+    const renewedNotAfter = Math.min(
+      now.getTime() + policy.servingValidityDays * DAY_MS,
+      active.notAfter.getTime(),
+    );
+    if (renewedNotAfter - leaf.notAfter.getTime() >= (policy.servingValidityDays * DAY_MS) / 100) {
+      return {
+        action: 'renew-serving',
+        reason: `${SECRET_KEYS.cert} expires at ${iso(leaf.notAfter)}, within the renew-before window of ${days(policy.renewBeforeDays)}`,
+      };
+    }
+  }
+
+  if (!view.next && activeLeftMs <= renewBeforeMs + 2 * overlapMs) {
+    return {
+      action: 'rotate-ca',
+      step: 'add-next',
+      reason: `the active CA expires at ${iso(active.notAfter)}, within renew-before + 2 x CA overlap (${days(policy.renewBeforeDays + 2 * policy.caOverlapDays)})`,
+    };
+  }
+
+  if (view.previous.length > 0) {
+    const expired = view.previous.filter((c) => c.notAfter <= now);
+    const leafIssuedAt = leaf.notBefore.getTime() + CLOCK_SKEW_MS + TIME_PRECISION_MS;
+    if (expired.length > 0 || now.getTime() >= leafIssuedAt + overlapMs) {
+      return {
+        action: 'rotate-ca',
+        step: 'drop-previous',
+        reason:
+          expired.length === view.previous.length
+            ? `${expired.length} previous CA certificate(s) in ${SECRET_KEYS.caBundle} expired`
+            : `${SECRET_KEYS.cert} has come from the active CA since ${iso(new Date(leafIssuedAt))}, the CA overlap of ${days(policy.caOverlapDays)}`,
+      };
+    }
+  }
+
+  const pending = view.next ? '; CA rotation pending (next CA published)' : '';
+  return {
+    action: 'reuse',
+    reason: `${SECRET_KEYS.cert} valid until ${iso(leaf.notAfter)}, CA until ${iso(active.notAfter)}${pending}`,
+  };
+}
+
+/** Previous CA certificates that drop-previous removes at `now`. */
+export function droppablePrevious(
+  view: SecretView,
+  leafNotBefore: Date,
+  now: Date,
+  policy: CertPolicy,
+): ParsedCert[] {
+  const overlapDone =
+    now.getTime() >=
+    leafNotBefore.getTime() + CLOCK_SKEW_MS + TIME_PRECISION_MS + policy.caOverlapDays * DAY_MS;
+  return view.previous.filter((c) => overlapDone || c.notAfter <= now);
+}
+
+function iso(date: Date): string {
+  return date.toISOString();
+}
+
+function days(value: number): string {
+  return formatCertDuration(Math.round(value * DAY_MS));
+}

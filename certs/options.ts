@@ -1,0 +1,247 @@
+// Command-line/env settings of the certificate lifecycle, in the format of cli/options.ts, and the
+// one function that turns them into a running certificate source for either mode. Durations are
+// plain strings to the CLI parser and are checked here (cli/options.ts has no duration type).
+import { readFileSync } from 'node:fs';
+import type { KubeConfig } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+
+import { UsageError } from '../cli/errors.ts';
+import type { ParsedOptions } from '../cli/options.ts';
+import { DAY_MS, requireDuration } from './duration.ts';
+import { startFileReloader } from './file-reloader.ts';
+import { errorMessage } from './parse.ts';
+import type { CertSource, SelfManagedCertsOptions } from './rotator.ts';
+import { rotatorPolicy, startSelfManagedCerts } from './rotator.ts';
+
+const DURATION_HINT = 'a duration such as 3650d, 90d, 12h, 30s';
+
+export const CERT_OPTIONS = {
+  'cert-mode': {
+    type: { oneOf: ['files', 'self-managed'] },
+    env: 'BKF_CERT_MODE',
+    description:
+      'files: serve --tls-cert-file/--tls-key-file and reload them when they change (cert-manager or any mounted Secret); self-managed: keep a CA and serving certificate in --cert-secret, publish the CA in caBundle, renew and rotate them',
+    default: 'files',
+  },
+  'cert-secret': {
+    type: 'string',
+    env: 'BKF_CERT_SECRET',
+    description:
+      'self-managed: Secret (kubernetes.io/tls with tls.crt, tls.key, ca.crt, ca.key and during a CA rotation ca-next.key)',
+    default: 'buildkit-fleet-webhook-tls',
+  },
+  'cert-namespace': {
+    type: 'string',
+    env: 'BKF_CERT_NAMESPACE',
+    description: "self-managed: namespace of the Secret and the Service (default: the pod's own namespace)",
+  },
+  'service-name': {
+    type: 'string',
+    env: 'BKF_SERVICE_NAME',
+    description:
+      'self-managed: Service of the webhook; the certificate covers <svc>, <svc>.<ns>, <svc>.<ns>.svc and <svc>.<ns>.svc.<cluster-domain>',
+    default: 'buildkit-fleet-webhook',
+  },
+  'cluster-domain': {
+    type: 'string',
+    env: 'BKF_CLUSTER_DOMAIN',
+    description: 'self-managed: DNS domain of the cluster',
+    default: 'cluster.local',
+  },
+  'cert-dns-names': {
+    type: 'string',
+    env: 'BKF_CERT_DNS_NAMES',
+    description: 'self-managed: more DNS names for the certificate, comma-separated',
+  },
+  'cert-ip-addresses': {
+    type: 'string',
+    env: 'BKF_CERT_IP_ADDRESSES',
+    description:
+      'self-managed: IP addresses for the certificate, comma-separated (e.g. 127.0.0.1 when the API server dials a URL)',
+  },
+  'ca-validity': {
+    type: 'string',
+    env: 'BKF_CA_VALIDITY',
+    description: `self-managed: lifetime of a new CA, ${DURATION_HINT}`,
+    default: '3650d',
+  },
+  'serving-validity': {
+    type: 'string',
+    env: 'BKF_SERVING_VALIDITY',
+    description: 'self-managed: lifetime of a new serving certificate (never beyond its CA)',
+    default: '365d',
+  },
+  'renew-before': {
+    type: 'string',
+    env: 'BKF_RENEW_BEFORE',
+    description:
+      'self-managed: renew the serving certificate this long before it expires; the CA rotation starts renew-before + 2 x ca-overlap before the CA expires',
+    default: '90d',
+  },
+  'ca-overlap': {
+    type: 'string',
+    env: 'BKF_CA_OVERLAP',
+    description:
+      'self-managed: during a CA rotation caBundle holds old and new CA this long before the switch, and again after it; at least 2 x check-interval',
+    default: '30d',
+  },
+  'check-interval': {
+    type: 'string',
+    env: 'BKF_CERT_CHECK_INTERVAL',
+    description:
+      'self-managed: how often the Secret is re-checked (renewal, rotation, repair, changes by other replicas)',
+    default: '12h',
+  },
+  'webhook-configurations': {
+    type: 'string',
+    env: 'BKF_WEBHOOK_CONFIGURATIONS',
+    description:
+      'self-managed: names of our Mutating/ValidatingWebhookConfigurations whose caBundle is kept, comma-separated',
+    default: 'buildkit-fleet',
+  },
+  'webhook-configuration-selector': {
+    type: 'string',
+    env: 'BKF_WEBHOOK_CONFIGURATION_SELECTOR',
+    description: 'self-managed: also keep caBundle of the configurations matching this label selector',
+  },
+  'ca-bundle-check-interval': {
+    type: 'string',
+    env: 'BKF_CA_BUNDLE_CHECK_INTERVAL',
+    description: 'self-managed: how often caBundle is checked and restored besides watching it',
+    default: '60s',
+  },
+  'cert-reload-interval': {
+    type: 'string',
+    env: 'BKF_CERT_RELOAD_INTERVAL',
+    description: 'files: re-read the certificate files this often besides watching their directory',
+    default: '60s',
+  },
+} as const;
+
+export type CertOptions = ParsedOptions<typeof CERT_OPTIONS>;
+
+export type CertConfig =
+  | { mode: 'files'; reloadIntervalMs: number }
+  | {
+      mode: 'self-managed';
+      /** Everything startSelfManagedCerts needs except logger, kubeConfig and registry. */
+      selfManaged: Omit<SelfManagedCertsOptions, 'logger' | 'kubeConfig' | 'registry'>;
+    };
+
+const SERVICE_ACCOUNT_NAMESPACE = '/var/run/secrets/kubernetes.io/serviceaccount/namespace';
+
+function list(text: string | undefined): string[] {
+  return (text ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+function duration(flag: string, text: string): number {
+  try {
+    return requireDuration(`--${flag}`, text);
+  } catch (error) {
+    throw new UsageError(errorMessage(error));
+  }
+}
+
+function podNamespace(env: NodeJS.ProcessEnv, readFile: (path: string) => string): string | undefined {
+  if (env['POD_NAMESPACE']) return env['POD_NAMESPACE'];
+  try {
+    return readFile(SERVICE_ACCOUNT_NAMESPACE).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Checks the options and turns them into a configuration; bad values are UsageErrors (exit 2). */
+export function certConfigFromOptions(
+  options: CertOptions,
+  env: NodeJS.ProcessEnv = process.env,
+  readFile: (path: string) => string = (p) => readFileSync(p, 'utf8'),
+): CertConfig {
+  if (options['cert-mode'] === 'files') {
+    return {
+      mode: 'files',
+      reloadIntervalMs: duration('cert-reload-interval', options['cert-reload-interval']),
+    };
+  }
+  const namespace = options['cert-namespace'] ?? podNamespace(env, readFile);
+  if (!namespace) {
+    throw new UsageError(
+      '--cert-mode self-managed needs --cert-namespace (or BKF_CERT_NAMESPACE, POD_NAMESPACE, or running in a pod)',
+    );
+  }
+  const names = list(options['webhook-configurations']);
+  const selector = options['webhook-configuration-selector'];
+  const days = (flag: keyof CertOptions & string) => duration(flag, options[flag] as string) / DAY_MS;
+  const selfManaged: CertConfig & { mode: 'self-managed' } = {
+    mode: 'self-managed',
+    selfManaged: {
+      namespace,
+      secretName: options['cert-secret'],
+      serviceName: options['service-name'],
+      clusterDomain: options['cluster-domain'],
+      dnsNames: list(options['cert-dns-names']),
+      ipAddresses: list(options['cert-ip-addresses']),
+      validity: {
+        caValidityDays: days('ca-validity'),
+        servingValidityDays: days('serving-validity'),
+        renewBeforeDays: days('renew-before'),
+        caOverlapDays: days('ca-overlap'),
+      },
+      checkIntervalMs: duration('check-interval', options['check-interval']),
+      caBundleCheckIntervalMs: duration('ca-bundle-check-interval', options['ca-bundle-check-interval']),
+      webhookConfigurations:
+        names.length > 0 || selector ? { names, ...(selector ? { labelSelector: selector } : {}) } : false,
+    },
+  };
+  try {
+    // Fail at startup with the reason, not hours later at the first rotation.
+    rotatorPolicy(selfManaged.selfManaged);
+  } catch (error) {
+    throw new UsageError(errorMessage(error));
+  }
+  return selfManaged;
+}
+
+/**
+ * Starts the certificate source for `config`: the same interface in both modes, so the server code
+ * path does not depend on who writes the certificate.
+ */
+export async function startCertSource(
+  config: CertConfig,
+  context: {
+    logger: Logger;
+    registry?: Registry;
+    kubeConfig?: KubeConfig;
+    /** files mode: the certificate and key (e.g. --tls-cert-file, --tls-key-file) and optional CA. */
+    certFile?: string;
+    keyFile?: string;
+    caFile?: string;
+  },
+): Promise<CertSource> {
+  const { logger, registry } = context;
+  if (config.mode === 'files') {
+    if (!context.certFile || !context.keyFile) {
+      throw new UsageError('--cert-mode files needs --tls-cert-file and --tls-key-file');
+    }
+    return startFileReloader({
+      certFile: context.certFile,
+      keyFile: context.keyFile,
+      ...(context.caFile ? { caFile: context.caFile } : {}),
+      pollIntervalMs: config.reloadIntervalMs,
+      logger,
+      ...(registry ? { registry } : {}),
+    });
+  }
+  if (!context.kubeConfig)
+    throw new UsageError('--cert-mode self-managed needs access to the cluster (kubeconfig)');
+  return startSelfManagedCerts({
+    ...config.selfManaged,
+    logger,
+    kubeConfig: context.kubeConfig,
+    ...(registry ? { registry } : {}),
+  });
+}

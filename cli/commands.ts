@@ -9,6 +9,7 @@ import { UsageError } from './errors.ts';
 import type { OptionSpecs } from './options.ts';
 import { optionsHelp, parseOptions } from './options.ts';
 import { WEBHOOK_OPTIONS, runWebhookCommand } from '../webhook/main.ts';
+import { CERTS_COMMAND_OPTIONS, runCertsCommand } from '../certs/main.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -50,9 +51,20 @@ const webhookCommand: Command = {
   },
 };
 
+const certsCommand: Command = {
+  summary:
+    'Make and rotate the webhook certificates in a Secret and keep the CA in the webhook caBundle (self-managed mode, without cert-manager).',
+  usage: 'buildkit-fleet certs [flags]',
+  options: CERTS_COMMAND_OPTIONS,
+  async run(args) {
+    return runCertsCommand(parseOptions(args, CERTS_COMMAND_OPTIONS));
+  },
+};
+
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,
   webhook: webhookCommand,
+  certs: certsCommand,
 };
 
 function version(): string {

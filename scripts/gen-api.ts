@@ -42,4 +42,19 @@ emit(
 const { renderWebhookManifests } = await import('../webhook/manifests.ts');
 emit('webhook/manifests/webhook-configurations.yaml', renderWebhookManifests());
 
+// README's CLI section is the --help output of the commands (test/unit/cli.test.ts checks it).
+const { COMMANDS, helpText, runCli } = await import('../cli/commands.ts');
+let help = `$ buildkit-fleet --help\n${helpText()}\n`;
+for (const name of Object.keys(COMMANDS).filter((n) => COMMANDS[n]!.options)) {
+  let out = '';
+  await runCli([name, '--help'], { out: (t) => (out += t), err: () => {} });
+  help += `$ buildkit-fleet ${name} --help\n${out}`;
+}
+const readme = readFileSync(`${root}README.md`, 'utf8');
+const block = /(<!-- cli-help:begin[^\n]*\n\n?```\n)[\s\S]*?(```\n\n?<!-- cli-help:end -->)/;
+emit(
+  'README.md',
+  readme.replace(block, (_m, begin: string, end: string) => `${begin}${help}${end}`),
+);
+
 if (check && stale) process.exit(1);

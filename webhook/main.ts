@@ -1,11 +1,12 @@
 // `buildkit-fleet webhook`: wires the admission server. In --local mode it also makes its own
 // certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
-import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 
 import { createCa, createServingCert } from '../certs/index.ts';
+import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from '../certs/options.ts';
+import type { CertSource } from '../certs/rotator.ts';
 import { UsageError } from '../cli/errors.ts';
 import type { ParsedOptions } from '../cli/options.ts';
 import { createApp } from './app.ts';
@@ -17,7 +18,7 @@ import { createWebhookMetrics } from './metrics.ts';
 import type { TlsMaterial, WebhookServer } from './server.ts';
 import { createWebhookServer } from './server.ts';
 
-export const WEBHOOK_OPTIONS = {
+const SERVER_OPTIONS = {
   listen: {
     type: 'hostport',
     env: 'BKF_WEBHOOK_LISTEN',
@@ -77,6 +78,9 @@ export const WEBHOOK_OPTIONS = {
   },
 } as const;
 
+/** The webhook's own flags plus the certificate lifecycle's (--cert-mode files|self-managed, ...). */
+export const WEBHOOK_OPTIONS = { ...SERVER_OPTIONS, ...CERT_OPTIONS };
+
 export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
 
 function loadKubeConfig(path: string | undefined): KubeConfig {
@@ -104,19 +108,6 @@ function parseLabel(text: string | undefined): Record<string, string> | undefine
   return { [match[1]!]: match[2]! };
 }
 
-function readTlsFiles(certFile: string, keyFile: string): TlsMaterial {
-  const read = (file: string, what: string) => {
-    try {
-      return readFileSync(file, 'utf8');
-    } catch (error) {
-      throw new UsageError(
-        `cannot read ${what} ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
-      );
-    }
-  };
-  return { certPem: read(certFile, '--tls-cert-file'), keyPem: read(keyFile, '--tls-key-file') };
-}
-
 export interface RunningWebhook {
   server: WebhookServer;
   url: string;
@@ -134,22 +125,33 @@ export async function startWebhook(
   if (haveCert && (!options['tls-cert-file'] || !options['tls-key-file'])) {
     throw new UsageError('--tls-cert-file and --tls-key-file go together');
   }
-  if (!options.local && !haveCert) {
+  const selfManaged = options['cert-mode'] === 'self-managed';
+  if (!options.local && !selfManaged && !haveCert) {
     throw new UsageError(
-      'no certificate: set --tls-cert-file and --tls-key-file, or use --local for development',
+      'no certificate: set --tls-cert-file and --tls-key-file (mounted, e.g. by cert-manager), use --cert-mode self-managed, or --local for development',
     );
   }
-  if (options.local && haveCert)
-    throw new UsageError('--local makes its own certificate; drop --tls-cert-file/--tls-key-file');
+  if (options.local && (haveCert || selfManaged)) {
+    throw new UsageError(
+      '--local makes its own certificate; drop --tls-cert-file/--tls-key-file and --cert-mode',
+    );
+  }
+  if (selfManaged && haveCert)
+    throw new UsageError(
+      '--cert-mode self-managed writes its own certificate; drop --tls-cert-file/--tls-key-file',
+    );
   if (options.local && !options.kubeconfig)
     throw new UsageError('--local needs --kubeconfig (or KUBECONFIG)');
   const namespaceLabels = parseLabel(options['namespace-label']);
+  const certConfig = options.local ? undefined : certConfigFromOptions(options);
 
   const kc = loadKubeConfig(options.kubeconfig);
   const listen = options.local && !explicitListen ? { host: '127.0.0.1', port: 0 } : options.listen;
 
+  const metrics = createWebhookMetrics();
   let tls: TlsMaterial;
   let caPem: string | undefined;
+  let certSource: CertSource | undefined;
   if (options.local) {
     const ca = createCa({ commonName: 'buildkit-fleet local webhook CA', validityDays: 7 });
     tls = createServingCert({
@@ -160,11 +162,17 @@ export async function startWebhook(
     });
     caPem = ca.certPem;
   } else {
-    tls = readTlsFiles(options['tls-cert-file']!, options['tls-key-file']!);
+    // Same server code path in both modes; only who writes the certificate differs.
+    certSource = await startCertSource(certConfig!, {
+      logger,
+      registry: metrics.registry,
+      kubeConfig: kc,
+      ...(haveCert ? { certFile: options['tls-cert-file']!, keyFile: options['tls-key-file']! } : {}),
+    });
+    tls = certSource.current();
   }
 
   const readTemplate: TemplateReader = liveTemplateReader(kc);
-  const metrics = createWebhookMetrics();
   let ready = false;
   const app = createApp({
     routes: {
@@ -180,11 +188,19 @@ export async function startWebhook(
   try {
     server = createWebhookServer(app, tls);
   } catch (error) {
+    await certSource?.stop();
     throw new UsageError(`the certificate or key cannot be used: ${(error as Error).message}`);
   }
-  const address = await server.listen(listen.host, listen.port).catch((error: NodeJS.ErrnoException) => {
-    throw new UsageError(`cannot listen on ${listen.host}:${listen.port}: ${error.code ?? error.message}`);
+  certSource?.onChange((next) => {
+    server.setCertificate(next);
+    logger.info({ mode: options['cert-mode'] }, 'serving a new certificate');
   });
+  const address = await server
+    .listen(listen.host, listen.port)
+    .catch(async (error: NodeJS.ErrnoException) => {
+      await certSource?.stop();
+      throw new UsageError(`cannot listen on ${listen.host}:${listen.port}: ${error.code ?? error.message}`);
+    });
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `https://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`;
   ready = true;
@@ -227,6 +243,7 @@ export async function startWebhook(
         logger.info({ name: configName }, 'removed webhook configurations');
       }
       await server.close(options['shutdown-grace'] * 1000);
+      await certSource?.stop();
       logger.info('webhook stopped');
     })());
   return { server, url, ...(caPem ? { caPem } : {}), stop };

@@ -193,17 +193,7 @@ function webhookApp(metrics: WebhookMetrics): RequestListener {
 let serving: SelfManagedCerts;
 
 beforeAll(async () => {
-  // `kubectl wait` right after creating the CRDs can fail before the API server has set any condition
-  // (".status.conditions accessor error: <nil>"); installCrds is idempotent, so try again.
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await installCrds();
-      break;
-    } catch (error) {
-      if (attempt >= 3 || !/status\.conditions accessor error/.test((error as Error).message)) throw error;
-      await sleep(500);
-    }
-  }
+  await installCrds(); // retries the known kubectl-wait race itself
   namespace = await cluster.createNamespace('certs');
   await kubectl(['label', 'namespace', namespace, ...Object.entries(nsLabel).map(([k, v]) => `${k}=${v}`)]);
   balancer = await startBalancer();

@@ -1,0 +1,70 @@
+// `buildkit-fleet certs`: the self-managed certificate lifecycle on its own, without the webhook
+// server: make or repair the Secret, put the CA into the webhook configurations' caBundle, and keep
+// both current (rotation). `--once` does one pass and exits (a Helm hook Job, or a CI step).
+import { KubeConfig } from '@kubernetes/client-node';
+import { pino } from 'pino';
+import { Registry } from 'prom-client';
+
+import { UsageError } from '../cli/errors.ts';
+import type { ParsedOptions } from '../cli/options.ts';
+import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from './options.ts';
+
+// the lifecycle without the server: no mode choice, no file reloading
+const { 'cert-mode': _mode, 'cert-reload-interval': _reload, ...LIFECYCLE_OPTIONS } = CERT_OPTIONS;
+
+export const CERTS_COMMAND_OPTIONS = {
+  ...LIFECYCLE_OPTIONS,
+  kubeconfig: {
+    type: 'string',
+    env: 'KUBECONFIG',
+    description: 'kubeconfig file; in-cluster config when unset',
+  },
+  once: {
+    type: 'boolean',
+    description: 'Ensure the Secret and caBundle once, then exit (0 when both are in place)',
+    default: false,
+  },
+  'log-level': {
+    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
+    env: 'BKF_LOG_LEVEL',
+    description: 'Log level',
+    default: 'info',
+  },
+} as const;
+
+export type CertsCommandOptions = ParsedOptions<typeof CERTS_COMMAND_OPTIONS>;
+
+export async function runCertsCommand(options: CertsCommandOptions): Promise<number> {
+  const logger = pino({ level: options['log-level'], base: { component: 'certs' } });
+  const kc = new KubeConfig();
+  try {
+    if (options.kubeconfig) kc.loadFromFile(options.kubeconfig);
+    else kc.loadFromCluster();
+  } catch (error) {
+    throw new UsageError(
+      `cannot load kubeconfig ${options.kubeconfig ?? '(in-cluster)'}: ${(error as Error).message}`,
+    );
+  }
+  // cert-reload-interval only matters in files mode; self-managed ignores it
+  const config = certConfigFromOptions({
+    ...options,
+    'cert-mode': 'self-managed',
+    'cert-reload-interval': '60s',
+  });
+  const source = await startCertSource(config, { logger, registry: new Registry(), kubeConfig: kc });
+  if (options.once) {
+    await source.stop();
+    logger.info('certificate Secret and caBundle are in place');
+    return 0;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      logger.info({ signal }, 'stopping');
+      resolve();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  await source.stop();
+  return 0;
+}

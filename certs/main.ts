@@ -2,10 +2,10 @@
 // server: make or repair the Secret, put the CA into the webhook configurations' caBundle, and keep
 // both current (rotation). `--once` does one pass and exits (a Helm hook Job, or a CI step).
 import { KubeConfig } from '@kubernetes/client-node';
-import { pino } from 'pino';
 import { Registry } from 'prom-client';
 
 import { UsageError } from '../cli/errors.ts';
+import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
 import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from './options.ts';
 
@@ -35,7 +35,7 @@ export const CERTS_COMMAND_OPTIONS = {
 export type CertsCommandOptions = ParsedOptions<typeof CERTS_COMMAND_OPTIONS>;
 
 export async function runCertsCommand(options: CertsCommandOptions): Promise<number> {
-  const logger = pino({ level: options['log-level'], base: { component: 'certs' } });
+  const logger = createLogger({ level: options['log-level'], component: 'certs' });
   const kc = new KubeConfig();
   try {
     if (options.kubeconfig) kc.loadFromFile(options.kubeconfig);

@@ -5,7 +5,7 @@ import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { pino } from 'pino';
+import { createLogger } from '../cli/logger.ts';
 
 import { parseOptions } from '../cli/options.ts';
 import { WEBHOOK_OPTIONS, startWebhook } from '../webhook/main.ts';
@@ -54,7 +54,7 @@ await kubectl(
 );
 
 say('starting the admission webhook (local mode)');
-const logger = pino({ base: { component: 'webhook' } });
+const logger = createLogger({ level: 'info', component: 'webhook' });
 const webhook = await startWebhook(
   parseOptions(['--local', '--kubeconfig', kubeconfig], WEBHOOK_OPTIONS),
   logger,

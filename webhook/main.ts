@@ -1,13 +1,13 @@
 // `buildkit-fleet webhook`: wires the admission server. In --local mode it also makes its own
 // certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
 import { KubeConfig } from '@kubernetes/client-node';
-import { pino } from 'pino';
 import type { Logger } from 'pino';
 
 import { createCa, createServingCert } from '../certs/index.ts';
 import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from '../certs/options.ts';
 import type { CertSource } from '../certs/rotator.ts';
 import { UsageError } from '../cli/errors.ts';
+import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
 import { createApp } from './app.ts';
 import { ROUTES, mutatingWebhookConfiguration, validatingWebhookConfiguration } from './configurations.ts';
@@ -250,7 +250,7 @@ export async function startWebhook(
 }
 
 export async function runWebhookCommand(options: WebhookOptions, explicitListen: boolean): Promise<number> {
-  const logger = pino({ level: options['log-level'], base: { component: 'webhook' } });
+  const logger = createLogger({ level: options['log-level'], component: 'webhook' });
   const running = await startWebhook(options, logger, explicitListen);
   await new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {

@@ -1,7 +1,7 @@
 // Child process of the webhook benchmark: serves either the real webhook or a bare HTTPS server
 // that answers every POST with a fixed, precomputed AdmissionReview (the baseline). Prints its port.
 import https from 'node:https';
-import { pino } from 'pino';
+import { createLogger } from '../../cli/logger.ts';
 
 import { createApp } from '../../webhook/app.ts';
 import { ROUTES } from '../../webhook/configurations.ts';
@@ -23,7 +23,7 @@ if (mode === 'webhook') {
       [ROUTES.validateBuildkit]: validateBuildkitHandler(async () => undefined),
     },
     // production logs one line per review; keep that cost in the measurement
-    logger: pino({ level: 'info' }, pino.destination({ dest: '/dev/null', sync: false })),
+    logger: createLogger({ level: 'info', component: 'webhook', destination: '/dev/null' }),
     metrics: createWebhookMetrics(),
     isReady: () => true,
   });

@@ -1,0 +1,29 @@
+// The pino logger of every long-running component: JSON lines on stdout, batched. One write()
+// per line cost ~10% of the webhook's CPU per review (profiled); batching up to 4 KiB with a
+// flush at least every second keeps the one-line-per-decision logs at most a second late.
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+
+export interface LoggerOptions {
+  level: string;
+  component: string;
+  /** file descriptor or path; stdout by default */
+  destination?: number | string;
+  flushIntervalMs?: number;
+}
+
+export function createLogger(options: LoggerOptions): Logger {
+  const destination = pino.destination({ dest: options.destination ?? 1, sync: false, minLength: 4096 });
+  const logger = pino({ level: options.level, base: { component: options.component } }, destination);
+  const timer = setInterval(() => logger.flush(), options.flushIntervalMs ?? 1000);
+  timer.unref();
+  // a process that exits (normally or by signal handler) must not lose its last lines
+  process.once('exit', () => {
+    try {
+      destination.flushSync();
+    } catch {
+      // nothing left to do at exit
+    }
+  });
+  return logger;
+}

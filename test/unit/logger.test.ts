@@ -1,0 +1,40 @@
+// The batched logger: a line shows up within about a second, and nothing is lost at exit.
+import { spawn } from 'node:child_process';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const loggerModule = new URL('../../cli/logger.ts', import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'bkf-logger-'));
+
+function runScript(body: string): { lines: () => string[]; exited: Promise<number> } {
+  const file = join(dir, `${Math.random().toString(16).slice(2)}.ts`);
+  writeFileSync(
+    file,
+    `import { createLogger } from '${loggerModule}';\nconst logger = createLogger({ level: 'info', component: 'test' });\n${body}\n`,
+  );
+  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  return {
+    lines: () => out.split('\n').filter(Boolean),
+    exited: new Promise((resolve) => child.on('exit', (code) => resolve(code ?? -1))),
+  };
+}
+
+test('a line is written within about a second while the process keeps running', async () => {
+  const run = runScript(
+    "logger.info({ decision: 'allowed' }, 'admission review');\nsetTimeout(() => {}, 3000);",
+  );
+  await new Promise((resolve) => setTimeout(resolve, 1800));
+  expect(run.lines().map((l) => JSON.parse(l))).toEqual([
+    expect.objectContaining({ component: 'test', decision: 'allowed', msg: 'admission review' }),
+  ]);
+  await run.exited;
+});
+
+test('lines logged just before exit are not lost', async () => {
+  const run = runScript("for (let i = 0; i < 100; i++) logger.info({ i }, 'line');\nprocess.exitCode = 3;");
+  expect(await run.exited).toBe(3);
+  expect(run.lines()).toHaveLength(100);
+});

@@ -87,7 +87,9 @@ describe('webhook options', () => {
     const none = await cli('webhook', '--kubeconfig', '/nonexistent');
     expect(none).toMatchObject({
       code: 2,
-      err: expect.stringContaining('no certificate: set --tls-cert-file and --tls-key-file, or use --local'),
+      err: expect.stringContaining(
+        'no certificate: set --tls-cert-file and --tls-key-file (mounted, e.g. by cert-manager), use --cert-mode self-managed, or --local',
+      ),
     });
     const half = await cli('webhook', '--tls-cert-file', '/x');
     expect(half.err).toContain('--tls-cert-file and --tls-key-file go together');

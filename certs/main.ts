@@ -1,10 +1,9 @@
 // `buildkit-fleet certs`: the self-managed certificate lifecycle on its own, without the webhook
 // server: make or repair the Secret, put the CA into the webhook configurations' caBundle, and keep
 // both current (rotation). `--once` does one pass and exits (a Helm hook Job, or a CI step).
-import { KubeConfig } from '@kubernetes/client-node';
 import { Registry } from 'prom-client';
 
-import { UsageError } from '../cli/errors.ts';
+import { COMMON_OPTIONS, loadKubeConfig } from '../cli/common.ts';
 import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
 import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from './options.ts';
@@ -14,21 +13,11 @@ const { 'cert-mode': _mode, 'cert-reload-interval': _reload, ...LIFECYCLE_OPTION
 
 export const CERTS_COMMAND_OPTIONS = {
   ...LIFECYCLE_OPTIONS,
-  kubeconfig: {
-    type: 'string',
-    env: 'KUBECONFIG',
-    description: 'kubeconfig file; in-cluster config when unset',
-  },
+  ...COMMON_OPTIONS,
   once: {
     type: 'boolean',
     description: 'Ensure the Secret and caBundle once, then exit (0 when both are in place)',
     default: false,
-  },
-  'log-level': {
-    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
-    env: 'BKF_LOG_LEVEL',
-    description: 'Log level',
-    default: 'info',
   },
 } as const;
 
@@ -36,15 +25,7 @@ export type CertsCommandOptions = ParsedOptions<typeof CERTS_COMMAND_OPTIONS>;
 
 export async function runCertsCommand(options: CertsCommandOptions): Promise<number> {
   const logger = createLogger({ level: options['log-level'], component: 'certs' });
-  const kc = new KubeConfig();
-  try {
-    if (options.kubeconfig) kc.loadFromFile(options.kubeconfig);
-    else kc.loadFromCluster();
-  } catch (error) {
-    throw new UsageError(
-      `cannot load kubeconfig ${options.kubeconfig ?? '(in-cluster)'}: ${(error as Error).message}`,
-    );
-  }
+  const kc = loadKubeConfig(options.kubeconfig);
   // cert-reload-interval only matters in files mode; self-managed ignores it
   const config = certConfigFromOptions({
     ...options,

@@ -1,11 +1,11 @@
 // `buildkit-fleet webhook`: wires the admission server. In --local mode it also makes its own
 // certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
-import { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
 import { createCa, createServingCert } from '../certs/index.ts';
 import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from '../certs/options.ts';
 import type { CertSource } from '../certs/rotator.ts';
+import { COMMON_OPTIONS, loadKubeConfig } from '../cli/common.ts';
 import { UsageError } from '../cli/errors.ts';
 import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
@@ -34,11 +34,6 @@ const SERVER_OPTIONS = {
     type: 'string',
     env: 'BKF_TLS_KEY_FILE',
     description: 'PEM private key of the serving certificate',
-  },
-  kubeconfig: {
-    type: 'string',
-    env: 'KUBECONFIG',
-    description: 'kubeconfig file; in-cluster config when unset',
   },
   local: {
     type: 'boolean',
@@ -70,36 +65,12 @@ const SERVER_OPTIONS = {
     description: 'On SIGTERM, seconds to let in-flight reviews finish',
     default: '10',
   },
-  'log-level': {
-    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
-    env: 'BKF_LOG_LEVEL',
-    description: 'Log level',
-    default: 'info',
-  },
 } as const;
 
 /** The webhook's own flags plus the certificate lifecycle's (--cert-mode files|self-managed, ...). */
-export const WEBHOOK_OPTIONS = { ...SERVER_OPTIONS, ...CERT_OPTIONS };
+export const WEBHOOK_OPTIONS = { ...SERVER_OPTIONS, ...CERT_OPTIONS, ...COMMON_OPTIONS };
 
 export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
-
-function loadKubeConfig(path: string | undefined): KubeConfig {
-  const kc = new KubeConfig();
-  try {
-    if (path) kc.loadFromFile(path);
-    else kc.loadFromCluster();
-  } catch (error) {
-    throw new UsageError(`cannot load kubeconfig ${path ?? '(in-cluster)'}: ${(error as Error).message}`);
-  }
-  if (!kc.getCurrentCluster()) {
-    throw new UsageError(
-      path
-        ? `kubeconfig ${path} has no current cluster`
-        : 'not running in a cluster: set --kubeconfig or KUBECONFIG',
-    );
-  }
-  return kc;
-}
 
 function parseLabel(text: string | undefined): Record<string, string> | undefined {
   if (text === undefined) return undefined;

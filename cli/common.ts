@@ -1,0 +1,37 @@
+// Options and start-up steps every long-running command shares.
+import { KubeConfig } from '@kubernetes/client-node';
+
+import { UsageError } from './errors.ts';
+
+export const COMMON_OPTIONS = {
+  kubeconfig: {
+    type: 'string',
+    env: 'KUBECONFIG',
+    description: 'kubeconfig file; in-cluster config when unset',
+  },
+  'log-level': {
+    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
+    env: 'BKF_LOG_LEVEL',
+    description: 'Log level',
+    default: 'info',
+  },
+} as const;
+
+/** The kubeconfig at `path`, or the in-cluster config; a clear UsageError when neither works. */
+export function loadKubeConfig(path: string | undefined): KubeConfig {
+  const kc = new KubeConfig();
+  try {
+    if (path) kc.loadFromFile(path);
+    else kc.loadFromCluster();
+  } catch (error) {
+    throw new UsageError(`cannot load kubeconfig ${path ?? '(in-cluster)'}: ${(error as Error).message}`);
+  }
+  if (!kc.getCurrentCluster()) {
+    throw new UsageError(
+      path
+        ? `kubeconfig ${path} has no current cluster`
+        : 'not running in a cluster: set --kubeconfig or KUBECONFIG',
+    );
+  }
+  return kc;
+}

@@ -1,0 +1,220 @@
+// What the Buildkit reconciler should do, decided from what it observed (pure): which pods to
+// create or delete, whether the Service is missing, and the status to report. The reconciler
+// (controller/reconcile-buildkit.ts) only carries the plan out.
+//
+// Failed-pod policy (documented in the README):
+// - A pod that ended because activeDeadlineSeconds ran out is the instance's hard TTL: it is not
+//   replaced and the Buildkit stays Failed (reason DeadlineExceeded).
+// - With lifecycle.restartPolicy Never or OnFailure the admin chose one-shot builders: a pod that
+//   ended (Failed or Succeeded) is not replaced; the Buildkit reports Failed.
+// - Otherwise (restartPolicy Always, the default) a pod can only end by eviction, node loss or a
+//   similar outside cause: it is deleted and replaced, with the controller's per-key backoff.
+import type { V1Pod, V1Service } from '@kubernetes/client-node';
+
+import type { Phase } from '../api/group.ts';
+import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
+import type { DesiredCondition } from './conditions.ts';
+import { SPEC_HASH_ANNOTATION } from './annotations.ts';
+
+export interface BuildkitObservation {
+  buildkit: Buildkit;
+  /** undefined: no such template in the namespace */
+  template: BuildkitTemplate | undefined;
+  /** pods whose controller owner reference is this Buildkit (found by label, checked by uid) */
+  pods: V1Pod[];
+  /** the Service owned by this Buildkit, if it exists */
+  service: V1Service | undefined;
+  /** a Service of that name exists but belongs to something else */
+  serviceConflict?: boolean;
+  /** spec-hash of the pod a fresh build would produce; undefined when it cannot be built */
+  desiredSpecHash: string | undefined;
+  /** why the pod cannot be built (BuildError), when it cannot */
+  buildError?: { reason: string; message: string };
+}
+
+export interface BuildkitPlan {
+  createPod: boolean;
+  deletePods: { name: string; reason: string }[];
+  createService: boolean;
+  phase: Phase;
+  endpoint: string | undefined;
+  conditions: DesiredCondition[];
+  /** one line for the log: what was decided and why */
+  summary: string;
+}
+
+const isTerminating = (pod: V1Pod) => Boolean(pod.metadata?.deletionTimestamp);
+const hasEnded = (pod: V1Pod) => pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded';
+const isReady = (pod: V1Pod) =>
+  pod.status?.phase === 'Running' &&
+  (pod.status.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+const created = (pod: V1Pod) => new Date(pod.metadata?.creationTimestamp ?? 0).getTime();
+
+function podWaitReason(pod: V1Pod): { reason: string; message: string } {
+  const name = pod.metadata?.name ?? '(new pod)';
+  if (pod.status?.phase !== 'Running') {
+    const scheduled = pod.status?.conditions?.find((c) => c.type === 'PodScheduled');
+    if (scheduled?.status === 'False') {
+      return {
+        reason: 'PodUnschedulable',
+        message: `pod ${name} cannot be scheduled: ${scheduled.message ?? scheduled.reason ?? 'no reason given'}`,
+      };
+    }
+    const waiting = pod.status?.containerStatuses?.find((c) => c.state?.waiting)?.state?.waiting;
+    const detail = waiting ? `: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ''}` : '';
+    return { reason: 'PodPending', message: `pod ${name} is ${pod.status?.phase ?? 'Pending'}${detail}` };
+  }
+  const notReady = pod.status?.containerStatuses?.filter((c) => !c.ready).map((c) => c.name) ?? [];
+  return {
+    reason: 'ContainerNotReady',
+    message: `pod ${name} is running but ${notReady.length ? `container(s) ${notReady.join(', ')} not ready` : 'not ready'}`,
+  };
+}
+
+function endedMessage(pod: V1Pod): string {
+  const why = pod.status?.message || pod.status?.reason || 'unknown failure';
+  return `pod ${pod.metadata?.name} ${pod.status?.phase === 'Succeeded' ? 'completed' : 'failed'}: ${why}`;
+}
+
+function servicePort(service: V1Service | undefined): number | undefined {
+  return service?.spec?.ports?.[0]?.port;
+}
+
+export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
+  const name = o.buildkit.spec?.template ?? '';
+  const conditions: DesiredCondition[] = [];
+  const deletePods: BuildkitPlan['deletePods'] = [];
+  const live = o.pods.filter((p) => !isTerminating(p));
+  const ended = live.filter(hasEnded);
+  const active = live
+    .filter((p) => !hasEnded(p))
+    .sort((a, b) => {
+      // keep the ready pod, then the oldest: never kill the one serving builds
+      if (isReady(a) !== isReady(b)) return isReady(a) ? -1 : 1;
+      return created(a) - created(b) || (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? '');
+    });
+  const [current, ...extra] = active;
+  for (const pod of extra) deletePods.push({ name: pod.metadata!.name!, reason: 'ExtraPod' });
+
+  const restartPolicy = o.template?.spec?.lifecycle?.restartPolicy ?? 'Always';
+  const finalEnd = ended.find((p) => p.status?.reason === 'DeadlineExceeded' || restartPolicy !== 'Always');
+  let createPod = false;
+  let phase: Phase = 'Pending';
+  let ready: DesiredCondition;
+
+  if (!o.template) {
+    conditions.push({
+      type: 'TemplateResolved',
+      status: 'False',
+      reason: 'TemplateNotFound',
+      message: `BuildkitTemplate "${name}" does not exist in this namespace; waiting for it`,
+    });
+  } else {
+    conditions.push({
+      type: 'TemplateResolved',
+      status: 'True',
+      reason: 'TemplateFound',
+      message: `BuildkitTemplate "${name}"`,
+    });
+  }
+
+  if (current) {
+    if (isReady(current)) {
+      phase = 'Running';
+      ready = {
+        type: 'Ready',
+        status: 'True',
+        reason: 'Running',
+        message: `pod ${current.metadata?.name} is ready`,
+      };
+    } else {
+      ready = { type: 'Ready', status: 'False', ...podWaitReason(current) };
+    }
+    // pods that ended while another runs are leftovers: clean them up
+    for (const pod of ended) deletePods.push({ name: pod.metadata!.name!, reason: 'EndedPod' });
+  } else if (finalEnd) {
+    phase = 'Failed';
+    const reason = finalEnd.status?.reason === 'DeadlineExceeded' ? 'DeadlineExceeded' : 'PodFailed';
+    ready = {
+      type: 'Ready',
+      status: 'False',
+      reason,
+      message: `${endedMessage(finalEnd)}; not replaced (${reason === 'DeadlineExceeded' ? 'lifecycle.activeDeadlineSeconds is the instance lifetime' : `lifecycle.restartPolicy is ${restartPolicy}`})`,
+    };
+  } else if (!o.template) {
+    ready = {
+      type: 'Ready',
+      status: 'False',
+      reason: 'TemplateNotFound',
+      message: `BuildkitTemplate "${name}" not found`,
+    };
+  } else if (o.buildError) {
+    phase = 'Failed';
+    ready = { type: 'Ready', status: 'False', reason: o.buildError.reason, message: o.buildError.message };
+  } else {
+    createPod = true;
+    for (const pod of ended) deletePods.push({ name: pod.metadata!.name!, reason: 'ReplacedEndedPod' });
+    ready = ended.length
+      ? {
+          type: 'Ready',
+          status: 'False',
+          reason: 'PodFailed',
+          message: `${endedMessage(ended[0]!)}; replacing it`,
+        }
+      : { type: 'Ready', status: 'False', reason: 'PodCreating', message: 'creating the buildkitd pod' };
+  }
+
+  const createService = !o.service && !o.serviceConflict && Boolean(o.template);
+  if (o.serviceConflict) {
+    phase = phase === 'Running' ? 'Pending' : phase;
+    ready = {
+      type: 'Ready',
+      status: 'False',
+      reason: 'ServiceConflict',
+      message: `a Service named like this Buildkit exists and belongs to something else; delete or rename it`,
+    };
+  }
+  conditions.push(ready);
+
+  if (current && o.desiredSpecHash) {
+    const running = current.metadata?.annotations?.[SPEC_HASH_ANNOTATION];
+    conditions.push(
+      running === o.desiredSpecHash
+        ? {
+            type: 'TemplateCurrent',
+            status: 'True',
+            reason: 'UpToDate',
+            message: 'the pod runs the current template',
+          }
+        : {
+            type: 'TemplateCurrent',
+            status: 'False',
+            reason: 'TemplateChanged',
+            message:
+              'the template changed since this pod was created; running pods are not restarted (builds would be killed): delete the pod or recreate the Buildkit to pick it up',
+          },
+    );
+  }
+
+  const port = servicePort(o.service);
+  const clusterIP = o.service?.spec?.clusterIP;
+  const endpoint =
+    phase === 'Running' && port && clusterIP && clusterIP !== 'None'
+      ? `tcp://${clusterIP.includes(':') ? `[${clusterIP}]` : clusterIP}:${port}`
+      : undefined;
+
+  const actions = [
+    createPod && 'create pod',
+    ...deletePods.map((d) => `delete pod ${d.name} (${d.reason})`),
+    createService && 'create service',
+  ].filter(Boolean);
+  return {
+    createPod,
+    deletePods,
+    createService,
+    phase,
+    endpoint,
+    conditions,
+    summary: `${phase}/${ready.reason}${actions.length ? `: ${actions.join(', ')}` : ''}`,
+  };
+}

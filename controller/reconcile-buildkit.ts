@@ -1,0 +1,210 @@
+// Buildkit -> one buildkitd Pod + one Service + status. Reads come from the informer caches;
+// decisions from planBuildkit (pure); this module only carries them out and writes the status.
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import type { KubeConfig, V1ObjectReference, V1Pod, V1Service } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+
+import { BUILDKIT, GROUP, VERSION } from '../api/group.ts';
+import type { Buildkit, BuildkitStatus, BuildkitTemplate } from '../api/types.generated.ts';
+import { SPEC_HASH_ANNOTATION } from './annotations.ts';
+import { planBuildkit } from './buildkit-plan.ts';
+import { mergeConditions, sameConditions } from './conditions.ts';
+import type { EventRecorder } from './events.ts';
+import { BuildError, serviceNameFor } from './meta.ts';
+import { buildService, renderPod } from './pod-builder.ts';
+import { mergePatch } from './reconcile-template.ts';
+import type { ServerFeatures } from './server-features.ts';
+
+export type ReconcileResult = 'done' | 'retry' | { requeueAfter: number };
+
+export interface BuildkitReconcilerDeps {
+  kc: KubeConfig;
+  logger: Logger;
+  events: EventRecorder;
+  features: ServerFeatures;
+  getBuildkit(namespace: string, name: string): Buildkit | undefined;
+  getTemplate(namespace: string, name: string): BuildkitTemplate | undefined;
+  /** pods in the namespace carrying the Buildkit's instance label (ownership is checked here) */
+  listPods(namespace: string, buildkitName: string): V1Pod[];
+  getService(namespace: string, name: string): V1Service | undefined;
+  now?: () => Date;
+}
+
+const statusOf = (error: unknown) => (error as { code?: number }).code;
+
+/** Replacing pods that keep failing (evicted again and again) slows down: 10 s, 20 s, ... 5 min. */
+const REPLACE_BACKOFF_MS = 10_000;
+const REPLACE_BACKOFF_MAX_MS = 300_000;
+
+export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
+  const core = deps.kc.makeApiClient(CoreV1Api);
+  const custom = deps.kc.makeApiClient(CustomObjectsApi);
+  const now = deps.now ?? (() => new Date());
+  const replacements = new Map<string, { count: number; last: number }>();
+
+  return async (namespace: string, name: string): Promise<ReconcileResult> => {
+    const buildkit = deps.getBuildkit(namespace, name);
+    if (!buildkit || buildkit.metadata?.deletionTimestamp) return 'done'; // GC removes pod and Service
+    const key = `${namespace}/${name}`;
+    const log = deps.logger.child({ kind: BUILDKIT.kind, namespace, name });
+    const ref: V1ObjectReference = {
+      apiVersion: `${GROUP}/${VERSION}`,
+      kind: BUILDKIT.kind,
+      name,
+      namespace,
+      uid: buildkit.metadata!.uid!,
+    };
+    const template = deps.getTemplate(namespace, buildkit.spec.template);
+    const uid = buildkit.metadata?.uid;
+    const pods = deps
+      .listPods(namespace, name)
+      .filter((p) => p.metadata?.ownerReferences?.some((r) => r.controller && r.uid === uid));
+    const serviceName = serviceNameFor(name);
+    const existingService = deps.getService(namespace, serviceName);
+    const serviceOwned = existingService?.metadata?.ownerReferences?.some(
+      (r) => r.controller && r.uid === uid,
+    );
+
+    let rendered: ReturnType<typeof renderPod> | undefined;
+    let buildError: { reason: string; message: string } | undefined;
+    if (template) {
+      try {
+        rendered = renderPod(template, buildkit, deps.features);
+      } catch (error) {
+        if (!(error instanceof BuildError)) throw error;
+        buildError = { reason: error.reason, message: error.message };
+      }
+    }
+    const plan = planBuildkit({
+      buildkit,
+      template,
+      pods,
+      service: serviceOwned ? existingService : undefined,
+      serviceConflict: Boolean(existingService && !serviceOwned),
+      desiredSpecHash: rendered?.pod.metadata?.annotations?.[SPEC_HASH_ANNOTATION],
+      ...(buildError ? { buildError } : {}),
+    });
+
+    for (const victim of plan.deletePods) {
+      try {
+        await core.deleteNamespacedPod({ namespace, name: victim.name });
+        deps.events.record(ref, 'Normal', 'DeletedPod', `deleted pod ${victim.name}: ${victim.reason}`);
+      } catch (error) {
+        if (statusOf(error) !== 404) throw error;
+      }
+    }
+    if (plan.createService && template) {
+      try {
+        await core.createNamespacedService({ namespace, body: buildService(template, buildkit) });
+        deps.events.record(
+          ref,
+          'Normal',
+          'CreatedService',
+          `created Service ${serviceName}: the stable endpoint`,
+        );
+      } catch (error) {
+        if (statusOf(error) !== 409) throw error;
+      }
+    }
+    let result: ReconcileResult = 'done';
+    if (plan.createPod && rendered) {
+      const history = replacements.get(key);
+      const replacing = plan.deletePods.some((d) => d.reason === 'ReplacedEndedPod');
+      const wait =
+        history && replacing
+          ? Math.min(REPLACE_BACKOFF_MS * 2 ** (history.count - 1), REPLACE_BACKOFF_MAX_MS) -
+            (now().getTime() - history.last)
+          : 0;
+      if (wait > 0) {
+        log.info(
+          {
+            decision: 'delay pod creation',
+            reason: `replaced ${history!.count} ended pod(s) recently`,
+            waitMs: wait,
+          },
+          'buildkit reconcile',
+        );
+        result = { requeueAfter: wait };
+      } else {
+        if (replacing) replacements.set(key, { count: (history?.count ?? 0) + 1, last: now().getTime() });
+        const created = await core.createNamespacedPod({ namespace, body: rendered.pod });
+        deps.events.record(ref, 'Normal', 'CreatedPod', `created pod ${created.metadata?.name}`);
+        for (const c of rendered.resources.clamped) {
+          deps.events.record(
+            ref,
+            'Warning',
+            'ResourcesClamped',
+            `${c.field}: requested ${c.requested}, granted ${c.granted} (${c.reason})`,
+          );
+        }
+      }
+    }
+    if (plan.phase === 'Running') replacements.delete(key);
+
+    const status = nextStatus(buildkit, plan, pods, serviceOwned ? serviceName : undefined, now());
+    const changed = statusChanged(buildkit.status, status);
+    if (changed) {
+      try {
+        await custom.patchNamespacedCustomObjectStatus(
+          { group: GROUP, version: VERSION, namespace, plural: BUILDKIT.plural, name, body: { status } },
+          mergePatch,
+        );
+      } catch (error) {
+        if (statusOf(error) === 404) return 'done';
+        throw error;
+      }
+      if (buildkit.status?.phase !== plan.phase) {
+        deps.events.record(
+          ref,
+          plan.phase === 'Failed' ? 'Warning' : 'Normal',
+          `Phase${plan.phase}`,
+          plan.conditions.find((c) => c.type === 'Ready')?.message ?? plan.phase,
+        );
+      }
+    }
+    if (changed || plan.createPod || plan.deletePods.length || plan.createService) {
+      log.info(
+        { decision: plan.summary, phase: plan.phase, endpoint: plan.endpoint ?? null },
+        'buildkit reconcile',
+      );
+    }
+    return result;
+  };
+}
+
+type StatusPatch = Omit<BuildkitStatus, 'endpoint'> & { endpoint: string | null };
+
+function nextStatus(
+  buildkit: Buildkit,
+  plan: ReturnType<typeof planBuildkit>,
+  pods: V1Pod[],
+  serviceName: string | undefined,
+  now: Date,
+): StatusPatch {
+  const generation = buildkit.metadata?.generation;
+  const namespace = buildkit.metadata?.namespace ?? '';
+  const refs = [
+    ...pods
+      .filter((p) => !p.metadata?.deletionTimestamp)
+      .map((p) => ({ group: '', version: 'v1', kind: 'Pod', name: p.metadata!.name!, namespace })),
+    ...(serviceName ? [{ group: '', version: 'v1', kind: 'Service', name: serviceName, namespace }] : []),
+  ];
+  return {
+    phase: plan.phase,
+    // null clears it in a merge patch: no endpoint unless buildkitd is ready
+    endpoint: plan.endpoint ?? null,
+    observedGeneration: generation,
+    conditions: mergeConditions(buildkit.status?.conditions, plan.conditions, generation, now),
+    resourceRefs: refs,
+  };
+}
+
+function statusChanged(current: BuildkitStatus | undefined, next: StatusPatch): boolean {
+  return (
+    current?.phase !== next.phase ||
+    (current?.endpoint ?? null) !== next.endpoint ||
+    current?.observedGeneration !== next.observedGeneration ||
+    !sameConditions(current?.conditions, next.conditions) ||
+    JSON.stringify(current?.resourceRefs ?? []) !== JSON.stringify(next.resourceRefs)
+  );
+}

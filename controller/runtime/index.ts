@@ -1,0 +1,20 @@
+// The controller runtime: informers that keep themselves alive, a rate-limited work queue and
+// leader election on a Lease. Reconcilers build on these; nothing here knows about Buildkits
+// except the sources that name their resources.
+export { ManualClock, realClock, sleep } from './clock.ts';
+export type { Clock, Timer } from './clock.ts';
+export { ExponentialBackoff, TokenBucket, WorkQueue, keyFields } from './queue.ts';
+export type { WorkQueueOptions, WorkResult, Worker } from './queue.ts';
+export { Informer, InformerStoppedError, errorStatus, kubeWatchFn } from './informer.ts';
+export type { InformerHandlers, InformerOptions, ListWatchSource, WatchFn } from './informer.ts';
+export {
+  buildkitSource,
+  buildkitTemplateSource,
+  configMapSource,
+  customObjectSource,
+  podSource,
+  serviceSource,
+} from './sources.ts';
+export type { CustomResource, Scope } from './sources.ts';
+export { LeaderElector, defaultIdentity, kubeLeaseClient } from './leader.ts';
+export type { LeaderElectorOptions, LeaseClient } from './leader.ts';

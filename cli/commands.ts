@@ -10,6 +10,7 @@ import type { OptionSpecs } from './options.ts';
 import { optionsHelp, parseOptions } from './options.ts';
 import { WEBHOOK_OPTIONS, runWebhookCommand } from '../webhook/main.ts';
 import { CERTS_COMMAND_OPTIONS, runCertsCommand } from '../certs/main.ts';
+import { CONTROLLER_OPTIONS, runControllerCommand } from '../controller/main.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -61,10 +62,21 @@ const certsCommand: Command = {
   },
 };
 
+const controllerCommand: Command = {
+  summary:
+    'Reconcile BuildkitTemplates into ConfigMaps and Buildkits into a buildkitd Pod, a Service and status.',
+  usage: 'buildkit-fleet controller [flags]',
+  options: CONTROLLER_OPTIONS,
+  async run(args) {
+    return runControllerCommand(parseOptions(args, CONTROLLER_OPTIONS));
+  },
+};
+
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,
   webhook: webhookCommand,
   certs: certsCommand,
+  controller: controllerCommand,
 };
 
 function version(): string {

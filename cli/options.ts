@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { UsageError } from './errors.ts';
 
 export type OptionType =
-  'string' | 'boolean' | 'port' | 'hostport' | 'seconds' | { oneOf: readonly string[] };
+  'string' | 'boolean' | 'port' | 'hostport' | 'seconds' | 'integer' | { oneOf: readonly string[] };
 
 export interface OptionSpec {
   type: OptionType;
@@ -24,7 +24,7 @@ export interface HostPort {
 
 type ValueOf<T extends OptionType> = T extends 'boolean'
   ? boolean
-  : T extends 'port' | 'seconds'
+  : T extends 'port' | 'seconds' | 'integer'
     ? number
     : T extends 'hostport'
       ? HostPort
@@ -61,6 +61,10 @@ function convert(name: string, spec: OptionSpec, raw: string | boolean, source: 
   switch (type) {
     case 'port': {
       if (!/^[0-9]{1,5}$/.test(text) || Number(text) > 65535) throw bad('must be a port number 0-65535');
+      return Number(text);
+    }
+    case 'integer': {
+      if (!/^[0-9]+$/.test(text) || Number(text) < 1) throw bad('must be a whole number of at least 1');
       return Number(text);
     }
     case 'seconds': {

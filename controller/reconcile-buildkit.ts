@@ -186,8 +186,8 @@ function nextStatus(
   const refs = [
     ...pods
       .filter((p) => !p.metadata?.deletionTimestamp)
-      .map((p) => ({ group: '', version: 'v1', kind: 'Pod', name: p.metadata!.name!, namespace })),
-    ...(serviceName ? [{ group: '', version: 'v1', kind: 'Service', name: serviceName, namespace }] : []),
+      .map((p) => ({ version: 'v1', kind: 'Pod', name: p.metadata!.name!, namespace })),
+    ...(serviceName ? [{ version: 'v1', kind: 'Service', name: serviceName, namespace }] : []),
   ];
   return {
     phase: plan.phase,

@@ -2,6 +2,7 @@
 // each compares against a baseline measured in the same run and reports ratios.
 const BENCHMARKS: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   webhook: () => import('./webhook.ts'),
+  controller: () => import('./controller.ts'),
 };
 
 const wanted = process.argv.slice(2);

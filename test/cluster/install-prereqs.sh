@@ -17,7 +17,7 @@ TOOLS_DIR="$CACHE_ROOT/kubectl-helm-v31"
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubemark)
 # Bump when the kubemark patches in patch_kubemark change: a cached kubemark whose stamp file
 # ($K8S_DIR/kubemark.patches) differs is rebuilt. test/cluster/binaries.ts reads this line.
-KUBEMARK_PATCHES=loopback-tmpdir-noiptables-1
+KUBEMARK_PATCHES=loopback-tmpdir-noiptables-bignode-2
 
 log() { printf '[prereqs] %s\n' "$*" >&2; }
 die() { printf '[prereqs] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -85,8 +85,14 @@ patch_kubemark() {
   grep -q '^	c.ProtectKernelDefaults = false$' "$hk" || die "unexpected $hk; cannot patch kubemark"
   sed -i 's#c.Address = "0.0.0.0"#c.Address = "127.0.0.1"#' "$hk"
   sed -i 's#^	c.ProtectKernelDefaults = false$#	c.ProtectKernelDefaults = false\n	c.HealthzPort = 0\n	c.MakeIPTablesUtilChains = false#' "$hk"
-  grep -q 'os.TempDir(), "kubelet_remote.sock"' "$ep" && grep -q 'c.HealthzPort = 0' "$hk" ||
-    die "patching kubemark failed"
+  # A hollow node's machine is kubelet's test fake: 1 core and 3.75 GiB, too small for a real
+  # buildkitd request (the seatgeek README template asks for 8Gi). Make it a 16-core, 64 GiB node.
+  local cf="$src/pkg/kubelet/cadvisor/testing/cadvisor_fake.go"
+  grep -q '^	fakeNumCores       = 1$' "$cf" && grep -q '^	fakeMemoryCapacity = 4026531840$' "$cf" ||
+    die "unexpected $cf; cannot patch kubemark"
+  sed -i 's#^	fakeNumCores       = 1$#	fakeNumCores       = 16#; s#^	fakeMemoryCapacity = 4026531840$#	fakeMemoryCapacity = 68719476736#' "$cf"
+  grep -q 'os.TempDir(), "kubelet_remote.sock"' "$ep" && grep -q 'c.HealthzPort = 0' "$hk" &&
+    grep -q 'fakeMemoryCapacity = 68719476736' "$cf" || die "patching kubemark failed"
 }
 
 BUILD_WORK=""

@@ -33,8 +33,9 @@ describe('the seatgeek README examples (seed 002)', () => {
     await kubectl(['create', 'namespace', namespace], { allowFail: true });
   });
   afterAll(async () => {
-    await kubectl(['delete', 'namespace', namespace, '--wait=false'], { allowFail: true });
-  });
+    // wait: the controller tests apply the same seed into the same namespace afterwards
+    await kubectl(['delete', 'namespace', namespace, '--timeout=90s'], { allowFail: true });
+  }, 120_000);
 
   test('apply unchanged with kubectl apply', async () => {
     const t = await kubectl(['apply', '-f', '-'], { input: template });

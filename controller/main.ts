@@ -1,0 +1,284 @@
+// `buildkit-fleet controller`: wires informers, work queues, reconcilers and leader election.
+// Informers run on every replica (a new leader starts with warm caches); only the leader's
+// queues process keys, and a new leadership term starts by enqueueing everything.
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { VersionApi } from '@kubernetes/client-node';
+import type { KubernetesObject, V1ConfigMap, V1Pod, V1Service } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+
+import { BUILDKIT, BUILDKIT_TEMPLATE } from '../api/group.ts';
+import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
+import { COMMON_OPTIONS, loadKubeConfig } from '../cli/common.ts';
+import { createLogger } from '../cli/logger.ts';
+import { startMetricsServer } from '../cli/metrics-server.ts';
+import type { ParsedOptions } from '../cli/options.ts';
+import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE } from './annotations.ts';
+import { kubeEventRecorder } from './events.ts';
+import { labelValueForName } from './meta.ts';
+import { buildkitReconciler } from './reconcile-buildkit.ts';
+import { templateReconciler } from './reconcile-template.ts';
+import {
+  Informer,
+  LeaderElector,
+  WorkQueue,
+  buildkitSource,
+  buildkitTemplateSource,
+  configMapSource,
+  podSource,
+  serviceSource,
+} from './runtime/index.ts';
+import type { Scope } from './runtime/sources.ts';
+import { featuresFromVersionInfo } from './server-features.ts';
+
+export const CONTROLLER_OPTIONS = {
+  'watch-namespace': {
+    type: 'string',
+    env: 'BKF_WATCH_NAMESPACE',
+    description: 'Only reconcile this namespace (then namespaced RBAC is enough); all namespaces when unset',
+  },
+  'metrics-listen': {
+    type: 'hostport',
+    env: 'BKF_METRICS_LISTEN',
+    description: 'Plain HTTP address for /metrics, /healthz and /readyz',
+    default: '0.0.0.0:8080',
+  },
+  workers: {
+    type: 'integer',
+    env: 'BKF_WORKERS',
+    description: 'Keys reconciled in parallel per kind',
+    default: '4',
+  },
+  resync: {
+    type: 'seconds',
+    env: 'BKF_RESYNC',
+    description: 'Re-examine every object this often even without changes',
+    default: '600',
+  },
+  'disable-leader-election': {
+    type: 'boolean',
+    description: 'Act without holding the Lease (only safe with a single replica)',
+    default: false,
+  },
+  'leader-election-namespace': {
+    type: 'string',
+    env: 'BKF_LEADER_ELECTION_NAMESPACE',
+    description: "Namespace of the Lease (default: POD_NAMESPACE, then --watch-namespace, then 'default')",
+  },
+  'leader-election-name': {
+    type: 'string',
+    env: 'BKF_LEADER_ELECTION_NAME',
+    description: 'Name of the coordination.k8s.io Lease the replicas compete for',
+    default: 'buildkit-fleet-controller',
+  },
+  'leader-election-lease-duration': {
+    type: 'integer',
+    description: 'Lease duration in seconds',
+    default: '15',
+  },
+  'leader-election-renew-deadline': {
+    type: 'integer',
+    description: 'A leader that cannot renew within this many seconds steps down',
+    default: '10',
+  },
+  'leader-election-retry-period': {
+    type: 'integer',
+    description: 'Seconds between Lease attempts',
+    default: '2',
+  },
+  ...COMMON_OPTIONS,
+} as const;
+
+export type ControllerOptions = ParsedOptions<typeof CONTROLLER_OPTIONS>;
+
+export interface RunningController {
+  isLeader(): boolean;
+  metricsUrl: string;
+  stop(): Promise<void>;
+}
+
+const keyOf = (o: KubernetesObject) => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
+const splitKey = (key: string): [string, string] => {
+  const i = key.indexOf('/');
+  return [key.slice(0, i), key.slice(i + 1)];
+};
+const controllerOwner = (o: KubernetesObject, kind: string) =>
+  o.metadata?.ownerReferences?.find((r) => r.controller && r.kind === kind);
+
+export async function startController(
+  options: ControllerOptions,
+  logger: Logger,
+): Promise<RunningController> {
+  const kc = loadKubeConfig(options.kubeconfig);
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'buildkit_fleet_controller_' });
+  const version = await kc.makeApiClient(VersionApi).getCode();
+  const features = featuresFromVersionInfo(version);
+  logger.info({ server: version.gitVersion, features }, 'detected the API server');
+
+  const namespace = options['watch-namespace'];
+  const scope: Scope = namespace ? { namespace } : {};
+  // only what we manage: never a cluster-wide cache of every pod
+  const managed: Scope = { ...scope, labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY_VALUE}` };
+  const common = { kubeConfig: kc, logger, registry, resyncMs: options.resync * 1000 };
+  const buildkits = new Informer<Buildkit & KubernetesObject>({
+    ...common,
+    name: 'buildkits',
+    source: buildkitSource(kc, scope),
+  });
+  const templates = new Informer<BuildkitTemplate & KubernetesObject>({
+    ...common,
+    name: 'buildkittemplates',
+    source: buildkitTemplateSource(kc, scope),
+  });
+  const pods = new Informer<V1Pod>({ ...common, name: 'pods', source: podSource(kc, managed) });
+  const services = new Informer<V1Service>({
+    ...common,
+    name: 'services',
+    source: serviceSource(kc, managed),
+  });
+  const configMaps = new Informer<V1ConfigMap>({
+    ...common,
+    name: 'configmaps',
+    source: configMapSource(kc, managed),
+  });
+  const informers = [buildkits, templates, pods, services, configMaps];
+
+  const reconcileBuildkit = buildkitReconciler({
+    kc,
+    logger,
+    events: kubeEventRecorder(kc, logger),
+    features,
+    getBuildkit: (ns, name) => buildkits.get(ns, name),
+    getTemplate: (ns, name) => templates.get(ns, name),
+    listPods: (ns, name) =>
+      pods.list(ns).filter((p) => p.metadata?.labels?.[INSTANCE_LABEL] === labelValueForName(name)),
+    getService: (ns, name) => services.get(ns, name),
+  });
+  const reconcileTemplate = templateReconciler({
+    kc,
+    logger,
+    getTemplate: (ns, name) => templates.get(ns, name),
+    getConfigMap: (ns, name) => configMaps.get(ns, name),
+  });
+
+  // The queues of the current leadership term; undefined while not leading.
+  let queues: { buildkits: WorkQueue<string>; templates: WorkQueue<string> } | undefined;
+  const enqueueBuildkit = (key: string) => queues?.buildkits.add(key);
+  const enqueueTemplate = (key: string) => queues?.templates.add(key);
+  const onTemplate = (t: BuildkitTemplate & KubernetesObject) => {
+    enqueueTemplate(keyOf(t));
+    // instances waiting for this template, or now running an outdated one
+    for (const bk of buildkits.list(t.metadata?.namespace)) {
+      if (bk.spec?.template === t.metadata?.name) enqueueBuildkit(keyOf(bk));
+    }
+  };
+  const onOwned = (kind: string, enqueue: (key: string) => void) => (o: KubernetesObject) => {
+    const owner = controllerOwner(o, kind);
+    if (owner) enqueue(`${o.metadata?.namespace}/${owner.name}`);
+  };
+  buildkits.addEventHandler({
+    onAdd: (o) => enqueueBuildkit(keyOf(o)),
+    onUpdate: (o) => enqueueBuildkit(keyOf(o)),
+    onDelete: (o) => enqueueBuildkit(keyOf(o)),
+  });
+  templates.addEventHandler({ onAdd: onTemplate, onUpdate: onTemplate, onDelete: onTemplate });
+  for (const [informer, kind, enqueue] of [
+    [pods, BUILDKIT.kind, enqueueBuildkit],
+    [services, BUILDKIT.kind, enqueueBuildkit],
+    [configMaps, BUILDKIT_TEMPLATE.kind, enqueueTemplate],
+  ] as const) {
+    const handler = onOwned(kind, enqueue);
+    (informer as Informer<KubernetesObject>).addEventHandler({
+      onAdd: handler,
+      onUpdate: handler,
+      onDelete: handler,
+    });
+  }
+
+  for (const informer of informers) informer.start();
+  await Promise.all(informers.map((i) => i.waitForSync({ timeoutMs: 120_000 })));
+  logger.info({ namespace: namespace ?? '(all)' }, 'caches synced');
+
+  const lead = async (signal: AbortSignal) => {
+    const term = {
+      buildkits: new WorkQueue<string>({ name: 'buildkits', logger, registry }),
+      templates: new WorkQueue<string>({ name: 'buildkittemplates', logger, registry }),
+    };
+    queues = term;
+    for (const t of templates.list()) term.templates.add(keyOf(t));
+    for (const b of buildkits.list()) term.buildkits.add(keyOf(b));
+    const running = [
+      term.buildkits.run((key) => reconcileBuildkit(...splitKey(key)), options.workers),
+      term.templates.run((key) => reconcileTemplate(...splitKey(key)), options.workers),
+    ];
+    await new Promise<void>((resolve) => {
+      if (signal.aborted) resolve();
+      signal.addEventListener('abort', () => resolve(), { once: true });
+    });
+    queues = undefined;
+    await Promise.all([term.buildkits.shutdown(), term.templates.shutdown()]);
+    await Promise.allSettled(running);
+  };
+
+  let elector: LeaderElector | undefined;
+  let standalone: AbortController | undefined;
+  let standaloneWork: Promise<void> | undefined;
+  if (options['disable-leader-election']) {
+    standalone = new AbortController();
+    standaloneWork = lead(standalone.signal);
+  } else {
+    elector = new LeaderElector({
+      namespace:
+        options['leader-election-namespace'] ?? process.env['POD_NAMESPACE'] ?? namespace ?? 'default',
+      name: options['leader-election-name'],
+      identity: `${hostname()}_${randomBytes(4).toString('hex')}`,
+      kubeConfig: kc,
+      logger,
+      registry,
+      leaseDurationMs: options['leader-election-lease-duration'] * 1000,
+      renewDeadlineMs: options['leader-election-renew-deadline'] * 1000,
+      retryPeriodMs: options['leader-election-retry-period'] * 1000,
+      onStartedLeading: (signal) => {
+        logger.info('started leading: reconciling');
+        return lead(signal);
+      },
+      onStoppedLeading: () => logger.info('stopped leading: standing by'),
+    });
+    elector.start();
+  }
+
+  const metrics = await startMetricsServer(options['metrics-listen'], registry, () =>
+    informers.every((i) => i.hasSynced()),
+  );
+  let stopping: Promise<void> | undefined;
+  return {
+    isLeader: () => (elector ? elector.isLeader() : true),
+    metricsUrl: metrics.url,
+    stop: () =>
+      (stopping ??= (async () => {
+        if (elector) await elector.stop();
+        standalone?.abort();
+        await standaloneWork;
+        await Promise.all(informers.map((i) => i.stop()));
+        await metrics.close();
+        logger.info('controller stopped');
+      })()),
+  };
+}
+
+export async function runControllerCommand(options: ControllerOptions): Promise<number> {
+  const logger = createLogger({ level: options['log-level'], component: 'controller' });
+  const controller = await startController(options, logger);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      logger.info({ signal }, 'shutting down');
+      resolve();
+    };
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  await controller.stop();
+  return 0;
+}

@@ -11,6 +11,7 @@ import { optionsHelp, parseOptions } from './options.ts';
 import { WEBHOOK_OPTIONS, runWebhookCommand } from '../webhook/main.ts';
 import { CERTS_COMMAND_OPTIONS, runCertsCommand } from '../certs/main.ts';
 import { CONTROLLER_OPTIONS, runControllerCommand } from '../controller/main.ts';
+import { SIDECAR_OPTIONS, runSidecarCommand } from '../sidecar/main.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -72,11 +73,22 @@ const controllerCommand: Command = {
   },
 };
 
+const sidecarCommand: Command = {
+  summary:
+    'Run the activity-tracking TCP proxy in front of buildkitd: counts connections, serves stats, fences and drains.',
+  usage: 'buildkit-fleet sidecar [flags]',
+  options: SIDECAR_OPTIONS,
+  async run(args) {
+    return runSidecarCommand(parseOptions(args, SIDECAR_OPTIONS));
+  },
+};
+
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,
   webhook: webhookCommand,
   certs: certsCommand,
   controller: controllerCommand,
+  sidecar: sidecarCommand,
 };
 
 function version(): string {

@@ -1,0 +1,214 @@
+// `buildkit-fleet sidecar`: the activity-tracking L4 proxy injected in front of buildkitd, with its
+// stats port. No Kubernetes access: the controller pulls the stats, so the sidecar needs no RBAC.
+//
+// Shutdown: on SIGTERM the listener closes (new connections are refused; the pod is leaving the
+// Service anyway and /readyz fails from then on) and open connections keep flowing until they
+// close or --grace runs out; the stats port stays up until the end for the preStop hook and the
+// controller. The kubelet's terminationGracePeriodSeconds is the hard bound above --grace.
+//
+// Also runnable on its own (`node sidecar/main.ts --listen ...`) for data-path tests.
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from 'pino';
+
+import { COMMON_OPTIONS } from '../cli/common.ts';
+import { UsageError } from '../cli/errors.ts';
+import { createLogger } from '../cli/logger.ts';
+import type { HostPort, ParsedOptions } from '../cli/options.ts';
+import { optionsHelp, parseOptions } from '../cli/options.ts';
+import { readTokenFile } from './auth.ts';
+import { createFenceControl } from './fence.ts';
+import type { Proxy } from './proxy.ts';
+import { createProxy } from './proxy.ts';
+import type { StatsServer } from './stats.ts';
+import { createSidecarMetrics, createStatsServer, snapshot } from './stats.ts';
+
+export const SIDECAR_OPTIONS = {
+  listen: {
+    type: 'hostport',
+    env: 'BKF_SIDECAR_LISTEN',
+    description: "Public address clients connect to (buildkitd's original port)",
+    default: '0.0.0.0:1234',
+  },
+  upstream: {
+    type: 'hostport',
+    env: 'BKF_SIDECAR_UPSTREAM',
+    description: 'Address of buildkitd on its private port, e.g. 127.0.0.1:1233 (required)',
+  },
+  stats: {
+    type: 'hostport',
+    env: 'BKF_SIDECAR_STATS',
+    description: 'Plain-HTTP stats port: /stats, /metrics, /healthz, /readyz, /drained, /fence',
+    default: '0.0.0.0:9436',
+  },
+  'token-file': {
+    type: 'string',
+    env: 'BKF_SIDECAR_TOKEN_FILE',
+    description:
+      'File holding the bearer token the controller presents to POST /fence and /unfence (a mounted Secret; re-read on every request). Without it the fence control is disabled',
+  },
+  grace: {
+    type: 'seconds',
+    env: 'BKF_SIDECAR_GRACE',
+    description: 'On SIGTERM, seconds to keep serving open connections before resetting them',
+    default: '900',
+  },
+  'log-level': { ...COMMON_OPTIONS['log-level'], env: 'BKF_SIDECAR_LOG_LEVEL' },
+} as const;
+
+export type SidecarOptions = ParsedOptions<typeof SIDECAR_OPTIONS>;
+
+const WILDCARDS = new Set(['0.0.0.0', '::', '']);
+
+/** Two addresses that would be the same listening socket (port 0 means "any free port"). */
+export function sameEndpoint(a: HostPort, b: HostPort): boolean {
+  if (a.port === 0 || b.port === 0 || a.port !== b.port) return false;
+  return a.host === b.host || WILDCARDS.has(a.host) || WILDCARDS.has(b.host);
+}
+
+/** Checks that need no I/O; throws UsageError. */
+export function validateSidecarOptions(options: SidecarOptions): HostPort {
+  const upstream = options.upstream;
+  if (!upstream) throw new UsageError('--upstream is required (buildkitd on its private port)');
+  if (upstream.port === 0) throw new UsageError('--upstream needs a port other than 0');
+  if (WILDCARDS.has(upstream.host)) {
+    throw new UsageError(`--upstream ${upstream.host}:${upstream.port}: name a host, e.g. 127.0.0.1`);
+  }
+  if (sameEndpoint(options.listen, upstream)) {
+    throw new UsageError(
+      `--upstream ${upstream.host}:${upstream.port} is the --listen address: the proxy would connect to itself`,
+    );
+  }
+  if (sameEndpoint(options.listen, options.stats)) {
+    throw new UsageError('--stats must differ from --listen (probes and stats must not count as activity)');
+  }
+  if (sameEndpoint(options.stats, upstream)) throw new UsageError('--stats must differ from --upstream');
+  return upstream;
+}
+
+export interface RunningSidecar {
+  proxy: Proxy;
+  /** actual addresses (a port 0 in the options is resolved) */
+  listen: HostPort;
+  stats: HostPort;
+  /**
+   * Stops accepting, waits up to graceMs for open connections to close, resets the rest, closes
+   * the stats port. Returns whether every connection closed by itself.
+   */
+  stop(graceMs: number): Promise<boolean>;
+}
+
+export async function startSidecar(options: SidecarOptions, logger: Logger): Promise<RunningSidecar> {
+  const upstream = validateSidecarOptions(options);
+  const tokenFile = options['token-file'];
+  if (tokenFile !== undefined) {
+    try {
+      await readTokenFile(tokenFile);
+    } catch (error) {
+      throw new UsageError(`--token-file: ${(error as Error).message}`);
+    }
+  }
+
+  const fence = createFenceControl();
+  let stopping = false;
+  const proxy = createProxy({
+    upstream,
+    logger,
+    onAccept() {
+      if (fence.connectionAccepted()) {
+        logger.warn({ opened: proxy.counters.opened }, 'client connected while fenced: fence broken');
+      }
+    },
+  });
+  const source = {
+    bootId: proxy.bootId,
+    startedAt: proxy.startedAt,
+    counters: proxy.counters,
+    fence,
+    stopping: () => stopping,
+  };
+  const statsServer: StatsServer = createStatsServer({
+    source,
+    registry: createSidecarMetrics(source),
+    upstream,
+    logger,
+    ...(tokenFile !== undefined ? { tokenFile } : {}),
+  });
+
+  const bind = async (what: string, address: HostPort, start: () => Promise<{ port: number }>) => {
+    try {
+      return { host: address.host, port: (await start()).port };
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      throw new UsageError(`cannot listen on ${address.host}:${address.port} (${what}): ${code}`);
+    }
+  };
+  const stats = await bind('--stats', options.stats, () =>
+    statsServer.listen(options.stats.host, options.stats.port),
+  );
+  let listen: HostPort;
+  try {
+    listen = await bind('--listen', options.listen, () =>
+      proxy.listen(options.listen.host, options.listen.port),
+    );
+  } catch (error) {
+    await statsServer.close();
+    throw error;
+  }
+
+  let stopped: Promise<boolean> | undefined;
+  const stop = (graceMs: number) =>
+    (stopped ??= (async () => {
+      stopping = true;
+      await proxy.stopAccepting();
+      logger.info({ open: proxy.counters.open, graceMs }, 'stopped accepting; waiting for open connections');
+      logger.flush();
+      const drained = await proxy.waitForDrain(graceMs);
+      if (!drained) {
+        logger.warn({ open: proxy.counters.open }, 'grace period over: resetting open connections');
+        proxy.destroyAll();
+        await proxy.waitForDrain(1000);
+      }
+      await statsServer.close();
+      logger.info({ drained, ...snapshot(source) }, 'sidecar stopped');
+      return drained;
+    })());
+
+  logger.info(
+    { listen, upstream, stats, bootId: proxy.bootId, fenceControl: tokenFile !== undefined },
+    'sidecar serving',
+  );
+  // tests and operators wait for this line; the batched logger would hold it for up to a second
+  logger.flush();
+  return { proxy, listen, stats, stop };
+}
+
+export async function runSidecarCommand(options: SidecarOptions): Promise<number> {
+  const logger = createLogger({ level: options['log-level'], component: 'sidecar' });
+  const running = await startSidecar(options, logger);
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      logger.info({ signal, open: running.proxy.counters.open }, 'shutting down');
+      running.stop(options.grace * 1000).then(() => resolve(), resolve);
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+  return 0;
+}
+
+const invokedDirectly = process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+if (invokedDirectly) {
+  const args = process.argv.slice(2);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`Usage: sidecar [flags]\n\nFlags:\n${optionsHelp(SIDECAR_OPTIONS)}\n`);
+  } else {
+    try {
+      process.exitCode = await runSidecarCommand(parseOptions(args, SIDECAR_OPTIONS));
+    } catch (error) {
+      if (!(error instanceof UsageError)) throw error;
+      process.stderr.write(`sidecar: ${error.message}\n`);
+      process.exitCode = 2;
+    }
+  }
+}

@@ -1,0 +1,260 @@
+// The sidecar's own port (plain HTTP, separate from the proxied port so nothing here counts as
+// client activity): what the controller reads to decide idleness, Prometheus metrics, probes,
+// the preStop drain check and the fence control.
+//
+//   GET  /stats    JSON counters (StatsSnapshot)
+//   GET  /metrics  Prometheus text
+//   GET  /healthz  200 while the process runs
+//   GET  /readyz   200 when buildkitd accepts a TCP connection (no byte sent) and we are not stopping
+//   GET  /drained  200 when open == 0, else 503 (the preStop hook polls it with busybox wget)
+//   GET  /fence    {fenced, fenceBroken, open, opened, bootId}
+//   POST /fence    bearer token; fences, answers {open, opened, closed, bootId, fenced, fenceBroken}
+//   POST /unfence  bearer token; clears the fence
+// GET /fence is unauthenticated like /stats: it reveals nothing /stats does not.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+import type { HostPort } from '../cli/options.ts';
+import { authorize } from './auth.ts';
+import type { FenceControl, FenceState } from './fence.ts';
+import type { ProxyCounters } from './proxy.ts';
+import { checkUpstream } from './proxy.ts';
+
+export interface StatsSnapshot {
+  bootId: string;
+  open: number;
+  opened: number;
+  closed: number;
+  bytesIn: number;
+  bytesOut: number;
+  lastActivity: string | null;
+  startedAt: string;
+  fenced: boolean;
+  fenceBroken: boolean;
+  upstreamFailures: number;
+  /** SIGTERM received: no new connections, waiting for open ones */
+  stopping: boolean;
+}
+
+export interface StatsSource {
+  bootId: string;
+  startedAt: Date;
+  counters: Readonly<ProxyCounters>;
+  fence: FenceControl;
+  stopping(): boolean;
+}
+
+export function snapshot(source: StatsSource): StatsSnapshot {
+  const c = source.counters;
+  const fence: FenceState = source.fence.state();
+  return {
+    bootId: source.bootId,
+    open: c.open,
+    opened: c.opened,
+    closed: c.closed,
+    bytesIn: c.bytesIn,
+    bytesOut: c.bytesOut,
+    lastActivity: c.lastActivityMs === null ? null : new Date(c.lastActivityMs).toISOString(),
+    startedAt: source.startedAt.toISOString(),
+    fenced: fence.fenced,
+    fenceBroken: fence.fenceBroken,
+    upstreamFailures: c.upstreamFailures,
+    stopping: source.stopping(),
+  };
+}
+
+/** Metrics read from the live counters at scrape time, so the data path does no metric work. */
+export function createSidecarMetrics(source: StatsSource): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'buildkit_fleet_sidecar_' });
+  const c = source.counters;
+  const counter = (name: string, help: string, read: () => number) =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(read());
+      },
+    });
+  const gauge = (name: string, help: string, read: () => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(read());
+      },
+    });
+  gauge('buildkit_fleet_sidecar_open_connections', 'Client connections open now.', () => c.open);
+  counter('buildkit_fleet_sidecar_connections_opened_total', 'Client connections accepted.', () => c.opened);
+  counter('buildkit_fleet_sidecar_connections_closed_total', 'Client connections closed.', () => c.closed);
+  counter(
+    'buildkit_fleet_sidecar_upstream_failures_total',
+    'Client connections reset because buildkitd could not be reached.',
+    () => c.upstreamFailures,
+  );
+  counter('buildkit_fleet_sidecar_received_bytes_total', 'Bytes from clients to buildkitd.', () => c.bytesIn);
+  counter('buildkit_fleet_sidecar_sent_bytes_total', 'Bytes from buildkitd to clients.', () => c.bytesOut);
+  gauge(
+    'buildkit_fleet_sidecar_last_activity_timestamp_seconds',
+    'Unix time of the last byte in either direction (0 before the first).',
+    () => (c.lastActivityMs ?? 0) / 1000,
+  );
+  gauge('buildkit_fleet_sidecar_fenced', '1 while the controller fences this pod.', () =>
+    source.fence.state().fenced ? 1 : 0,
+  );
+  gauge('buildkit_fleet_sidecar_fence_broken', '1 when a client connected under the current fence.', () =>
+    source.fence.state().fenceBroken ? 1 : 0,
+  );
+  const info = new Gauge({
+    name: 'buildkit_fleet_sidecar_info',
+    help: 'The boot id of this sidecar process (changes on every start).',
+    labelNames: ['boot_id'] as const,
+    registers: [registry],
+  });
+  info.labels(source.bootId).set(1);
+  return registry;
+}
+
+export interface StatsServerOptions {
+  source: StatsSource;
+  registry: Registry;
+  upstream: HostPort;
+  logger: Logger;
+  /** the bearer token file guarding /fence and /unfence; without it they answer 403 */
+  tokenFile?: string;
+  readyTimeoutMs?: number;
+}
+
+export interface StatsServer {
+  listen(host: string, port: number): Promise<AddressInfo>;
+  close(): Promise<void>;
+}
+
+interface Reply {
+  status: number;
+  body: unknown;
+  contentType?: string;
+}
+
+const json = (status: number, body: unknown): Reply => ({ status, body });
+
+export function createStatsServer(options: StatsServerOptions): StatsServer {
+  const { source, registry, logger } = options;
+  const readyTimeoutMs = options.readyTimeoutMs ?? 1000;
+
+  async function control(req: http.IncomingMessage, action: 'fence' | 'unfence'): Promise<Reply> {
+    if (options.tokenFile === undefined) {
+      return json(403, { error: 'fence control is disabled: the sidecar runs without --token-file' });
+    }
+    const auth = await authorize(req.headers.authorization, options.tokenFile);
+    if (!auth.ok) {
+      logger.warn({ action, remote: req.socket.remoteAddress, reason: auth.reason }, 'fence request refused');
+      return json(auth.status, { error: auth.status === 401 ? 'unauthorized' : 'token unavailable' });
+    }
+    const before = source.fence.state();
+    const after = action === 'fence' ? source.fence.fence(Date.now()) : source.fence.unfence();
+    const c = source.counters;
+    logger.info(
+      { action, wasFenced: before.fenced, fenceBroken: before.fenceBroken, open: c.open, opened: c.opened },
+      action === 'fence' ? 'fenced' : 'unfenced',
+    );
+    return json(200, {
+      bootId: source.bootId,
+      open: c.open,
+      opened: c.opened,
+      closed: c.closed,
+      fenced: after.fenced,
+      fenceBroken: after.fenceBroken,
+    });
+  }
+
+  async function route(req: http.IncomingMessage, path: string): Promise<Reply> {
+    const method = req.method ?? 'GET';
+    const get = method === 'GET' || method === 'HEAD';
+    const allow = (methods: string) => json(405, { error: `use ${methods}` });
+    switch (path) {
+      case '/stats':
+        return get ? json(200, snapshot(source)) : allow('GET');
+      case '/metrics':
+        if (!get) return allow('GET');
+        return { status: 200, body: await registry.metrics(), contentType: registry.contentType };
+      case '/healthz':
+        return get ? { status: 200, body: 'ok\n' } : allow('GET');
+      case '/readyz': {
+        if (!get) return allow('GET');
+        if (source.stopping()) return { status: 503, body: 'stopping\n' };
+        const up = await checkUpstream(options.upstream, readyTimeoutMs);
+        return up ? { status: 200, body: 'ok\n' } : { status: 503, body: 'buildkitd not accepting\n' };
+      }
+      case '/drained': {
+        if (!get) return allow('GET');
+        const open = source.counters.open;
+        return json(open === 0 ? 200 : 503, { open });
+      }
+      case '/fence': {
+        if (method === 'POST') return control(req, 'fence');
+        if (!get) return allow('GET, POST');
+        const f = source.fence.state();
+        const c = source.counters;
+        return json(200, {
+          bootId: source.bootId,
+          fenced: f.fenced,
+          fenceBroken: f.fenceBroken,
+          open: c.open,
+          opened: c.opened,
+        });
+      }
+      case '/unfence':
+        return method === 'POST' ? control(req, 'unfence') : allow('POST');
+      default:
+        return json(404, { error: 'not found' });
+    }
+  }
+
+  const server = http.createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
+    // bodies are ignored; drain them so keep-alive connections stay usable
+    req.resume();
+    const path = (req.url ?? '/').split('?', 1)[0]!;
+    route(req, path).then(
+      (reply) => {
+        const text = typeof reply.body === 'string' ? reply.body : `${JSON.stringify(reply.body)}\n`;
+        res.writeHead(reply.status, {
+          'content-type':
+            reply.contentType ??
+            (typeof reply.body === 'string' ? 'text/plain; charset=utf-8' : 'application/json'),
+          'cache-control': 'no-store',
+        });
+        res.end(req.method === 'HEAD' ? undefined : text);
+      },
+      (error: Error) => {
+        logger.error({ path, err: error.message }, 'stats request failed');
+        res.writeHead(500, { 'content-type': 'application/json' });
+        res.end(`${JSON.stringify({ error: 'internal error' })}\n`);
+      },
+    );
+  });
+  server.keepAliveTimeout = 5_000;
+
+  return {
+    listen(host, port) {
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(port, host, () => {
+          server.off('error', reject);
+          resolve(server.address() as AddressInfo);
+        });
+      });
+    },
+    close() {
+      return new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  };
+}

@@ -107,6 +107,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
       }
     }
     let result: ReconcileResult = 'done';
+    const createdPods: string[] = [];
     if (plan.createPod && rendered) {
       const history = replacements.get(key);
       const replacing = plan.deletePods.some((d) => d.reason === 'ReplacedEndedPod');
@@ -128,6 +129,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
       } else {
         if (replacing) replacements.set(key, { count: (history?.count ?? 0) + 1, last: now().getTime() });
         const created = await core.createNamespacedPod({ namespace, body: rendered.pod });
+        createdPods.push(created.metadata!.name!);
         deps.events.record(ref, 'Normal', 'CreatedPod', `created pod ${created.metadata?.name}`);
         for (const c of rendered.resources.clamped) {
           deps.events.record(
@@ -141,7 +143,16 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     }
     if (plan.phase === 'Running') replacements.delete(key);
 
-    const status = nextStatus(buildkit, plan, pods, serviceOwned ? serviceName : undefined, now());
+    // List what was just created too: the caches see it a moment later, and waiting for them
+    // would cost two more status writes per new Buildkit.
+    const status = nextStatus(
+      buildkit,
+      plan,
+      pods.filter((p) => !plan.deletePods.some((d) => d.name === p.metadata?.name)),
+      createdPods,
+      serviceOwned || plan.createService ? serviceName : undefined,
+      now(),
+    );
     const changed = statusChanged(buildkit.status, status);
     if (changed) {
       try {
@@ -153,7 +164,9 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         if (statusOf(error) === 404) return 'done';
         throw error;
       }
-      if (buildkit.status?.phase !== plan.phase) {
+      // the first Pending is not news; reaching Running or Failed, or falling back, is
+      const previous = buildkit.status?.phase;
+      if (previous !== plan.phase && (plan.phase !== 'Pending' || previous === 'Running')) {
         deps.events.record(
           ref,
           plan.phase === 'Failed' ? 'Warning' : 'Normal',
@@ -178,6 +191,7 @@ function nextStatus(
   buildkit: Buildkit,
   plan: ReturnType<typeof planBuildkit>,
   pods: V1Pod[],
+  createdPods: string[],
   serviceName: string | undefined,
   now: Date,
 ): StatusPatch {
@@ -187,6 +201,7 @@ function nextStatus(
     ...pods
       .filter((p) => !p.metadata?.deletionTimestamp)
       .map((p) => ({ version: 'v1', kind: 'Pod', name: p.metadata!.name!, namespace })),
+    ...createdPods.map((name) => ({ version: 'v1', kind: 'Pod', name, namespace })),
     ...(serviceName ? [{ version: 'v1', kind: 'Service', name: serviceName, namespace }] : []),
   ];
   return {

@@ -6,7 +6,7 @@ import { stringify } from 'yaml';
 
 import { allCrds } from '../api/crds.ts';
 import { UsageError } from './errors.ts';
-import type { OptionSpecs } from './options.ts';
+import type { OptionSpecs, ParsedOptions } from './options.ts';
 import { optionsHelp, parseOptions } from './options.ts';
 import { WEBHOOK_OPTIONS, runWebhookCommand } from '../webhook/main.ts';
 import { CERTS_COMMAND_OPTIONS, runCertsCommand } from '../certs/main.ts';
@@ -53,35 +53,41 @@ const webhookCommand: Command = {
   },
 };
 
-const certsCommand: Command = {
-  summary:
-    'Make and rotate the webhook certificates in a Secret and keep the CA in the webhook caBundle (self-managed mode, without cert-manager).',
-  usage: 'buildkit-fleet certs [flags]',
-  options: CERTS_COMMAND_OPTIONS,
-  async run(args) {
-    return runCertsCommand(parseOptions(args, CERTS_COMMAND_OPTIONS));
-  },
-};
+/** A long-running component: flags parsed from its option specs, then its run function. */
+function componentCommand<S extends OptionSpecs>(
+  name: string,
+  summary: string,
+  options: S,
+  run: (parsed: ParsedOptions<S>) => Promise<number>,
+): Command {
+  return {
+    summary,
+    usage: `buildkit-fleet ${name} [flags]`,
+    options,
+    run: (args) => run(parseOptions(args, options)),
+  };
+}
 
-const controllerCommand: Command = {
-  summary:
-    'Reconcile BuildkitTemplates into ConfigMaps and Buildkits into a buildkitd Pod, a Service and status.',
-  usage: 'buildkit-fleet controller [flags]',
-  options: CONTROLLER_OPTIONS,
-  async run(args) {
-    return runControllerCommand(parseOptions(args, CONTROLLER_OPTIONS));
-  },
-};
+const certsCommand = componentCommand(
+  'certs',
+  'Make and rotate the webhook certificates in a Secret and keep the CA in the webhook caBundle (self-managed mode, without cert-manager).',
+  CERTS_COMMAND_OPTIONS,
+  runCertsCommand,
+);
 
-const sidecarCommand: Command = {
-  summary:
-    'Run the activity-tracking TCP proxy in front of buildkitd: counts connections, serves stats, fences and drains.',
-  usage: 'buildkit-fleet sidecar [flags]',
-  options: SIDECAR_OPTIONS,
-  async run(args) {
-    return runSidecarCommand(parseOptions(args, SIDECAR_OPTIONS));
-  },
-};
+const controllerCommand = componentCommand(
+  'controller',
+  'Reconcile BuildkitTemplates into ConfigMaps and Buildkits into a buildkitd Pod, a Service and status.',
+  CONTROLLER_OPTIONS,
+  runControllerCommand,
+);
+
+const sidecarCommand = componentCommand(
+  'sidecar',
+  'Run the activity-tracking TCP proxy in front of buildkitd: counts connections, serves stats, fences and drains.',
+  SIDECAR_OPTIONS,
+  runSidecarCommand,
+);
 
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,

@@ -7,7 +7,6 @@
 // on our own namespace label) so other test files sharing the cluster never reach this webhook.
 import { randomBytes } from 'node:crypto';
 import type { RequestListener } from 'node:http';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AdmissionregistrationV1Api, CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { pino } from 'pino';
@@ -34,6 +33,7 @@ import { createWebhookServer } from '../../webhook/server.ts';
 import type { WebhookServer } from '../../webhook/server.ts';
 import { testCluster } from '../cluster/testenv.ts';
 import { installCrds } from './support/crds.ts';
+import { startTcpRelay } from './support/tcp-relay.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;
@@ -137,35 +137,12 @@ interface Balancer {
 /** A TCP (TLS passthrough) round-robin balancer: what a Service does in front of webhook replicas. */
 async function startBalancer(): Promise<Balancer> {
   const backends: number[] = [];
-  const sockets = new Set<net.Socket>();
   let next = 0;
-  const tcp = net.createServer((client) => {
-    const target = backends[next++ % Math.max(backends.length, 1)];
-    if (target === undefined) {
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(target, '127.0.0.1');
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on('close', () => sockets.delete(socket));
-      socket.on('error', () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
+  const relay = await startTcpRelay(() => {
+    const port = backends[next++ % Math.max(backends.length, 1)];
+    return port === undefined ? undefined : { host: '127.0.0.1', port };
   });
-  await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (tcp.address() as net.AddressInfo).port,
-    backends,
-    close: () =>
-      new Promise((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        tcp.close(() => resolve());
-      }),
-  };
+  return { port: relay.port, backends, close: relay.close };
 }
 
 /**

@@ -8,7 +8,6 @@
 // every open connection and refuse new ones: the same failure a restarting API server or a lost
 // network path causes, and one that client-node 2.x does not recover from by itself.
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { CoordinationV1Api, CoreV1Api, KubeConfig, V1MicroTime } from '@kubernetes/client-node';
@@ -24,6 +23,7 @@ import type { LeaderElectorOptions } from '../../controller/runtime/leader.ts';
 import { buildkitSource, buildkitTemplateSource, configMapSource } from '../../controller/runtime/sources.ts';
 import { testCluster } from '../cluster/testenv.ts';
 import { installCrds } from './support/crds.ts';
+import { startTcpRelay } from './support/tcp-relay.ts';
 
 const cluster = testCluster();
 const kc = cluster.kubeConfig;
@@ -87,40 +87,17 @@ interface Relay {
   close(): Promise<void>;
 }
 
-/** A TCP relay to the API server (TLS passes through untouched). */
+/** A TCP relay to the API server (TLS passes through untouched) that can refuse connections. */
 async function startRelay(target: URL): Promise<Relay> {
-  const sockets = new Set<net.Socket>();
   let refusing = false;
-  const server = net.createServer((client) => {
-    if (refusing) {
-      client.destroy();
-      return;
-    }
-    const upstream = net.connect(Number(target.port || 443), target.hostname);
-    for (const socket of [client, upstream]) {
-      sockets.add(socket);
-      socket.on('close', () => sockets.delete(socket));
-      socket.on('error', () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const relay = await startTcpRelay(() =>
+    refusing ? undefined : { host: target.hostname, port: Number(target.port || 443) },
+  );
   return {
-    port: (server.address() as net.AddressInfo).port,
-    cut() {
-      for (const socket of sockets) socket.destroy();
-    },
+    ...relay,
     refuse(on) {
       refusing = on;
     },
-    close: () =>
-      new Promise((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
   };
 }
 

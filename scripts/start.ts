@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import { createLogger } from '../cli/logger.ts';
 
 import { parseOptions } from '../cli/options.ts';
+import { CONTROLLER_OPTIONS, startController } from '../controller/main.ts';
 import { WEBHOOK_OPTIONS, startWebhook } from '../webhook/main.ts';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -61,6 +62,15 @@ const webhook = await startWebhook(
   false,
 );
 
+say('starting the controller');
+const controller = await startController(
+  parseOptions(
+    ['--kubeconfig', kubeconfig, '--disable-leader-election', '--metrics-listen', '127.0.0.1:0'],
+    CONTROLLER_OPTIONS,
+  ),
+  createLogger({ level: 'info', component: 'controller' }),
+);
+
 say('applying examples/ (the seatgeek README examples, unchanged)');
 process.stdout.write(await kubectl('apply', '-f', `${root}examples/namespace.yaml`));
 process.stdout.write(
@@ -72,15 +82,22 @@ process.stdout.write(
     `${root}examples/buildkit.yaml`,
   ),
 );
+// give the controller a moment to report the instance's status
+await new Promise((resolve) => setTimeout(resolve, 5000));
 process.stdout.write(`\n${await kubectl('get', 'bkt,bk', '-A')}\n`);
-say(`webhook serving at ${webhook.url}; try:`);
+process.stdout.write(
+  `${await kubectl('get', 'bk', '-n', 'some-ns', 'buildkit-arm64-instance', '-o', 'jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\\n"}{end}')}\n`,
+);
+say(`webhook serving at ${webhook.url}, controller metrics at ${controller.metricsUrl}; try:`);
 say(`  export KUBECONFIG=${kubeconfig} PATH=${local}/bin:$PATH`);
 say('  kubectl get bkt,bk -A; kubectl explain buildkittemplate.spec.autoscaling');
-say('Ctrl-C stops the webhook (and removes its registration); `npm run cluster:down` stops the cluster.');
+say(
+  'Ctrl-C stops the webhook (and removes its registration) and the controller; `npm run cluster:down` stops the cluster.',
+);
 
 await new Promise<void>((resolve) => {
-  const stop = () => void webhook.stop().then(resolve, resolve);
+  const stop = () => void Promise.allSettled([webhook.stop(), controller.stop()]).then(() => resolve());
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
 });
-say('webhook stopped; the cluster is still running (npm run cluster:down)');
+say('webhook and controller stopped; the cluster is still running (npm run cluster:down)');

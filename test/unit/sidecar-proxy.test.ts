@@ -12,14 +12,12 @@ import { pino } from 'pino';
 import type { HostPort } from '../../cli/options.ts';
 import type { Proxy } from '../../sidecar/proxy.ts';
 import { checkUpstream, createProxy } from '../../sidecar/proxy.ts';
+import { cleanups, runCleanups } from './sidecar-support.ts';
 
 jest.setTimeout(60_000);
 
 const logger = pino({ level: 'silent' });
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
+afterEach(runCleanups);
 
 async function listen(server: net.Server | http2.Http2Server): Promise<HostPort> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

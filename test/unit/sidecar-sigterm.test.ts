@@ -3,32 +3,14 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { jest } from '@jest/globals';
+import { cleanups, echoServer, runCleanups } from './sidecar-support.ts';
 
 jest.setTimeout(30_000);
 
 const main = fileURLToPath(new URL('../../sidecar/main.ts', import.meta.url));
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
-
-async function echoServer(): Promise<number> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(() => {
-    sockets.forEach((s) => s.destroy());
-    return new Promise((resolve) => server.close(resolve));
-  });
-  return (server.address() as AddressInfo).port;
-}
+afterEach(runCleanups);
 
 interface Child {
   proc: ChildProcess;
@@ -90,7 +72,7 @@ async function start(grace: string) {
     '--stats',
     '127.0.0.1:0',
     '--upstream',
-    `127.0.0.1:${upstream}`,
+    `127.0.0.1:${upstream.port}`,
     '--grace',
     grace,
   ]);

@@ -16,6 +16,7 @@ import { bearerToken, tokenFromFileText, tokensMatch } from '../../sidecar/auth.
 import { UNFENCED, connectionAccepted, fence, unfence } from '../../sidecar/fence.ts';
 import type { RunningSidecar } from '../../sidecar/main.ts';
 import { SIDECAR_OPTIONS, sameEndpoint, startSidecar } from '../../sidecar/main.ts';
+import { cleanups, echoServer, runCleanups } from './sidecar-support.ts';
 
 jest.setTimeout(20_000);
 
@@ -25,25 +26,7 @@ const tokenFile = join(dir, 'token');
 writeFileSync(tokenFile, 'first-token\n');
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()!();
-});
-
-async function echoServer(): Promise<HostPort> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.pipe(socket);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(() => {
-    sockets.forEach((s) => s.destroy());
-    return new Promise((resolve) => server.close(resolve));
-  });
-  return { host: '127.0.0.1', port: (server.address() as AddressInfo).port };
-}
+afterEach(runCleanups);
 
 function options(upstream: HostPort, extra: string[] = []) {
   return parseOptions(

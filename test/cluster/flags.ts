@@ -82,8 +82,17 @@ export function controllerManagerArgs(o: ControllerManagerFlags): string[] {
     '--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service',
     `--service-account-private-key-file=${o.serviceAccountPrivateKeyFile}`,
     `--root-ca-file=${o.rootCaFile}`,
+    ...controlPlaneComponentArgs(o),
+  ];
+}
+
+/**
+ * What kube-controller-manager and kube-scheduler share: one instance each (no leader election),
+ * their own secure port on loopback and no insecure port, so two clusters can coexist.
+ */
+function controlPlaneComponentArgs(o: { securePort: number; certDir: string }): string[] {
+  return [
     '--leader-elect=false',
-    // Own secure port on loopback and no insecure port, so two clusters can coexist.
     `--secure-port=${o.securePort}`,
     `--bind-address=${LOOPBACK}`,
     '--port=0',
@@ -99,15 +108,7 @@ export interface SchedulerFlags {
 }
 
 export function schedulerArgs(o: SchedulerFlags): string[] {
-  return [
-    `--kubeconfig=${o.kubeconfig}`,
-    '--leader-elect=false',
-    `--secure-port=${o.securePort}`,
-    `--bind-address=${LOOPBACK}`,
-    '--port=0',
-    `--cert-dir=${o.certDir}`,
-    '--profiling=false',
-  ];
+  return [`--kubeconfig=${o.kubeconfig}`, ...controlPlaneComponentArgs(o)];
 }
 
 export interface KubemarkFlags {

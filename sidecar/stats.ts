@@ -21,6 +21,7 @@ import { authorize } from './auth.ts';
 import type { FenceControl, FenceState } from './fence.ts';
 import type { ProxyCounters } from './proxy.ts';
 import { checkUpstream } from './proxy.ts';
+import { listenOn } from '../cli/listen.ts';
 
 export interface StatsSnapshot {
   bootId: string;
@@ -241,15 +242,7 @@ export function createStatsServer(options: StatsServerOptions): StatsServer {
   server.keepAliveTimeout = 5_000;
 
   return {
-    listen(host, port) {
-      return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(port, host, () => {
-          server.off('error', reject);
-          resolve(server.address() as AddressInfo);
-        });
-      });
-    },
+    listen: (host, port) => listenOn(server, host, port),
     close() {
       return new Promise((resolve) => {
         server.close(() => resolve());

@@ -3,6 +3,7 @@
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { RequestListener } from 'node:http';
+import { listenOn } from '../cli/listen.ts';
 
 export interface TlsMaterial {
   certPem: string;
@@ -52,15 +53,7 @@ export function createWebhookServer(
 
   return {
     server,
-    listen(host, port) {
-      return new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(port, host, () => {
-          server.off('error', reject);
-          resolve(server.address() as AddressInfo);
-        });
-      });
-    },
+    listen: (host, port) => listenOn(server, host, port),
     setCertificate(next) {
       server.setSecureContext({ cert: next.certPem, key: next.keyPem, minVersion: 'TLSv1.2' });
     },

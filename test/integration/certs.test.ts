@@ -34,6 +34,7 @@ import type { WebhookServer } from '../../webhook/server.ts';
 import { testCluster } from '../cluster/testenv.ts';
 import { installCrds } from './support/crds.ts';
 import { startTcpRelay } from './support/tcp-relay.ts';
+import { waitFor } from './support/wait.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;
@@ -112,20 +113,6 @@ const apply = (yaml: string) =>
   kubectl(['apply', '-n', namespace, '-f', '-'], { input: yaml, allowFail: true, timeoutMs: 30_000 });
 const reviews = async (metrics = webhookMetrics) =>
   (await metrics.reviews.get()).values.reduce((sum, v) => sum + v.value, 0);
-
-async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 interface Balancer {
   port: number;
@@ -380,7 +367,7 @@ test('a whole CA rotation across two replicas while kubectl apply runs in a loop
     await waitFor(
       'the previous CA to be dropped',
       async () => (await count('rotate-ca/drop-previous')) >= 1,
-      60_000,
+      { timeoutMs: 60_000 },
     );
     // Keep applying a little longer, against the bundle that holds only the new CA.
     await sleep(2000);

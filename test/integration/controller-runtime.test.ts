@@ -24,6 +24,15 @@ import { buildkitSource, buildkitTemplateSource, configMapSource } from '../../c
 import { testCluster } from '../cluster/testenv.ts';
 import { installCrds } from './support/crds.ts';
 import { startTcpRelay } from './support/tcp-relay.ts';
+import type { WaitOptions } from './support/wait.ts';
+import { waitFor as waitForWith } from './support/wait.ts';
+
+/** This file polls fast and waits less: watch events arrive within milliseconds. */
+const waitFor = <T>(
+  what: string,
+  probe: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 20_000,
+) => waitForWith(what, probe, { timeoutMs, intervalMs: 50 } satisfies WaitOptions);
 
 const cluster = testCluster();
 const kc = cluster.kubeConfig;
@@ -55,20 +64,6 @@ function testLogger(component: string): Logger {
 
 const logged = (msg: string, component?: string) =>
   logLines.filter((l) => l['msg'] === msg && (!component || l['component'] === component));
-
-async function waitFor<T>(
-  what: string,
-  probe: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 async function counter(registry: Registry, name: string, labels: Record<string, string> = {}) {
   const metric = registry.getSingleMetric(name);

@@ -10,6 +10,11 @@ import { CONTROLLER_OPTIONS, startController } from '../../controller/main.ts';
 import { testCluster } from '../cluster/testenv.ts';
 import { installCrds } from './support/crds.ts';
 import { seatgeekExamples } from './support/seeds.ts';
+import { waitFor } from './support/wait.ts';
+
+/** Probes here read through kubectl, which can fail while objects are being replaced: retry. */
+const eventually = <T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 60_000) =>
+  waitFor(what, probe, { timeoutMs, intervalMs: 250, retryErrors: true });
 
 const cluster = testCluster();
 const { kubectl } = cluster;
@@ -43,26 +48,6 @@ function controllerFor(
 async function getJson(kind: string, name: string, namespace: string) {
   const r = await kubectl(['get', kind, name, '-n', namespace, '-o', 'json'], { allowFail: true });
   return r.code === 0 ? JSON.parse(r.stdout) : undefined;
-}
-
-async function eventually<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 60_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value) return value;
-    } catch (error) {
-      last = error;
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
 }
 
 const runningBuildkit = (name: string, namespace: string) =>

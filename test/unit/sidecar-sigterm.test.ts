@@ -2,10 +2,9 @@
 // connections are refused, open ones keep working until they close (or --grace ends), then exit 0.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { jest } from '@jest/globals';
-import { cleanups, echoServer, runCleanups } from './sidecar-support.ts';
+import { cleanups, connect, echoServer, roundTrip, runCleanups } from './sidecar-support.ts';
 
 jest.setTimeout(30_000);
 
@@ -48,20 +47,6 @@ function startChild(args: string[]): Child {
     }
   };
   return { proc, lines, waitFor, exited };
-}
-
-function connect(port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1', () => resolve(socket));
-    socket.once('error', reject);
-    cleanups.push(() => socket.destroy());
-  });
-}
-
-async function roundTrip(socket: net.Socket, text: string): Promise<string> {
-  const reply = new Promise<string>((resolve) => socket.once('data', (c: Buffer) => resolve(c.toString())));
-  socket.write(text);
-  return reply;
 }
 
 async function start(grace: string) {

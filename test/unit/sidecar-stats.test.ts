@@ -16,7 +16,9 @@ import { bearerToken, tokenFromFileText, tokensMatch } from '../../sidecar/auth.
 import { UNFENCED, connectionAccepted, fence, unfence } from '../../sidecar/fence.ts';
 import type { RunningSidecar } from '../../sidecar/main.ts';
 import { SIDECAR_OPTIONS, sameEndpoint, startSidecar } from '../../sidecar/main.ts';
-import { cleanups, echoServer, runCleanups } from './sidecar-support.ts';
+import { cleanups, connect as connectTo, echoServer, roundTrip, runCleanups } from './sidecar-support.ts';
+
+const connect = (running: RunningSidecar) => connectTo(running.listen.port);
 
 jest.setTimeout(20_000);
 
@@ -61,20 +63,6 @@ async function http(
   });
   const body = await res.text();
   return { status: res.status, body, json: () => JSON.parse(body) as Record<string, unknown> };
-}
-
-function connect(running: RunningSidecar): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(running.listen.port, '127.0.0.1', () => resolve(socket));
-    socket.once('error', reject);
-    cleanups.push(() => socket.destroy());
-  });
-}
-
-async function roundTrip(socket: net.Socket, text: string): Promise<string> {
-  const reply = new Promise<string>((resolve) => socket.once('data', (c: Buffer) => resolve(c.toString())));
-  socket.write(text);
-  return reply;
 }
 
 async function until(what: string, predicate: () => boolean, timeoutMs = 5000): Promise<void> {

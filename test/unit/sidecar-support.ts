@@ -26,3 +26,19 @@ export async function echoServer(): Promise<HostPort> {
   });
   return { host: '127.0.0.1', port: (server.address() as AddressInfo).port };
 }
+
+/** A client connection to 127.0.0.1:`port`, closed after the test. */
+export function connect(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => resolve(socket));
+    socket.once('error', reject);
+    cleanups.push(() => socket.destroy());
+  });
+}
+
+/** Sends `text` and resolves with the first chunk that comes back. */
+export async function roundTrip(socket: net.Socket, text: string): Promise<string> {
+  const reply = new Promise<string>((resolve) => socket.once('data', (c: Buffer) => resolve(c.toString())));
+  socket.write(text);
+  return reply;
+}

@@ -57,3 +57,16 @@ export const RESERVED_ANNOTATIONS: readonly string[] = [
   TARGET_PORT_ANNOTATION,
   SPEC_HASH_ANNOTATION,
 ];
+
+/**
+ * Per-pod opt-out of sidecar injection: `buildkit-fleet.io/inject: "disabled"` on a pod that
+ * carries the autoscale label leaves it untouched (the pod then does not scale to zero).
+ */
+export const INJECT_ANNOTATION = 'buildkit-fleet.io/inject';
+export const INJECT_DISABLED = 'disabled';
+
+/**
+ * Set by the webhook on every pod it injected, to a hash of what it added (`sha256:<16 hex>`).
+ * A pod carrying it is never injected again, whatever the value.
+ */
+export const SIDECAR_INJECTED_ANNOTATION = 'buildkit-fleet.io/sidecar-injected';

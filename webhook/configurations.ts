@@ -8,18 +8,25 @@ import type {
 } from '@kubernetes/client-node';
 
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
+import { AUTOSCALE_ENABLED, AUTOSCALE_LABEL } from '../controller/annotations.ts';
+import { DEFAULT_PLATFORM_NAMESPACE, SYSTEM_NAMESPACES } from './pod-injection.ts';
 
 export const ROUTES = {
   mutateTemplate: '/mutate/buildkittemplates',
   validateTemplate: '/validate/buildkittemplates',
   validateBuildkit: '/validate/buildkits',
+  mutatePod: '/mutate/pods',
 } as const;
 
 export const WEBHOOK_NAMES = {
   mutateTemplate: `default.${BUILDKIT_TEMPLATE.plural}.${GROUP}`,
   validateTemplate: `validate.${BUILDKIT_TEMPLATE.plural}.${GROUP}`,
   validateBuildkit: `validate.${BUILDKIT.plural}.${GROUP}`,
+  mutatePod: 'sidecar.pods.buildkit-fleet.io',
 } as const;
+
+/** The namespace label Kubernetes sets on every namespace from 1.21 on (absent on 1.20). */
+export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
 
 export interface WebhookConfigOptions {
   /** name of both configuration objects */
@@ -33,6 +40,8 @@ export interface WebhookConfigOptions {
   failurePolicy?: 'Fail' | 'Ignore';
   /** only namespaces with these labels (local development against a shared cluster) */
   namespaceLabels?: Record<string, string>;
+  /** the platform's own namespace, which the pod webhook leaves out (besides the system ones) */
+  platformNamespace?: string;
 }
 
 const rule = (plural: string) => ({
@@ -79,6 +88,7 @@ export function mutatingWebhookConfiguration(o: WebhookConfigOptions): V1Mutatin
         reinvocationPolicy: 'Never',
         rules: [rule(BUILDKIT_TEMPLATE.plural)],
       },
+      podWebhook(o),
     ],
   };
 }
@@ -99,6 +109,39 @@ export function validatingWebhookConfiguration(o: WebhookConfigOptions): V1Valid
         name: WEBHOOK_NAMES.validateBuildkit,
         ...common(o, ROUTES.validateBuildkit, 10),
         rules: [rule(BUILDKIT.plural)],
+      },
+    ],
+  };
+}
+
+/**
+ * Sidecar injection. Narrow: only pods carrying the autoscale label reach it (objectSelector), and
+ * never pods of the system namespaces or the platform's own (namespaceSelector on the name label
+ * that 1.21+ sets; `NotIn` also matches namespaces without the label, so on 1.20 those pods do
+ * reach the webhook, which skips them itself). CREATE only: a pod's containers cannot change later.
+ * failurePolicy Fail: an opted-in pod admitted without its sidecar would serve clients the
+ * autoscaler cannot see, and could be scaled down under them. 5 s: the decision is pure.
+ * reinvocationPolicy IfNeeded: a later webhook that changes the pod gets us called again, and the
+ * injected marker makes that call a no-op.
+ */
+function podWebhook(o: WebhookConfigOptions) {
+  const excluded = [...SYSTEM_NAMESPACES, o.platformNamespace ?? DEFAULT_PLATFORM_NAMESPACE];
+  return {
+    name: WEBHOOK_NAMES.mutatePod,
+    ...common(o, ROUTES.mutatePod, 5),
+    namespaceSelector: {
+      ...(o.namespaceLabels ? { matchLabels: o.namespaceLabels } : {}),
+      matchExpressions: [{ key: NAMESPACE_NAME_LABEL, operator: 'NotIn', values: excluded }],
+    },
+    objectSelector: { matchLabels: { [AUTOSCALE_LABEL]: AUTOSCALE_ENABLED } },
+    reinvocationPolicy: 'IfNeeded',
+    rules: [
+      {
+        apiGroups: [''],
+        apiVersions: ['v1'],
+        operations: ['CREATE'],
+        resources: ['pods'],
+        scope: 'Namespaced',
       },
     ],
   };

@@ -1,10 +1,17 @@
 // One handler per webhook route. Each checks that the request is for the kind the route serves,
-// then defers to the pure defaulting/validation functions. The only I/O is the live template read.
+// then defers to the pure defaulting/validation/injection functions. The only I/O is the live
+// template read.
+import type { V1Pod } from '@kubernetes/client-node';
+
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
+import { INJECT_ANNOTATION, INJECT_DISABLED } from '../controller/annotations.ts';
+import type { ServerFeatures } from '../controller/server-features.ts';
 import type { AdmissionRequest, AdmissionResponse } from './admission.ts';
 import { allow, allowWithPatch, deny, denyInvalid } from './admission.ts';
 import { validateBuildkitCreate, validateBuildkitUpdate } from './buildkit-validation.ts';
+import type { InjectionConfig } from './pod-injection.ts';
+import { injectSidecar } from './pod-injection.ts';
 import { templateDefaultsPatch } from './template-defaults.ts';
 import type { Verdict } from './template-validation.ts';
 import { validateTemplate } from './template-validation.ts';
@@ -100,5 +107,52 @@ export function validateBuildkitHandler(readTemplate: TemplateReader): Handler {
       }
     }
     return fromVerdict(request, validateBuildkitCreate(object, template));
+  };
+}
+
+/** What the pod handler needs: the injection config and the features of the API server. */
+export interface PodInjection {
+  config: InjectionConfig;
+  features: ServerFeatures;
+}
+
+/**
+ * Sidecar injection (webhook/pod-injection.ts). A pod that opted in but cannot be injected is
+ * refused: admitted without its sidecar it would serve clients the autoscaler cannot see.
+ */
+export function mutatePodHandler({ config, features }: PodInjection): Handler {
+  return async (request) => {
+    if (request.kind.group !== '' || request.kind.kind !== 'Pod') {
+      const got = `${request.kind.kind}.${request.kind.group || 'core'}`;
+      return {
+        response: deny(
+          request.uid,
+          400,
+          `this webhook route serves core Pods, not ${got}; check the webhook configuration rules`,
+        ),
+        reason: `unexpected resource ${got}`,
+      };
+    }
+    if (request.operation !== 'CREATE') {
+      return { response: allow(request.uid), reason: `nothing to inject on ${request.operation}` };
+    }
+    const pod = (request.object ?? {}) as V1Pod;
+    const namespace = request.namespace || pod.metadata?.namespace || '';
+    const result = injectSidecar({ pod, namespace, config }, features);
+    switch (result.decision) {
+      case 'skip':
+        return { response: allow(request.uid), reason: `skipped: ${result.reason}` };
+      case 'refuse':
+        return {
+          response: deny(
+            request.uid,
+            403,
+            `cannot inject the buildkit-fleet sidecar: ${result.reason}. Fix the pod, or opt out with the annotation ${INJECT_ANNOTATION}: "${INJECT_DISABLED}"`,
+          ),
+          reason: `refused: ${result.reason}`,
+        };
+      case 'inject':
+        return { response: allowWithPatch(request.uid, result.patch), reason: `injected: ${result.reason}` };
+    }
   };
 }

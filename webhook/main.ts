@@ -1,5 +1,6 @@
 // `buildkit-fleet webhook`: wires the admission server. In --local mode it also makes its own
 // certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
+import { VersionApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
 import { createCa, createServingCert } from '../certs/index.ts';
@@ -9,9 +10,16 @@ import { COMMON_OPTIONS, loadKubeConfig } from '../cli/common.ts';
 import { UsageError } from '../cli/errors.ts';
 import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
+import { featuresFromVersionInfo } from '../controller/server-features.ts';
 import { createApp } from './app.ts';
 import { ROUTES, mutatingWebhookConfiguration, validatingWebhookConfiguration } from './configurations.ts';
-import { mutateTemplate, validateBuildkitHandler, validateTemplateHandler } from './handlers.ts';
+import {
+  mutatePodHandler,
+  mutateTemplate,
+  validateBuildkitHandler,
+  validateTemplateHandler,
+} from './handlers.ts';
+import { INJECTION_OPTIONS, injectionConfigFromOptions } from './injection-options.ts';
 import type { TemplateReader } from './handlers.ts';
 import { applyWebhookConfigurations, deleteWebhookConfigurations, liveTemplateReader } from './kube.ts';
 import { createWebhookMetrics } from './metrics.ts';
@@ -67,8 +75,16 @@ const SERVER_OPTIONS = {
   },
 } as const;
 
-/** The webhook's own flags plus the certificate lifecycle's (--cert-mode files|self-managed, ...). */
-export const WEBHOOK_OPTIONS = { ...SERVER_OPTIONS, ...CERT_OPTIONS, ...COMMON_OPTIONS };
+/**
+ * The webhook's own flags, the sidecar injection's (--sidecar-image, ...) and the certificate
+ * lifecycle's (--cert-mode files|self-managed, ...).
+ */
+export const WEBHOOK_OPTIONS = {
+  ...SERVER_OPTIONS,
+  ...INJECTION_OPTIONS,
+  ...CERT_OPTIONS,
+  ...COMMON_OPTIONS,
+};
 
 export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
 
@@ -114,9 +130,25 @@ export async function startWebhook(
   if (options.local && !options.kubeconfig)
     throw new UsageError('--local needs --kubeconfig (or KUBECONFIG)');
   const namespaceLabels = parseLabel(options['namespace-label']);
+  const injection = injectionConfigFromOptions(options, options.local);
   const certConfig = options.local ? undefined : certConfigFromOptions(options);
 
   const kc = loadKubeConfig(options.kubeconfig);
+  // The sidecar's shape (native or regular container) depends on the server, read once like the
+  // controller does: a server upgrade restarts the platform's pods anyway.
+  let features;
+  try {
+    const version = await kc.makeApiClient(VersionApi).getCode();
+    features = featuresFromVersionInfo(version);
+    logger.info(
+      { server: version.gitVersion, nativeSidecars: features.nativeSidecars },
+      'detected the API server',
+    );
+  } catch (error) {
+    throw new Error(`cannot read the API server version (GET /version): ${(error as Error).message}`, {
+      cause: error,
+    });
+  }
   const listen = options.local && !explicitListen ? { host: '127.0.0.1', port: 0 } : options.listen;
 
   const metrics = createWebhookMetrics();
@@ -150,6 +182,7 @@ export async function startWebhook(
       [ROUTES.mutateTemplate]: mutateTemplate,
       [ROUTES.validateTemplate]: validateTemplateHandler,
       [ROUTES.validateBuildkit]: validateBuildkitHandler(readTemplate),
+      [ROUTES.mutatePod]: mutatePodHandler({ config: injection, features }),
     },
     logger,
     metrics,
@@ -185,6 +218,7 @@ export async function startWebhook(
       caBundle: Buffer.from(caPem!).toString('base64'),
       failurePolicy: options['failure-policy'] as 'Fail' | 'Ignore',
       labels: { 'buildkit-fleet.io/local-webhook': 'true' },
+      platformNamespace: injection.platformNamespace,
       ...(namespaceLabels ? { namespaceLabels } : {}),
     };
     try {

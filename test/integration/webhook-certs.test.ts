@@ -104,6 +104,8 @@ describe('self-managed mode', () => {
         configName,
         '--shutdown-grace',
         '1',
+        '--sidecar-image',
+        'buildkit-fleet:test',
       ],
       WEBHOOK_OPTIONS,
     );
@@ -198,6 +200,8 @@ describe('files mode (cert-manager or any mounted Secret)', () => {
         '1s',
         '--shutdown-grace',
         '1',
+        '--sidecar-image',
+        'buildkit-fleet:test',
       ],
       WEBHOOK_OPTIONS,
     );

@@ -10,7 +10,8 @@ import { mutateTemplate, validateBuildkitHandler, validateTemplateHandler } from
 import { createWebhookMetrics } from '../../webhook/metrics.ts';
 import type { WebhookServer } from '../../webhook/server.ts';
 import { createWebhookServer } from '../../webhook/server.ts';
-import { templateRequest } from './webhook-support.ts';
+import type { Reply } from './webhook-support.ts';
+import { postTo, reviewOf, templateRequest } from './webhook-support.ts';
 
 const ca = createCa({ commonName: 'test CA' });
 const serving = createServingCert({ ca, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
@@ -37,35 +38,8 @@ beforeAll(async () => {
 });
 afterAll(() => server.close(100));
 
-interface Reply {
-  status: number;
-  body: string;
-}
-
-function post(path: string, body: string | Buffer, contentType = 'application/json'): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        host: '127.0.0.1',
-        port,
-        path,
-        method: 'POST',
-        ca: ca.certPem,
-        headers: { 'content-type': contentType },
-      },
-      (res) => {
-        let text = '';
-        res.on('data', (chunk) => (text += chunk));
-        res.on('end', () => resolve({ status: res.statusCode!, body: text }));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
-const reviewOf = (request: unknown) =>
-  JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request });
+const post = (path: string, body: string | Buffer, contentType = 'application/json') =>
+  postTo({ port, ca: ca.certPem }, path, body, contentType);
 
 test('a review is answered as an AdmissionReview with the request uid', async () => {
   const r = await post(ROUTES.mutateTemplate, reviewOf(templateRequest({ rootless: true })));

@@ -1,0 +1,257 @@
+// Load generator and peer server of the sidecar benchmark, identical for every path (direct,
+// through the sidecar, through HAProxy). Both live in the benchmark's own process.
+//
+// The peer speaks a tiny protocol chosen by the first byte the client sends:
+//   'S' + u64 length  sink: reads `length` bytes, then answers one byte (all data arrived)
+//   'B' + u64 length  both ways: sends `length` bytes while reading `length`, then one byte
+//   anything else     echo: every byte is sent back (ping-pong and connection churn)
+// Sending reuses one 1 MiB buffer (content does not matter here; the unit tests check content),
+// and client sockets read into one reused 1 MiB buffer (`onread`), so the generator allocates
+// nothing per chunk. Server-side sockets cannot take `onread` (net.Server has no such option):
+// they read 64 KiB chunks like any Node server.
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+
+const CHUNK = Buffer.alloc(1 << 20, 0x61);
+// every client reads into this one buffer: the callback only counts, so sharing it is safe
+const RECEIVE = Buffer.allocUnsafe(1 << 20);
+const HEADER = 9;
+
+export interface Peer {
+  port: number;
+  /** server-side sockets open now */
+  connections(): number;
+  close(): Promise<void>;
+}
+
+/** Writes `length` bytes of CHUNK with backpressure; `done` once all are handed to the kernel. */
+function sendBytes(socket: net.Socket, length: number, done: () => void): void {
+  let left = length;
+  const pump = (): void => {
+    while (left > 0) {
+      const n = Math.min(left, CHUNK.length);
+      left -= n;
+      const ok = socket.write(
+        n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n),
+        left === 0 ? done : undefined,
+      );
+      if (!ok && left > 0) {
+        socket.once('drain', pump);
+        return;
+      }
+    }
+  };
+  pump();
+}
+
+export async function startPeer(): Promise<Peer> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    socket.on('end', () => socket.end());
+    let header: Buffer | undefined;
+    const onHeader = (chunk: Buffer): void => {
+      header = header ? Buffer.concat([header, chunk]) : chunk;
+      const mode = header[0];
+      if (mode !== 0x53 && mode !== 0x42) {
+        // echo
+        socket.off('data', onHeader);
+        socket.on('data', (c: Buffer) => socket.write(c));
+        socket.write(header);
+        return;
+      }
+      if (header.length < HEADER) return;
+      socket.off('data', onHeader);
+      const length = Number(header.readBigUInt64BE(1));
+      let received = header.length - HEADER;
+      let sent = mode === 0x53;
+      const maybeAck = (): void => {
+        if (sent && received === length) socket.write(CHUNK.subarray(0, 1));
+      };
+      socket.on('data', (c: Buffer) => {
+        received += c.length;
+        if (received === length) maybeAck();
+      });
+      if (mode === 0x42) {
+        sendBytes(socket, length, () => {
+          sent = true;
+          maybeAck();
+        });
+      } else maybeAck();
+    };
+    socket.on('data', onHeader);
+  });
+  server.maxConnections = 100_000;
+  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0, backlog: 4096 }, resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    connections: () => sockets.size,
+    close: () => {
+      sockets.forEach((s) => s.destroy());
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+interface Client {
+  socket: net.Socket;
+  /** resolves once `bytes` more bytes have arrived (counted from the call) */
+  receive(bytes: number): Promise<void>;
+  closed: Promise<void>;
+}
+
+/** A client socket reading into a reused buffer; only byte counts are kept. */
+function connectClient(port: number): Promise<Client> {
+  let received = 0;
+  let target = Infinity;
+  let wake: (() => void) | undefined;
+  let fail: ((error: Error) => void) | undefined;
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({
+      host: '127.0.0.1',
+      port,
+      noDelay: true,
+      allowHalfOpen: true,
+      onread: {
+        buffer: RECEIVE,
+        callback: (n: number) => {
+          received += n;
+          if (received >= target && wake) {
+            const w = wake;
+            wake = fail = undefined;
+            w();
+          }
+          return true;
+        },
+      },
+    });
+    const closed = new Promise<void>((r) =>
+      socket.once('close', () => {
+        fail?.(new Error(`connection closed after ${received}/${target} bytes`));
+        r();
+      }),
+    );
+    socket.once('error', reject);
+    socket.once('connect', () =>
+      resolve({
+        socket,
+        closed,
+        receive(bytes) {
+          target = received + bytes;
+          if (received >= target) return Promise.resolve();
+          return new Promise<void>((r, j) => {
+            wake = r;
+            fail = j;
+          });
+        },
+      }),
+    );
+  });
+}
+
+function header(mode: 'S' | 'B', length: number): Buffer {
+  const h = Buffer.alloc(HEADER);
+  h.write(mode, 0);
+  h.writeBigUInt64BE(BigInt(length), 1);
+  return h;
+}
+
+/** Seconds to move `length` bytes one way (client to peer) and get the peer's receipt. */
+export async function bulkOneWay(port: number, length: number): Promise<number> {
+  const client = await connectClient(port);
+  const start = performance.now();
+  const ack = client.receive(1);
+  client.socket.write(header('S', length));
+  sendBytes(client.socket, length, () => undefined);
+  await ack;
+  const seconds = (performance.now() - start) / 1000;
+  client.socket.end();
+  await client.closed;
+  return seconds;
+}
+
+/** Seconds to move `length` bytes each way at once over one connection. */
+export async function bulkBothWays(port: number, length: number): Promise<number> {
+  const client = await connectClient(port);
+  const start = performance.now();
+  const all = client.receive(length + 1);
+  client.socket.write(header('B', length));
+  sendBytes(client.socket, length, () => undefined);
+  await all;
+  const seconds = (performance.now() - start) / 1000;
+  client.socket.end();
+  await client.closed;
+  return seconds;
+}
+
+/** Round-trip times in microseconds of `size`-byte messages, one in flight, for `seconds`. */
+export async function pingPong(port: number, size: number, seconds: number): Promise<number[]> {
+  const client = await connectClient(port);
+  const message = Buffer.alloc(size, 0x65);
+  const samples: number[] = [];
+  // warm the path (JIT in every process on it) before recording
+  for (let i = 0; i < 200; i++) {
+    const back = client.receive(size);
+    client.socket.write(message);
+    await back;
+  }
+  const end = performance.now() + seconds * 1000;
+  for (;;) {
+    const t0 = performance.now();
+    if (t0 > end) break;
+    const back = client.receive(size);
+    client.socket.write(message);
+    await back;
+    samples.push((performance.now() - t0) * 1000);
+  }
+  client.socket.end();
+  await client.closed;
+  return samples.sort((a, b) => a - b);
+}
+
+/** Connections per second: connect, send a byte, get it back, close; `loops` in parallel. */
+export async function churn(port: number, loops: number, seconds: number): Promise<number> {
+  const one = Buffer.from('e');
+  let done = 0;
+  const end = performance.now() + seconds * 1000;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: loops }, async () => {
+      while (performance.now() < end) {
+        const client = await connectClient(port);
+        const back = client.receive(1);
+        client.socket.write(one);
+        await back;
+        client.socket.end();
+        await client.closed;
+        done++;
+      }
+    }),
+  );
+  return done / ((performance.now() - start) / 1000);
+}
+
+/** Opens `count` connections that each completed one echo (so the far side is connected too). */
+export async function openIdle(port: number, count: number): Promise<() => Promise<void>> {
+  const clients: Client[] = [];
+  const one = Buffer.from('e');
+  const BATCH = 100;
+  for (let i = 0; i < count; i += BATCH) {
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(BATCH, count - i) }, async () => {
+        const client = await connectClient(port);
+        const back = client.receive(1);
+        client.socket.write(one);
+        await back;
+        return client;
+      }),
+    );
+    clients.push(...batch);
+  }
+  return async () => {
+    for (const c of clients) c.socket.end();
+    await Promise.all(clients.map((c) => c.closed));
+  };
+}

@@ -1,7 +1,8 @@
 // Options and start-up steps every long-running command shares.
-import { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 
 import { UsageError } from './errors.ts';
+import { PooledKubeConfig } from './kube-config.ts';
 
 export const COMMON_OPTIONS = {
   kubeconfig: {
@@ -19,7 +20,7 @@ export const COMMON_OPTIONS = {
 
 /** The kubeconfig at `path`, or the in-cluster config; a clear UsageError when neither works. */
 export function loadKubeConfig(path: string | undefined): KubeConfig {
-  const kc = new KubeConfig();
+  const kc = new PooledKubeConfig();
   try {
     if (path) kc.loadFromFile(path);
     else kc.loadFromCluster();

@@ -43,6 +43,53 @@ async function waitFor(
 
 const isReady = (p: V1Pod) => p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
 
+/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return NaN;
+  }
+}
+
+/** CPU seconds by process kind (hollow nodes summed), to see where a phase's time went. */
+function cpuByKind(
+  cluster: { processes: readonly { name: string; pid: number }[]; nodeNames: readonly string[] },
+  extra: Record<string, number> = {},
+) {
+  const out: Record<string, number> = {};
+  for (const p of cluster.processes) {
+    const kind = cluster.nodeNames.includes(p.name) ? 'hollow nodes' : p.name;
+    out[kind] = (out[kind] ?? 0) + cpuSeconds(p.pid);
+  }
+  for (const [name, pid] of Object.entries(extra)) out[name] = cpuSeconds(pid);
+  return out;
+}
+
+function minus(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(a).map(([k, v]) => [k, Number((v - (b[k] ?? 0)).toFixed(2))]));
+}
+
+/** The API server's write requests so far, by verb and resource (from its own /metrics). */
+async function apiWrites(
+  kubectl: (args: string[]) => Promise<{ stdout: string }>,
+): Promise<Record<string, number>> {
+  const text = (await kubectl(['get', '--raw', '/metrics'])).stdout;
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('apiserver_request_total{')) continue;
+    const verb = /verb="([A-Z]+)"/.exec(line)?.[1];
+    if (!verb || !['POST', 'PATCH', 'PUT', 'DELETE'].includes(verb)) continue;
+    const resource = /resource="([^"]*)"/.exec(line)?.[1] ?? '';
+    const sub = /subresource="([^"]*)"/.exec(line)?.[1];
+    const key = `${verb} ${resource}${sub ? `/${sub}` : ''}`;
+    out[key] = (out[key] ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return out;
+}
+
 function peakRssMb(pid: number): number {
   const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return hwm ? Number(hwm[1]) / 1024 : NaN;
@@ -89,6 +136,8 @@ export async function run(): Promise<void> {
       metadata: { name: 'bench', namespace: 'bench-direct', uid: '00000000-0000-4000-8000-000000000000' },
       spec,
     };
+    const cpu0 = cpuByKind(cluster);
+    const writes0 = await apiWrites((args) => cluster.kubectl(args));
     const t0 = Date.now();
     await inParallel(names, async (name) => {
       const bk = {
@@ -108,6 +157,8 @@ export async function run(): Promise<void> {
       COUNT,
     );
     const direct = (Date.now() - t0) / 1000;
+    const directCpu = minus(cpuByKind(cluster), cpu0);
+    const directWrites = minus(await apiWrites((args) => cluster.kubectl(args)), writes0);
     await cluster.kubectl(['delete', 'namespace', 'bench-direct', '--wait=false']);
     await waitFor(
       'direct pods gone',
@@ -119,6 +170,8 @@ export async function run(): Promise<void> {
     const controller = spawn(
       process.execPath,
       [
+        // profiling: BENCH_CONTROLLER_NODE_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/prof"
+        ...(process.env['BENCH_CONTROLLER_NODE_FLAGS']?.split(' ').filter(Boolean) ?? []),
         // the compiled CLI, as the image runs it (type stripping the .ts sources costs memory)
         `${root}dist/cli/main.js`,
         'controller',
@@ -146,6 +199,8 @@ export async function run(): Promise<void> {
           spec,
         },
       });
+      const cpu1 = cpuByKind(cluster, { controller: controller.pid! });
+      const writes1 = await apiWrites((args) => cluster.kubectl(args));
       const t1 = Date.now();
       await inParallel(names, (name) =>
         custom.createNamespacedCustomObject({
@@ -176,6 +231,8 @@ export async function run(): Promise<void> {
       );
       const ours = (Date.now() - t1) / 1000;
       const rss = peakRssMb(controller.pid!);
+      const oursCpu = minus(cpuByKind(cluster, { controller: controller.pid! }), cpu1);
+      const oursWrites = minus(await apiWrites((args) => cluster.kubectl(args)), writes1);
       const summary = {
         config: {
           buildkits: COUNT,
@@ -187,6 +244,8 @@ export async function run(): Promise<void> {
         controllerSeconds: ours,
         ratio: ours / direct,
         controllerPeakRssMb: rss,
+        cpuSeconds: { direct: directCpu, controller: oursCpu },
+        apiWrites: { direct: directWrites, controller: oursWrites },
         targets: { ratioBelow: 1.5, peakRssMbBelow: 150 },
       };
       console.log(
@@ -202,9 +261,14 @@ export async function run(): Promise<void> {
           ],
         ),
       );
+      console.log('\nCPU seconds by process during each run, and API writes (apiserver_request_total):');
+      console.log(JSON.stringify({ cpu: summary.cpuSeconds, writes: summary.apiWrites }, null, 1));
       console.log(`results: ${writeResult('controller', summary)}`);
     } finally {
+      // let it exit by itself (a --cpu-prof profile is written on exit)
+      const exited = new Promise((resolve) => controller.once('exit', resolve));
       controller.kill('SIGTERM');
+      await Promise.race([exited, sleep(15_000)]);
     }
   } finally {
     await cluster.stop();

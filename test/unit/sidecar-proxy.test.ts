@@ -11,7 +11,12 @@ import { pino } from 'pino';
 
 import type { HostPort } from '../../cli/options.ts';
 import type { Proxy } from '../../sidecar/proxy.ts';
-import { checkUpstream, createProxy } from '../../sidecar/proxy.ts';
+import {
+  READ_BUFFER_BYTES,
+  acceptedSocketsReuseBuffers,
+  checkUpstream,
+  createProxy,
+} from '../../sidecar/proxy.ts';
 import { cleanups, runCleanups } from './sidecar-support.ts';
 
 jest.setTimeout(60_000);
@@ -291,6 +296,92 @@ test('a slow reader (1 MiB/s for 2 s) gets the bytes at its pace with a bounded 
   }
   expect(hash.digest('hex')).toBe(sha(payload));
   expect(maxBuffered).toBeLessThanOrEqual(256 * 1024);
+});
+
+test('accepted sockets read into their own reused buffer on this Node (the fast path)', () => {
+  expect(acceptedSocketsReuseBuffers).toBe(true);
+});
+
+/** Reads everything with a stall of a few ms every few chunks; hash and length at the end. */
+function receiveSlowly(socket: net.Socket): Promise<{ sha: string; length: number }> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let length = 0;
+    let chunks = 0;
+    socket.on('data', (chunk: Buffer) => {
+      hash.update(chunk);
+      length += chunk.length;
+      if (++chunks % 4 === 0) {
+        socket.pause();
+        setTimeout(() => socket.resume(), 1 + (chunks % 3));
+      }
+    });
+    socket.once('end', () => resolve({ sha: hash.digest('hex'), length }));
+    socket.once('error', reject);
+  });
+}
+
+/** Writes `payload` in pieces of varying size (1 byte to 300 KiB), honouring backpressure, then ends. */
+function sendInPieces(socket: net.Socket, payload: Buffer): void {
+  let offset = 0;
+  let i = 0;
+  const pump = () => {
+    while (offset < payload.length) {
+      const size = [1, 1000, 65_536, 65_537, 300_000, 7][i++ % 6]!;
+      const piece = payload.subarray(offset, offset + size);
+      offset += piece.length;
+      if (!socket.write(piece)) return void socket.once('drain', pump);
+    }
+    socket.end();
+  };
+  pump();
+}
+
+test('reused read buffers: slow jittery readers both ways never see a byte overwritten (sha256)', async () => {
+  const size = 24 * 1024 * 1024;
+  const up = randomBytes(size);
+  const down = randomBytes(size);
+  let serverGot: Promise<{ sha: string; length: number }> | undefined;
+  const upstream = await tcpServer((socket) => {
+    serverGot = receiveSlowly(socket);
+    sendInPieces(socket, down);
+  });
+  const { proxy, at } = await startProxy(upstream);
+  const client = await connect(at);
+  const clientGot = receiveSlowly(client);
+  sendInPieces(client, up);
+  let maxBuffered = 0;
+  const sampler = setInterval(() => (maxBuffered = Math.max(maxBuffered, proxy.bufferedBytes())), 5);
+  cleanups.push(() => clearInterval(sampler));
+  expect(await clientGot).toEqual({ sha: sha(down), length: size });
+  await until('server side', () => serverGot !== undefined);
+  expect(await serverGot!).toEqual({ sha: sha(up), length: size });
+  // at most one read buffer per direction is ever queued in the proxy
+  expect(maxBuffered).toBeLessThanOrEqual(2 * READ_BUFFER_BYTES);
+  await until('connection closed', () => proxy.counters.closed === 1);
+  expect(proxy.counters).toMatchObject({ open: 0, opened: 1, closed: 1, bytesIn: size, bytesOut: size });
+});
+
+test('bytes sent before the upstream connects are held (client paused) and delivered in order', async () => {
+  // the upstream accepts late: the proxy's connect is pending while the client already sends
+  const payload = randomBytes(3 * READ_BUFFER_BYTES + 123);
+  let got: Promise<{ sha: string; length: number }> | undefined;
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    got = receiveAll(socket);
+    socket.end();
+  });
+  server.listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+  const port = (server.address() as AddressInfo).port;
+  const { proxy, at } = await startProxy({ host: '127.0.0.1', port });
+  const client = await connect(at);
+  client.resume();
+  client.end(payload);
+  await until('server side', () => got !== undefined);
+  expect(await got!).toEqual({ sha: sha(payload), length: payload.length });
+  await until('connection closed', () => proxy.counters.closed === 1);
+  expect(proxy.counters.bytesIn).toBe(payload.length);
 });
 
 test('HTTP/2 (gRPC stand-in): unary calls and a long-lived bidirectional stream through the proxy', async () => {

@@ -118,7 +118,9 @@ export function validatingWebhookConfiguration(o: WebhookConfigOptions): V1Valid
  * Sidecar injection. Narrow: only pods carrying the autoscale label reach it (objectSelector), and
  * never pods of the system namespaces or the platform's own (namespaceSelector on the name label
  * that 1.21+ sets; `NotIn` also matches namespaces without the label, so on 1.20 those pods do
- * reach the webhook, which skips them itself). CREATE only: a pod's containers cannot change later.
+ * reach the webhook, which skips them itself). CREATE injects; UPDATE only keeps an injected pod's
+ * buildkitd behind its sidecar when `kubectl apply` of the original manifest re-asserts its old
+ * --addr, probes and ports (see keepBehindSidecar), so re-applying changes nothing.
  * failurePolicy Fail: an opted-in pod admitted without its sidecar would serve clients the
  * autoscaler cannot see, and could be scaled down under them. 5 s: the decision is pure.
  * reinvocationPolicy IfNeeded: a later webhook that changes the pod gets us called again, and the
@@ -139,7 +141,7 @@ function podWebhook(o: WebhookConfigOptions) {
       {
         apiGroups: [''],
         apiVersions: ['v1'],
-        operations: ['CREATE'],
+        operations: ['CREATE', 'UPDATE'],
         resources: ['pods'],
         scope: 'Namespaced',
       },

@@ -11,7 +11,7 @@ import type { AdmissionRequest, AdmissionResponse } from './admission.ts';
 import { allow, allowWithPatch, deny, denyInvalid } from './admission.ts';
 import { validateBuildkitCreate, validateBuildkitUpdate } from './buildkit-validation.ts';
 import type { InjectionConfig } from './pod-injection.ts';
-import { injectSidecar } from './pod-injection.ts';
+import { injectSidecar, keepBehindSidecar } from './pod-injection.ts';
 import { templateDefaultsPatch } from './template-defaults.ts';
 import type { Verdict } from './template-validation.ts';
 import { validateTemplate } from './template-validation.ts';
@@ -133,12 +133,15 @@ export function mutatePodHandler({ config, features }: PodInjection): Handler {
         reason: `unexpected resource ${got}`,
       };
     }
-    if (request.operation !== 'CREATE') {
+    if (request.operation !== 'CREATE' && request.operation !== 'UPDATE') {
       return { response: allow(request.uid), reason: `nothing to inject on ${request.operation}` };
     }
     const pod = (request.object ?? {}) as V1Pod;
     const namespace = request.namespace || pod.metadata?.namespace || '';
-    const result = injectSidecar({ pod, namespace, config }, features);
+    const result =
+      request.operation === 'CREATE'
+        ? injectSidecar({ pod, namespace, config }, features)
+        : keepBehindSidecar(pod);
     switch (result.decision) {
       case 'skip':
         return { response: allow(request.uid), reason: `skipped: ${result.reason}` };

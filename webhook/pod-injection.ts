@@ -340,6 +340,31 @@ function markerOf(sidecar: V1Container, features: ServerFeatures): string {
   return `sha256:${digest.slice(0, 16)}`;
 }
 
+/**
+ * Moves buildkitd to 127.0.0.1:<private>, points its probes of the public port at the sidecar's
+ * /readyz and takes the public port's `ports` entries off it (returned for the sidecar).
+ */
+function moveBehindSidecar(
+  addr: TcpAddr,
+  privatePort: number,
+  statsPort: number,
+): { probes: string[]; publicEntries: V1ContainerPort[] } {
+  const buildkitd = addr.container;
+  const publicPort = addr.port;
+  const list = buildkitd[addr.list]!;
+  const moved = `tcp://127.0.0.1:${privatePort}`;
+  list[addr.index] = addr.inline ? `--addr=${moved}` : moved;
+  const probes = rewriteProbes(buildkitd, publicPort, statsPort);
+  // the public port's entries (and their names, which Services target) go to the sidecar
+  const isPublic = (p: V1ContainerPort) => p.containerPort === publicPort && (p.protocol ?? 'TCP') === 'TCP';
+  const publicEntries = (buildkitd.ports ?? []).filter(isPublic);
+  if (buildkitd.ports) {
+    buildkitd.ports = buildkitd.ports.filter((p) => !isPublic(p));
+    if (!buildkitd.ports.length) delete buildkitd.ports;
+  }
+  return { probes, publicEntries };
+}
+
 /** The mutated copy of the pod and a summary of what changed; throws Refusal. */
 function mutate(ctx: PodContext, features: ServerFeatures): { pod: V1Pod; summary: string } {
   const pod = structuredClone(ctx.pod);
@@ -372,20 +397,8 @@ function mutate(ctx: PodContext, features: ServerFeatures): { pod: V1Pod; summar
   checkFree(pod, privatePort, 'the private port for buildkitd');
   checkFree(pod, statsPort, 'the sidecar stats port');
 
-  // buildkitd moves to loopback on the private port
+  const { probes, publicEntries } = moveBehindSidecar(addr, privatePort, statsPort);
   const buildkitd = addr.container;
-  const list = buildkitd[addr.list]!;
-  const moved = `tcp://127.0.0.1:${privatePort}`;
-  list[addr.index] = addr.inline ? `--addr=${moved}` : moved;
-
-  const probes = rewriteProbes(buildkitd, publicPort, statsPort);
-  // the public port's entries (and their names, which Services target) go to the sidecar
-  const isPublic = (p: V1ContainerPort) => p.containerPort === publicPort && (p.protocol ?? 'TCP') === 'TCP';
-  const publicEntries = (buildkitd.ports ?? []).filter(isPublic);
-  if (buildkitd.ports) {
-    buildkitd.ports = buildkitd.ports.filter((p) => !isPublic(p));
-    if (!buildkitd.ports.length) delete buildkitd.ports;
-  }
 
   const sidecar = sidecarContainer(
     ctx,
@@ -447,4 +460,51 @@ export function injectSidecar(ctx: PodContext, features: ServerFeatures): Inject
     if (error instanceof Refusal) return { decision: 'refuse', reason: error.message };
     throw error;
   }
+}
+
+const envPort = (container: V1Container, name: string): number | undefined => {
+  const value = container.env?.find((e) => e.name === name)?.value;
+  const port = Number(value?.slice(value.lastIndexOf(':') + 1));
+  return Number.isInteger(port) && port > 0 ? port : undefined;
+};
+
+/**
+ * UPDATE of an injected pod: keeps buildkitd behind its sidecar. Client-side `kubectl apply` of
+ * the original manifest re-asserts every field it names whose live value differs (buildkitd's
+ * --addr, its probes and ports), which would otherwise be refused as a change of an immutable pod
+ * spec. Re-doing the move on the updated object (ports read from the sidecar's own env) turns that
+ * re-apply into a no-op update. Anything else about the pod is left as the update has it.
+ */
+export function keepBehindSidecar(pod: V1Pod): InjectionDecision {
+  if (annotationsOf(pod)[SIDECAR_INJECTED_ANNOTATION] === undefined) {
+    return { decision: 'skip', reason: 'not injected' };
+  }
+  const after = structuredClone(pod);
+  const all = [...(after.spec?.initContainers ?? []), ...(after.spec?.containers ?? [])];
+  const sidecar = all.find((c) => c.name === SIDECAR_CONTAINER_NAME);
+  const ports = sidecar && {
+    public: envPort(sidecar, 'BKF_SIDECAR_LISTEN'),
+    private: envPort(sidecar, 'BKF_SIDECAR_UPSTREAM'),
+    stats: envPort(sidecar, 'BKF_SIDECAR_STATS'),
+  };
+  if (!ports?.public || !ports.private || !ports.stats) {
+    return { decision: 'skip', reason: 'injected, but its sidecar and ports are not found' };
+  }
+  let addrs: TcpAddr[];
+  try {
+    addrs = all.filter((c) => c !== sidecar).flatMap(tcpAddrs);
+  } catch (error) {
+    if (error instanceof Refusal) return { decision: 'refuse', reason: error.message };
+    throw error;
+  }
+  const reverted = addrs.filter((a) => a.port === ports.public);
+  for (const addr of reverted) moveBehindSidecar(addr, ports.private, ports.stats);
+  const patch = patchOf(pod, after);
+  if (!patch.length) return { decision: 'skip', reason: 'buildkitd is still behind the sidecar' };
+  return {
+    decision: 'inject',
+    reason: `moved buildkitd back behind the sidecar (127.0.0.1:${ports.private})`,
+    pod: after,
+    patch,
+  };
 }

@@ -1,19 +1,15 @@
 // The admission webhook on the real API server: kubectl apply as a user runs it.
-import { randomBytes } from 'node:crypto';
 import { AdmissionregistrationV1Api } from '@kubernetes/client-node';
-import { pino } from 'pino';
 
-import { parseOptions } from '../../cli/options.ts';
 import type { RunningWebhook } from '../../webhook/main.ts';
-import { WEBHOOK_OPTIONS, startWebhook } from '../../webhook/main.ts';
 import { testCluster } from '../cluster/testenv.ts';
 import { installCrds } from './support/crds.ts';
 import { seatgeekExamples } from './support/seeds.ts';
+import { startLocalWebhook } from './support/webhook.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;
-const configName = `bkf-test-${randomBytes(3).toString('hex')}`;
-const label = `buildkit-fleet.test/webhook=${configName}`;
+let configName: string;
 let namespace: string;
 let webhook: RunningWebhook;
 
@@ -29,22 +25,9 @@ const buildkit = (name: string, spec: string, metadata = '') =>
 beforeAll(async () => {
   await installCrds();
   namespace = await cluster.createNamespace('webhook');
-  await kubectl(['label', 'namespace', namespace, label]);
-  const options = parseOptions(
-    [
-      '--local',
-      '--kubeconfig',
-      cluster.kubeconfigPath,
-      '--config-name',
-      configName,
-      '--namespace-label',
-      label,
-      '--shutdown-grace',
-      '1',
-    ],
-    WEBHOOK_OPTIONS,
-  );
-  webhook = await startWebhook(options, pino({ level: process.env['BKF_TEST_LOG'] ?? 'silent' }), false);
+  const local = await startLocalWebhook(cluster, 'buildkit-fleet.test/webhook');
+  ({ webhook, configName } = local);
+  await kubectl(['label', 'namespace', namespace, local.label]);
 }, 120_000);
 
 afterAll(async () => {
@@ -59,6 +42,7 @@ test('local mode registers both configurations with its URL and CA bundle', asyn
   const all = [...mutating.webhooks!, ...validating.webhooks!];
   expect(all.map((w) => w.name).sort()).toEqual([
     'default.buildkittemplates.buildkit.seatgeek.io',
+    'sidecar.pods.buildkit-fleet.io',
     'validate.buildkits.buildkit.seatgeek.io',
     'validate.buildkittemplates.buildkit.seatgeek.io',
   ]);

@@ -26,6 +26,7 @@ import {
   SIDECAR_CONTAINER_NAME,
   WAIT_FOR_LISTEN_SCRIPT,
   injectSidecar,
+  keepBehindSidecar,
 } from '../../webhook/pod-injection.ts';
 import { expectGolden } from '../golden/golden.ts';
 import { INJECTION_CONFIG, buildkitdPod } from './webhook-support.ts';
@@ -335,6 +336,50 @@ describe('idempotent and side-effect free', () => {
         readOnly: true,
       },
     ]);
+  });
+});
+
+describe('updates of an injected pod (kubectl apply of the original manifest again)', () => {
+  /** What the API server makes of kubectl's three-way patch: the manifest's values merged into the live pod. */
+  function reverted(live: V1Pod): V1Pod {
+    const pod = structuredClone(live);
+    const buildkitd = buildkitdOf(pod);
+    buildkitd.args = ['--addr', 'unix:///run/buildkit/buildkitd.sock', '--addr', 'tcp://0.0.0.0:1234'];
+    buildkitd.ports = [{ name: 'grpc', containerPort: 1234, protocol: 'TCP' }];
+    buildkitd.readinessProbe = { ...buildkitd.readinessProbe, tcpSocket: { port: 'grpc' } };
+    return pod;
+  }
+  const manifest = () => buildkitdPod({ readinessProbe: { tcpSocket: { port: 'grpc' }, periodSeconds: 10 } });
+
+  test.each(SHAPES)(
+    '%s: the reverted fields are moved back, so the update changes nothing',
+    (_s, features) => {
+      const live = injected(manifest(), features);
+      const result = keepBehindSidecar(reverted(live));
+      expect(result.decision).toBe('inject');
+      if (result.decision !== 'inject') return;
+      expect(result.patch.map((op) => `${op.op} ${op.path}`)).toEqual(['replace /spec/containers']);
+      const patched = fastJsonPatch.applyPatch(reverted(live), result.patch, true, false).newDocument;
+      expect(patched).toEqual(live);
+    },
+  );
+
+  test('an update that did not touch buildkitd, or of a pod never injected, is left alone', () => {
+    const live = injected(manifest());
+    const labelled = structuredClone(live);
+    labelled.metadata!.labels = { ...labelled.metadata!.labels, team: 'ci' };
+    expect(keepBehindSidecar(labelled)).toEqual({
+      decision: 'skip',
+      reason: 'buildkitd is still behind the sidecar',
+    });
+    expect(keepBehindSidecar(manifest())).toEqual({ decision: 'skip', reason: 'not injected' });
+  });
+
+  test('a configured private port is read back from the sidecar, not from the current flags', () => {
+    const result = run(manifest(), LEGACY, 'ci', { ...INJECTION_CONFIG, privatePort: 11234 });
+    if (result.decision !== 'inject') throw new Error(result.reason);
+    const again = keepBehindSidecar(reverted(result.pod));
+    expect(again.decision === 'inject' && buildkitdOf(again.pod).args).toContain('tcp://127.0.0.1:11234');
   });
 });
 

@@ -131,6 +131,9 @@ test('other kinds and operations are not injected', async () => {
   expect(deployment.status!.message).toContain('this webhook route serves core Pods, not Deployment.apps');
   const update = await admit(podRequest(buildkitdPod(), { operation: 'UPDATE' }));
   expect(update).toEqual({ uid: podRequest(buildkitdPod()).uid, allowed: true });
+  expect(lastLine()).toMatchObject({ reason: 'skipped: not injected' });
+  const remove = await admit(podRequest(buildkitdPod(), { operation: 'DELETE' }));
+  expect(remove).toEqual({ uid: podRequest(buildkitdPod()).uid, allowed: true });
 });
 
 test('decisions are counted by route and result', async () => {
@@ -154,7 +157,7 @@ describe('the pod webhook configuration', () => {
     clientConfig: (path: string) => ({ url: `https://127.0.0.1:1${path}` }),
   };
 
-  test('narrow: labelled pods only, CREATE only, system and platform namespaces excluded', () => {
+  test('narrow: labelled pods only, CREATE and UPDATE, system and platform namespaces excluded', () => {
     const w = webhookOf({ ...base, platformNamespace: 'bkf' });
     expect(w).toMatchObject({
       clientConfig: { url: 'https://127.0.0.1:1/mutate/pods' },
@@ -172,7 +175,9 @@ describe('the pod webhook configuration', () => {
           },
         ],
       },
-      rules: [{ apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE'], resources: ['pods'] }],
+      rules: [
+        { apiGroups: [''], apiVersions: ['v1'], operations: ['CREATE', 'UPDATE'], resources: ['pods'] },
+      ],
     });
     expect(w.namespaceSelector!.matchLabels).toBeUndefined();
   });

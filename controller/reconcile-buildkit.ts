@@ -93,15 +93,13 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         if (statusOf(error) !== 404) throw error;
       }
     }
+    // A new Buildkit gets its Service and pod in one reconcile; one event says both, because on a
+    // busy API server every event is a write competing with the pods' own status updates.
+    let createdService: string | undefined;
     if (plan.createService && template) {
       try {
         await core.createNamespacedService({ namespace, body: buildService(template, buildkit) });
-        deps.events.record(
-          ref,
-          'Normal',
-          'CreatedService',
-          `created Service ${serviceName}: the stable endpoint`,
-        );
+        createdService = `Service ${serviceName} (the stable endpoint)`;
       } catch (error) {
         if (statusOf(error) !== 409) throw error;
       }
@@ -130,7 +128,9 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         if (replacing) replacements.set(key, { count: (history?.count ?? 0) + 1, last: now().getTime() });
         const created = await core.createNamespacedPod({ namespace, body: rendered.pod });
         createdPods.push(created.metadata!.name!);
-        deps.events.record(ref, 'Normal', 'CreatedPod', `created pod ${created.metadata?.name}`);
+        const what = [`pod ${created.metadata?.name}`, ...(createdService ? [createdService] : [])];
+        deps.events.record(ref, 'Normal', 'CreatedPod', `created ${what.join(' and ')}`);
+        createdService = undefined;
         for (const c of rendered.resources.clamped) {
           deps.events.record(
             ref,
@@ -141,6 +141,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         }
       }
     }
+    if (createdService) deps.events.record(ref, 'Normal', 'CreatedService', `created ${createdService}`);
     if (plan.phase === 'Running') replacements.delete(key);
 
     // List what was just created too: the caches see it a moment later, and waiting for them

@@ -34,6 +34,11 @@ export interface ListWatchSource<T extends KubernetesObject> {
    * hold both shapes depending on how an object arrived.
    */
   fromWatch?(raw: unknown): T;
+  /**
+   * Applied to every object before it enters the cache, listed or watched (after fromWatch):
+   * keep only what the controller reads (see slim.ts).
+   */
+  transform?(object: T): T;
 }
 
 /** client-node's Watch.watch; injectable so tests can break connections. */
@@ -338,7 +343,8 @@ export class Informer<T extends KubernetesObject> {
     const list = await this.source.list();
     // Stopped while listing: failing here keeps client-node from opening a watch nobody stops.
     if (this.stopped) throw new InformerStoppedError(this.name);
-    return list;
+    const transform = this.source.transform?.bind(this.source);
+    return transform ? { ...list, items: list.items.map(transform) } : list;
   }
 
   private async openWatch(
@@ -352,6 +358,11 @@ export class Informer<T extends KubernetesObject> {
     // client-node opens the watch only after the list is in the cache and delivered.
     this.markSynced();
     const fromWatch = this.source.fromWatch?.bind(this.source);
+    const transform = this.source.transform?.bind(this.source);
+    const convert = (object: unknown): T => {
+      const typed = fromWatch ? fromWatch(object) : (object as T);
+      return transform ? transform(typed) : typed;
+    };
     const event = (type: string, object: unknown, raw: unknown) => {
       if (this.stopped) return;
       this.metrics.events.inc({ informer: this.name, type });
@@ -365,7 +376,7 @@ export class Informer<T extends KubernetesObject> {
         // Any event proves the watch works: the next failure starts from the short delay again.
         this.failures = 0;
       }
-      const converted = fromWatch && type !== 'ERROR' && type !== 'BOOKMARK' ? fromWatch(object) : object;
+      const converted = type !== 'ERROR' && type !== 'BOOKMARK' ? convert(object) : object;
       onEvent(type, converted, raw);
     };
     const done = (error: unknown) => {

@@ -16,6 +16,7 @@ import { ObjectSerializer } from '@kubernetes/client-node/dist/gen/models/Object
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP, VERSION } from '../../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../../api/types.generated.ts';
 import type { ListWatchSource } from './informer.ts';
+import { slimPod, slimService, withoutManagedFields } from './slim.ts';
 
 export interface Scope {
   /** One namespace; all namespaces when absent. */
@@ -29,9 +30,16 @@ interface ListRequest {
   fieldSelector?: string;
 }
 
+/**
+ * How watch events become cached objects: `typeName` deserializes them like the typed list calls
+ * do; `slim` instead picks the fields the controller reads from the raw JSON (and from listed
+ * objects), which makes deserializing unnecessary.
+ */
+type Shape<T> = { typeName: string; slim?: undefined } | { slim: (object: T) => T };
+
 function coreSource<T extends KubernetesObject>(
   resource: string,
-  typeName: string,
+  shape: Shape<T>,
   scope: Scope,
   listNamespaced: (request: ListRequest & { namespace: string }) => Promise<KubernetesListObject<T>>,
   listAll: (request: ListRequest) => Promise<KubernetesListObject<T>>,
@@ -45,7 +53,12 @@ function coreSource<T extends KubernetesObject>(
     path: namespace ? `/api/v1/namespaces/${namespace}/${resource}` : `/api/v1/${resource}`,
     list: () => (namespace ? listNamespaced({ ...request, namespace }) : listAll(request)),
     ...request,
-    fromWatch: (raw) => ObjectSerializer.deserialize(raw, typeName, '') as T,
+    ...('typeName' in shape
+      ? {
+          fromWatch: (raw: unknown) => ObjectSerializer.deserialize(raw, shape.typeName, '') as T,
+          transform: (object: T) => withoutManagedFields(object),
+        }
+      : { transform: shape.slim }),
   };
 }
 
@@ -53,7 +66,7 @@ export function configMapSource(kc: KubeConfig, scope: Scope = {}): ListWatchSou
   const api = kc.makeApiClient(CoreV1Api);
   return coreSource<V1ConfigMap>(
     'configmaps',
-    'V1ConfigMap',
+    { typeName: 'V1ConfigMap' },
     scope,
     (r) => api.listNamespacedConfigMap(r),
     (r) => api.listConfigMapForAllNamespaces(r),
@@ -65,7 +78,7 @@ export function podSource(kc: KubeConfig, scope: Scope = {}): ListWatchSource<V1
   const api = kc.makeApiClient(CoreV1Api);
   return coreSource<V1Pod>(
     'pods',
-    'V1Pod',
+    { slim: slimPod },
     scope,
     (r) => api.listNamespacedPod(r),
     (r) => api.listPodForAllNamespaces(r),
@@ -76,7 +89,7 @@ export function serviceSource(kc: KubeConfig, scope: Scope = {}): ListWatchSourc
   const api = kc.makeApiClient(CoreV1Api);
   return coreSource<V1Service>(
     'services',
-    'V1Service',
+    { slim: slimService },
     scope,
     (r) => api.listNamespacedService(r),
     (r) => api.listServiceForAllNamespaces(r),
@@ -119,6 +132,7 @@ export function customObjectSource<T extends KubernetesObject>(
             ...request,
           })) as KubernetesListObject<T>,
     ...request,
+    transform: (object) => withoutManagedFields(object),
   };
 }
 

@@ -8,6 +8,7 @@ import { CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node
 import type { V1Pod } from '@kubernetes/client-node';
 
 import { startCluster } from '../cluster/cluster.ts';
+import { freePort } from '../cluster/ports.ts';
 import { renderPod, buildService } from '../../controller/pod-builder.ts';
 import { featuresFromVersionInfo } from '../../controller/server-features.ts';
 import { defaultTemplateSpec } from '../../webhook/template-defaults.ts';
@@ -90,6 +91,22 @@ async function apiWrites(
   return out;
 }
 
+/** The controller's own view of its memory at the end (prom-client's default metrics), in MB. */
+async function controllerMemory(port: number): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const out: Record<string, number> = {};
+  for (const name of [
+    'process_resident_memory_bytes',
+    'nodejs_heap_size_used_bytes',
+    'nodejs_heap_size_total_bytes',
+    'nodejs_external_memory_bytes',
+  ]) {
+    const line = text.split('\n').find((l) => l.startsWith(`buildkit_fleet_controller_${name} `));
+    if (line) out[name.replace(/_bytes$/, '')] = Number((Number(line.split(' ')[1]) / 2 ** 20).toFixed(1));
+  }
+  return out;
+}
+
 function peakRssMb(pid: number): number {
   const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return hwm ? Number(hwm[1]) / 1024 : NaN;
@@ -160,13 +177,11 @@ export async function run(): Promise<void> {
     const directCpu = minus(cpuByKind(cluster), cpu0);
     const directWrites = minus(await apiWrites((args) => cluster.kubectl(args)), writes0);
     await cluster.kubectl(['delete', 'namespace', 'bench-direct', '--wait=false']);
-    await waitFor(
-      'direct pods gone',
-      async () => COUNT - (await core.listNamespacedPod({ namespace: 'bench-direct' })).items.length,
-      COUNT,
-    );
+    // all of it gone (pods, Services, Endpoints), so the cleanup does not load the next run
+    await cluster.kubectl(['wait', '--for=delete', 'namespace/bench-direct', '--timeout=600s']);
 
     // The controller, as its own process so its memory can be read.
+    const metricsPort = await freePort();
     const controller = spawn(
       process.execPath,
       [
@@ -178,7 +193,7 @@ export async function run(): Promise<void> {
         '--kubeconfig',
         cluster.kubeconfigPath,
         '--metrics-listen',
-        '127.0.0.1:0',
+        `127.0.0.1:${metricsPort}`,
         '--log-level',
         'warn',
         '--leader-election-namespace',
@@ -231,6 +246,7 @@ export async function run(): Promise<void> {
       );
       const ours = (Date.now() - t1) / 1000;
       const rss = peakRssMb(controller.pid!);
+      const memory = await controllerMemory(metricsPort);
       const oursCpu = minus(cpuByKind(cluster, { controller: controller.pid! }), cpu1);
       const oursWrites = minus(await apiWrites((args) => cluster.kubectl(args)), writes1);
       const summary = {
@@ -244,6 +260,7 @@ export async function run(): Promise<void> {
         controllerSeconds: ours,
         ratio: ours / direct,
         controllerPeakRssMb: rss,
+        controllerMemoryAtEndMb: memory,
         cpuSeconds: { direct: directCpu, controller: oursCpu },
         apiWrites: { direct: directWrites, controller: oursWrites },
         targets: { ratioBelow: 1.5, peakRssMbBelow: 150 },

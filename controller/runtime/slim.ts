@@ -1,0 +1,127 @@
+// What the controller keeps of the objects it caches. A cached pod as the API server sends it is
+// 5-10 KB of JSON (managedFields alone are often half of it) and several times that as JS objects;
+// the reconcilers read only its metadata and a few status fields. Keeping just those bounds the
+// controller's memory by the number of pods, not their size, and the watch path skips client-node's
+// ObjectSerializer, whose recursive walk over every V1Pod field was a visible CPU cost per event.
+//
+// Timestamps become Date objects (the shape the typed list calls return), whether the object came
+// from a list or as raw JSON from a watch, so the cache never holds both shapes.
+import type {
+  V1ContainerState,
+  V1ContainerStatus,
+  V1ObjectMeta,
+  V1Pod,
+  V1PodCondition,
+  V1Service,
+} from '@kubernetes/client-node';
+
+type Loose = Record<string, unknown>;
+
+function toDate(value: unknown): Date | undefined {
+  if (value === undefined || value === null) return undefined;
+  return value instanceof Date ? value : new Date(String(value));
+}
+
+function defined<T extends Loose>(object: T): T {
+  for (const key of Object.keys(object)) if (object[key] === undefined) delete object[key];
+  return object;
+}
+
+/** Metadata without managedFields, with Date timestamps. */
+export function slimMetadata(metadata: V1ObjectMeta | undefined): V1ObjectMeta {
+  if (!metadata) return {};
+  const {
+    managedFields: _managed,
+    creationTimestamp,
+    deletionTimestamp,
+    ownerReferences,
+    ...rest
+  } = metadata;
+  return defined({
+    ...rest,
+    creationTimestamp: toDate(creationTimestamp),
+    deletionTimestamp: toDate(deletionTimestamp),
+    // plain objects, whether they came as client-node classes or JSON
+    ownerReferences: ownerReferences?.map((r) =>
+      defined({
+        apiVersion: r.apiVersion,
+        kind: r.kind,
+        name: r.name,
+        uid: r.uid,
+        controller: r.controller,
+        blockOwnerDeletion: r.blockOwnerDeletion,
+      }),
+    ),
+  });
+}
+
+function slimCondition(c: V1PodCondition): V1PodCondition {
+  return defined({ type: c.type, status: c.status, reason: c.reason, message: c.message });
+}
+
+/** Which state, and why; not the timestamps. */
+function slimState(state: V1ContainerState): V1ContainerState {
+  const { waiting, running, terminated } = state;
+  return defined({
+    waiting: waiting ? defined({ reason: waiting.reason, message: waiting.message }) : undefined,
+    running: running ? {} : undefined,
+    terminated: terminated
+      ? (defined({
+          reason: terminated.reason,
+          message: terminated.message,
+          exitCode: terminated.exitCode,
+        }) as V1ContainerState['terminated'])
+      : undefined,
+  });
+}
+
+function slimContainerStatus(c: V1ContainerStatus): V1ContainerStatus {
+  return defined({
+    name: c.name,
+    ready: c.ready,
+    restartCount: c.restartCount,
+    started: c.started,
+    state: c.state ? slimState(c.state) : undefined,
+  }) as V1ContainerStatus;
+}
+
+/** A pod as the buildkit reconciler reads it: metadata, node, phase, conditions, container states. */
+export function slimPod(pod: V1Pod): V1Pod {
+  const status = pod.status;
+  return defined({
+    apiVersion: pod.apiVersion,
+    kind: pod.kind,
+    metadata: slimMetadata(pod.metadata),
+    spec: pod.spec?.nodeName ? ({ nodeName: pod.spec.nodeName } as V1Pod['spec']) : undefined,
+    status: status
+      ? defined({
+          phase: status.phase,
+          reason: status.reason,
+          message: status.message,
+          podIP: status.podIP,
+          hostIP: status.hostIP,
+          conditions: status.conditions?.map(slimCondition),
+          containerStatuses: status.containerStatuses?.map(slimContainerStatus),
+        })
+      : undefined,
+  }) as V1Pod;
+}
+
+/** A Service as the reconciler reads it: metadata, cluster IP and ports. */
+export function slimService(service: V1Service): V1Service {
+  return defined({
+    apiVersion: service.apiVersion,
+    kind: service.kind,
+    metadata: slimMetadata(service.metadata),
+    spec: service.spec
+      ? defined({ type: service.spec.type, clusterIP: service.spec.clusterIP, ports: service.spec.ports })
+      : undefined,
+  }) as V1Service;
+}
+
+/** Any object without its managedFields (custom resources, ConfigMaps: their content is needed). */
+export function withoutManagedFields<T extends { metadata?: V1ObjectMeta }>(object: T): T {
+  if (!object.metadata?.managedFields) return object;
+  const { managedFields: _managed, ...metadata } = object.metadata;
+  return { ...object, metadata };
+}

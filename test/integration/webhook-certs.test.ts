@@ -120,7 +120,8 @@ describe('self-managed mode', () => {
       ...(await api.readMutatingWebhookConfiguration({ name: configName })).webhooks!,
       ...(await api.readValidatingWebhookConfiguration({ name: configName })).webhooks!,
     ].map((w) => Buffer.from(w.clientConfig.caBundle ?? '', 'base64').toString());
-    expect(bundles).toEqual([caPem, caPem, caPem]);
+    // every webhook of both configurations, the pod injector's included
+    expect(bundles).toEqual([caPem, caPem, caPem, caPem]);
     const served = await servedCertificate(port);
     expect(served.checkIssued(new X509Certificate(caPem))).toBe(true);
     expect(served.checkIP('127.0.0.1')).toBe('127.0.0.1');

@@ -193,7 +193,8 @@ test('self-managed start creates the Secret and caBundle, then the API server ca
   expect(Object.keys(data).sort()).toEqual(['ca.crt', 'ca.key', 'tls.crt', 'tls.key']);
   expect(secret.metadata?.labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'buildkit-fleet' });
   expect(secret.metadata?.annotations?.['buildkit-fleet.io/certs-last-change']).toMatch(/^create: /);
-  expect(await caBundles()).toEqual([data['ca.crt'], data['ca.crt'], data['ca.crt']]);
+  // every webhook of both configurations, the pod injector's included
+  expect(await caBundles()).toEqual([data['ca.crt'], data['ca.crt'], data['ca.crt'], data['ca.crt']]);
   expect(serving.current()).toEqual({
     certPem: data['tls.crt'],
     keyPem: data['tls.key'],
@@ -247,7 +248,7 @@ test('a wiped caBundle is restored (watch), and reviews work again', async () =>
   const wipedAt = Date.now();
   // What a `helm upgrade` of a chart without caBundle in its manifests does.
   await kubectl(['patch', 'validatingwebhookconfiguration', configName, '--type=json', '-p', wipe(2)]);
-  await kubectl(['patch', 'mutatingwebhookconfiguration', configName, '--type=json', '-p', wipe(1)]);
+  await kubectl(['patch', 'mutatingwebhookconfiguration', configName, '--type=json', '-p', wipe(2)]);
   await waitFor('caBundle to be restored', async () => (await caBundles()).every((b) => b === expected));
   const restoredMs = Date.now() - wipedAt;
   // The 5 s periodic check is the fallback; the watch should be much faster.

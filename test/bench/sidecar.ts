@@ -9,14 +9,17 @@
 // CPU placement (2 cores): this process (load generator and peer server, one event loop) is
 // pinned to core 0 and the proxy under test to core 1. Each proxy gets a core of its own, as it
 // would next to buildkitd, and the endpoints cost the same on every path, so "direct" is what the
-// endpoints can do and a proxy that keeps up with them measures 1.0x. Unpinned, the scheduler
-// moved the three processes between the cores and the spread between runs was much larger.
-// BENCH_PIN=0 turns pinning off.
+// endpoints can do and a proxy that keeps up with them measures 1.0x. Unpinned, the three
+// processes would compete for both cores and the scheduler would decide what gets measured.
+// BENCH_PIN=0 turns pinning off. On a shared machine other work lands on both cores anyway:
+// compare the per-round ratios, not the absolute numbers of one run.
 //
 // HAProxy must be installed (Debian: `apt-get install -y haproxy`); without it the benchmark
 // says so and exits non-zero. Environment: BENCH_ROUNDS (5), BENCH_BULK_MIB (1024),
 // BENCH_SECONDS (2, per latency/churn measurement), BENCH_SIDECAR_NODE_FLAGS (extra node flags
-// for the sidecar, e.g. --cpu-prof), BENCH_ONLY (comma-separated paths, e.g. sidecar).
+// for the sidecar, e.g. --cpu-prof), BENCH_SIDECAR_MAIN (see below), BENCH_ONLY (comma-separated
+// paths, e.g. sidecar). RSS is read from /proc/<pid>/status (VmRSS) at the end of each round, so
+// it includes whatever the bulk runs left behind, as it would in a long-lived pod.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,7 +43,10 @@ const CHURN_LOOPS = 4;
 const IDLE = 1000;
 const GB = 1e9;
 
-const main = fileURLToPath(new URL('../../sidecar/main.ts', import.meta.url));
+// the source, as the sidecar tests run it; BENCH_SIDECAR_MAIN=dist/sidecar/main.js (after
+// `npm run build`) measures the compiled JavaScript, without Node's type stripping (~17 MiB RSS)
+const main =
+  process.env['BENCH_SIDECAR_MAIN'] ?? fileURLToPath(new URL('../../sidecar/main.ts', import.meta.url));
 
 interface Path {
   name: 'direct' | 'sidecar' | 'haproxy';
@@ -248,6 +254,7 @@ function report(results: Record<string, Samples>, idleRss: Record<string, number
       idleConnections: IDLE,
       pinned: PIN ? 'load generator + peer on core 0, proxy on core 1' : 'no',
       sidecarNodeFlags: SIDECAR_FLAGS,
+      sidecarMain: main,
       haproxy: `${version}, mode tcp, option splice-auto, nbthread 1`,
       node: process.version,
     },

@@ -253,7 +253,7 @@ test('backpressure: a reader that stops makes the writer stall; the proxy buffer
     ).toFixed(1)} MiB, proxy buffer max ${(maxBuffered / 1024).toFixed(0)} KiB`,
   );
   expect(written).toBeLessThan(size / 2);
-  // one highWaterMark (16 KiB) plus the chunk pipe() was holding when write() said "full"
+  // at most one read buffer (64 KiB) per direction: the proxy stops reading while a write is queued
   expect(maxBuffered).toBeLessThanOrEqual(256 * 1024);
   // resume: everything still arrives, in order
   const hash = createHash('sha256');

@@ -178,7 +178,9 @@ export async function run(): Promise<void> {
     const directWrites = minus(await apiWrites((args) => cluster.kubectl(args)), writes0);
     await cluster.kubectl(['delete', 'namespace', 'bench-direct', '--wait=false']);
     // all of it gone (pods, Services, Endpoints), so the cleanup does not load the next run
-    await cluster.kubectl(['wait', '--for=delete', 'namespace/bench-direct', '--timeout=600s']);
+    await cluster.kubectl(['wait', '--for=delete', 'namespace/bench-direct', '--timeout=600s'], {
+      timeoutMs: 610_000,
+    });
 
     // The controller, as its own process so its memory can be read.
     const metricsPort = await freePort();

@@ -3,23 +3,14 @@
 // both current (rotation). `--once` does one pass and exits (a Helm hook Job, or a CI step).
 import { Registry } from 'prom-client';
 
-import { COMMON_OPTIONS, loadKubeConfig } from '../cli/common.ts';
+import { loadKubeConfig } from '../cli/common.ts';
 import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
-import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from './options.ts';
+import { certConfigFromOptions, startCertSource } from './options.ts';
 
 // the lifecycle without the server: no mode choice, no file reloading
-const { 'cert-mode': _mode, 'cert-reload-interval': _reload, ...LIFECYCLE_OPTIONS } = CERT_OPTIONS;
-
-export const CERTS_COMMAND_OPTIONS = {
-  ...LIFECYCLE_OPTIONS,
-  ...COMMON_OPTIONS,
-  once: {
-    type: 'boolean',
-    description: 'Ensure the Secret and caBundle once, then exit (0 when both are in place)',
-    default: false,
-  },
-} as const;
+export { CERTS_COMMAND_OPTIONS } from './cert-options.ts';
+import type { CERTS_COMMAND_OPTIONS } from './cert-options.ts';
 
 export type CertsCommandOptions = ParsedOptions<typeof CERTS_COMMAND_OPTIONS>;
 

@@ -2,16 +2,17 @@
 // later components (webhook, controller, sidecar, certs) add theirs here.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { stringify } from 'yaml';
 
-import { allCrds } from '../api/crds.ts';
 import { UsageError } from './errors.ts';
 import type { OptionSpecs, ParsedOptions } from './options.ts';
 import { optionsHelp, parseOptions } from './options.ts';
-import { WEBHOOK_OPTIONS, runWebhookCommand } from '../webhook/main.ts';
-import { CERTS_COMMAND_OPTIONS, runCertsCommand } from '../certs/main.ts';
-import { CONTROLLER_OPTIONS, runControllerCommand } from '../controller/main.ts';
-import { SIDECAR_OPTIONS, runSidecarCommand } from '../sidecar/main.ts';
+// Only the flags are loaded up front; a command's code (and its dependencies: client-node,
+// express, node-forge, ...) is imported when it runs, so the sidecar does not carry the
+// controller's libraries in memory and the reverse.
+import { WEBHOOK_OPTIONS } from '../webhook/options.ts';
+import { CERTS_COMMAND_OPTIONS } from '../certs/cert-options.ts';
+import { CONTROLLER_OPTIONS } from '../controller/options.ts';
+import { SIDECAR_OPTIONS } from '../sidecar/options.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -32,6 +33,7 @@ const crdsCommand: Command = {
   usage: 'buildkit-fleet crds',
   async run(args, io) {
     parseStrict(args, {});
+    const [{ allCrds }, { stringify }] = await Promise.all([import('../api/crds.ts'), import('yaml')]);
     io.out(
       allCrds()
         .map((crd) => stringify(crd, { lineWidth: 0 }))
@@ -49,6 +51,7 @@ const webhookCommand: Command = {
     const options = parseOptions(args, WEBHOOK_OPTIONS);
     const explicitListen =
       args.some((a) => a.startsWith('--listen')) || Boolean(process.env['BKF_WEBHOOK_LISTEN']);
+    const { runWebhookCommand } = await import('../webhook/main.ts');
     return runWebhookCommand(options, explicitListen);
   },
 };
@@ -72,21 +75,21 @@ const certsCommand = componentCommand(
   'certs',
   'Make and rotate the webhook certificates in a Secret and keep the CA in the webhook caBundle (self-managed mode, without cert-manager).',
   CERTS_COMMAND_OPTIONS,
-  runCertsCommand,
+  async (options) => (await import('../certs/main.ts')).runCertsCommand(options),
 );
 
 const controllerCommand = componentCommand(
   'controller',
   'Reconcile BuildkitTemplates into ConfigMaps and Buildkits into a buildkitd Pod, a Service and status.',
   CONTROLLER_OPTIONS,
-  runControllerCommand,
+  async (options) => (await import('../controller/main.ts')).runControllerCommand(options),
 );
 
 const sidecarCommand = componentCommand(
   'sidecar',
   'Run the activity-tracking TCP proxy in front of buildkitd: counts connections, serves stats, fences and drains.',
   SIDECAR_OPTIONS,
-  runSidecarCommand,
+  async (options) => (await import('../sidecar/main.ts')).runSidecarCommand(options),
 );
 
 export const COMMANDS: Record<string, Command> = {

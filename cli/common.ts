@@ -4,20 +4,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { UsageError } from './errors.ts';
 import { PooledKubeConfig } from './kube-config.ts';
 
-export const COMMON_OPTIONS = {
-  kubeconfig: {
-    type: 'string',
-    env: 'KUBECONFIG',
-    description: 'kubeconfig file; in-cluster config when unset',
-  },
-  'log-level': {
-    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
-    env: 'BKF_LOG_LEVEL',
-    description: 'Log level',
-    default: 'info',
-  },
-} as const;
-
+export { COMMON_OPTIONS } from './common-options.ts';
 /** The kubeconfig at `path`, or the in-cluster config; a clear UsageError when neither works. */
 export function loadKubeConfig(path: string | undefined): KubeConfig {
   const kc = new PooledKubeConfig();

@@ -4,9 +4,9 @@ import { VersionApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
 import { createCa, createServingCert } from '../certs/index.ts';
-import { CERT_OPTIONS, certConfigFromOptions, startCertSource } from '../certs/options.ts';
+import { certConfigFromOptions, startCertSource } from '../certs/options.ts';
 import type { CertSource } from '../certs/rotator.ts';
-import { COMMON_OPTIONS, loadKubeConfig } from '../cli/common.ts';
+import { loadKubeConfig } from '../cli/common.ts';
 import { UsageError } from '../cli/errors.ts';
 import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
@@ -19,72 +19,15 @@ import {
   validateBuildkitHandler,
   validateTemplateHandler,
 } from './handlers.ts';
-import { INJECTION_OPTIONS, injectionConfigFromOptions } from './injection-options.ts';
+import { injectionConfigFromOptions } from './injection-options.ts';
 import type { TemplateReader } from './handlers.ts';
 import { applyWebhookConfigurations, deleteWebhookConfigurations, liveTemplateReader } from './kube.ts';
 import { createWebhookMetrics } from './metrics.ts';
 import type { TlsMaterial, WebhookServer } from './server.ts';
 import { createWebhookServer } from './server.ts';
 
-const SERVER_OPTIONS = {
-  listen: {
-    type: 'hostport',
-    env: 'BKF_WEBHOOK_LISTEN',
-    description: 'Address of the HTTPS admission server (--local: 127.0.0.1:0, a free port, unless set)',
-    default: '0.0.0.0:9443',
-  },
-  'tls-cert-file': {
-    type: 'string',
-    env: 'BKF_TLS_CERT_FILE',
-    description: 'PEM serving certificate (with --tls-key-file)',
-  },
-  'tls-key-file': {
-    type: 'string',
-    env: 'BKF_TLS_KEY_FILE',
-    description: 'PEM private key of the serving certificate',
-  },
-  local: {
-    type: 'boolean',
-    description:
-      'Development mode: make a CA and a cert for 127.0.0.1, register the webhook configurations with the cluster pointing at this process, remove them on exit',
-    default: false,
-  },
-  'config-name': {
-    type: 'string',
-    env: 'BKF_WEBHOOK_CONFIG_NAME',
-    description: 'Name of the Mutating/ValidatingWebhookConfiguration that --local manages',
-    default: 'buildkit-fleet',
-  },
-  'failure-policy': {
-    type: { oneOf: ['Fail', 'Ignore'] },
-    env: 'BKF_WEBHOOK_FAILURE_POLICY',
-    description: 'failurePolicy of the configurations --local installs',
-    default: 'Fail',
-  },
-  'namespace-label': {
-    type: 'string',
-    env: 'BKF_WEBHOOK_NAMESPACE_LABEL',
-    description:
-      '--local: only review objects in namespaces carrying this label, as key=value (share a cluster without affecting others)',
-  },
-  'shutdown-grace': {
-    type: 'seconds',
-    env: 'BKF_SHUTDOWN_GRACE',
-    description: 'On SIGTERM, seconds to let in-flight reviews finish',
-    default: '10',
-  },
-} as const;
-
-/**
- * The webhook's own flags, the sidecar injection's (--sidecar-image, ...) and the certificate
- * lifecycle's (--cert-mode files|self-managed, ...).
- */
-export const WEBHOOK_OPTIONS = {
-  ...SERVER_OPTIONS,
-  ...INJECTION_OPTIONS,
-  ...CERT_OPTIONS,
-  ...COMMON_OPTIONS,
-};
+export { WEBHOOK_OPTIONS } from './options.ts';
+import type { WEBHOOK_OPTIONS } from './options.ts';
 
 export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 
 import { COMMANDS, helpText, runCli } from '../../cli/commands.ts';
@@ -105,5 +106,40 @@ describe('webhook options', () => {
       '/nonexistent/kc',
     );
     expect(files).toMatchObject({ code: 2 });
+  });
+});
+
+describe('each command loads only its own dependencies', () => {
+  // Resolving the CLI and a command's flags must not pull in the libraries other commands need:
+  // the sidecar runs in every buildkitd pod and has a memory budget.
+  const heavy = ['@kubernetes/client-node', 'express', 'node-forge', 'prom-client'];
+
+  function packagesLoaded(code: string): string[] {
+    const script = `
+      import { registerHooks } from 'node:module';
+      const seen = new Set();
+      registerHooks({ resolve(specifier, context, next) { if (!specifier.startsWith('.') && !specifier.startsWith('node:') && !specifier.startsWith('file:')) seen.add(specifier.split('/').slice(0, specifier.startsWith('@') ? 2 : 1).join('/')); return next(specifier, context); } });
+      ${code}
+      console.log(JSON.stringify([...seen]));`;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: new URL('../../', import.meta.url),
+      encoding: 'utf8',
+    });
+    return JSON.parse(out.trim().split('\n').pop()!) as string[];
+  }
+
+  test('listing commands and parsing flags loads none of the heavy libraries', () => {
+    const loaded = packagesLoaded(`
+      const { COMMANDS, helpText } = await import('./cli/commands.ts');
+      helpText();
+      for (const name of Object.keys(COMMANDS)) void COMMANDS[name].options;`);
+    expect(loaded.filter((p) => heavy.includes(p))).toEqual([]);
+  });
+
+  test('the sidecar loads neither client-node, express nor node-forge', () => {
+    const loaded = packagesLoaded(`await import('./sidecar/main.ts');`);
+    expect(loaded).not.toContain('@kubernetes/client-node');
+    expect(loaded).not.toContain('express');
+    expect(loaded).not.toContain('node-forge');
   });
 });

@@ -1,0 +1,61 @@
+// The flags of `buildkit-fleet controller`, apart from the code that runs it: the CLI lists and parses
+// every command's flags but loads only the command it runs (each component's dependencies cost memory).
+import { COMMON_OPTIONS } from '../cli/common-options.ts';
+
+export const CONTROLLER_OPTIONS = {
+  'watch-namespace': {
+    type: 'string',
+    env: 'BKF_WATCH_NAMESPACE',
+    description: 'Only reconcile this namespace (then namespaced RBAC is enough); all namespaces when unset',
+  },
+  'metrics-listen': {
+    type: 'hostport',
+    env: 'BKF_METRICS_LISTEN',
+    description: 'Plain HTTP address for /metrics, /healthz and /readyz',
+    default: '0.0.0.0:8080',
+  },
+  workers: {
+    type: 'integer',
+    env: 'BKF_WORKERS',
+    description: 'Keys reconciled in parallel per kind',
+    default: '4',
+  },
+  resync: {
+    type: 'seconds',
+    env: 'BKF_RESYNC',
+    description: 'Re-examine every object this often even without changes',
+    default: '600',
+  },
+  'disable-leader-election': {
+    type: 'boolean',
+    description: 'Act without holding the Lease (only safe with a single replica)',
+    default: false,
+  },
+  'leader-election-namespace': {
+    type: 'string',
+    env: 'BKF_LEADER_ELECTION_NAMESPACE',
+    description: "Namespace of the Lease (default: POD_NAMESPACE, then --watch-namespace, then 'default')",
+  },
+  'leader-election-name': {
+    type: 'string',
+    env: 'BKF_LEADER_ELECTION_NAME',
+    description: 'Name of the coordination.k8s.io Lease the replicas compete for',
+    default: 'buildkit-fleet-controller',
+  },
+  'leader-election-lease-duration': {
+    type: 'integer',
+    description: 'Lease duration in seconds',
+    default: '15',
+  },
+  'leader-election-renew-deadline': {
+    type: 'integer',
+    description: 'A leader that cannot renew within this many seconds steps down',
+    default: '10',
+  },
+  'leader-election-retry-period': {
+    type: 'integer',
+    description: 'Seconds between Lease attempts',
+    default: '2',
+  },
+  ...COMMON_OPTIONS,
+} as const;

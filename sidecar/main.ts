@@ -74,7 +74,16 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     try {
       await readTokenFile(tokenFile);
     } catch (error) {
-      throw new UsageError(`--token-file: ${(error as Error).message}`);
+      // The injector mounts the token Secret as optional: a namespace without it yet gets an
+      // empty volume, which the kubelet fills once the Secret exists. Until then the control
+      // answers 503 (nobody can fence, so nothing is scaled down); exiting would crash-loop the pod.
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
+        throw new UsageError(`--token-file: ${(error as Error).message}`);
+      }
+      logger.warn(
+        { tokenFile },
+        'token file missing: fence control unavailable (503) until the Secret is mounted',
+      );
     }
   }
 

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import type { V1Pod } from '@kubernetes/client-node';
 
+import { CONTROLLER_ENV, CONTROLLER_NODE_OPTIONS } from '../../controller/options.ts';
 import { startCluster } from '../cluster/cluster.ts';
 import { freePort } from '../cluster/ports.ts';
 import { renderPod, buildService } from '../../controller/pod-builder.ts';
@@ -187,8 +188,9 @@ export async function run(): Promise<void> {
     const controller = spawn(
       process.execPath,
       [
-        // profiling: BENCH_CONTROLLER_NODE_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/prof"
-        ...(process.env['BENCH_CONTROLLER_NODE_FLAGS']?.split(' ').filter(Boolean) ?? []),
+        // the documented process settings; override (e.g. to add --cpu-prof --cpu-prof-dir=/tmp/prof)
+        // with BENCH_CONTROLLER_NODE_FLAGS
+        ...(process.env['BENCH_CONTROLLER_NODE_FLAGS'] ?? CONTROLLER_NODE_OPTIONS).split(' ').filter(Boolean),
         // the compiled CLI, as the image runs it (type stripping the .ts sources costs memory)
         `${root}dist/cli/main.js`,
         'controller',
@@ -201,7 +203,7 @@ export async function run(): Promise<void> {
         '--leader-election-namespace',
         'bench-bk',
       ],
-      { stdio: ['ignore', 'ignore', 'inherit'] },
+      { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...CONTROLLER_ENV } },
     );
     try {
       await custom.createNamespacedCustomObject({
@@ -257,6 +259,7 @@ export async function run(): Promise<void> {
           hollowNodes: NODES,
           parallelCreates: PARALLEL,
           server: 'kube-apiserver 1.20.2 (local)',
+          controllerNodeFlags: process.env['BENCH_CONTROLLER_NODE_FLAGS'] ?? CONTROLLER_NODE_OPTIONS,
         },
         directSeconds: direct,
         controllerSeconds: ours,

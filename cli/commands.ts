@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
-import { UsageError } from './errors.ts';
+import { StartupError, UsageError } from './errors.ts';
 import type { OptionSpecs, ParsedOptions } from './options.ts';
 import { optionsHelp, parseOptions } from './options.ts';
 // Only the flags are loaded up front; a command's code (and its dependencies: client-node,
@@ -171,6 +171,10 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
     if (error instanceof UsageError) {
       io.err(`buildkit-fleet ${name}: ${error.message}\nUsage: ${command.usage}\n`);
       return 2;
+    }
+    if (error instanceof StartupError) {
+      io.err(`buildkit-fleet ${name}: ${error.message}\n`);
+      return 1;
     }
     throw error;
   }

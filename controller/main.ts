@@ -3,7 +3,6 @@
 // queues process keys, and a new leadership term starts by enqueueing everything.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { VersionApi } from '@kubernetes/client-node';
 import type { KubernetesObject, V1ConfigMap, V1Pod, V1Service } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Registry, collectDefaultMetrics } from 'prom-client';
@@ -11,6 +10,7 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
 import { BUILDKIT, BUILDKIT_TEMPLATE } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import { loadKubeConfig } from '../cli/common.ts';
+import { readServerVersion } from '../cli/server-version.ts';
 import { createLogger } from '../cli/logger.ts';
 import { startMetricsServer } from '../cli/metrics-server.ts';
 import type { ParsedOptions } from '../cli/options.ts';
@@ -58,7 +58,7 @@ export async function startController(
   const kc = loadKubeConfig(options.kubeconfig);
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'buildkit_fleet_controller_' });
-  const version = await kc.makeApiClient(VersionApi).getCode();
+  const version = await readServerVersion(kc, logger);
   const features = featuresFromVersionInfo(version);
   logger.info({ server: version.gitVersion, features }, 'detected the API server');
 

@@ -1,12 +1,12 @@
 // `buildkit-fleet webhook`: wires the admission server. In --local mode it also makes its own
 // certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
-import { VersionApi } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
 import { createCa, createServingCert } from '../certs/index.ts';
 import { certConfigFromOptions, startCertSource } from '../certs/options.ts';
 import type { CertSource } from '../certs/rotator.ts';
 import { loadKubeConfig } from '../cli/common.ts';
+import { readServerVersion } from '../cli/server-version.ts';
 import { UsageError } from '../cli/errors.ts';
 import { createLogger } from '../cli/logger.ts';
 import type { ParsedOptions } from '../cli/options.ts';
@@ -79,19 +79,12 @@ export async function startWebhook(
   const kc = loadKubeConfig(options.kubeconfig);
   // The sidecar's shape (native or regular container) depends on the server, read once like the
   // controller does: a server upgrade restarts the platform's pods anyway.
-  let features;
-  try {
-    const version = await kc.makeApiClient(VersionApi).getCode();
-    features = featuresFromVersionInfo(version);
-    logger.info(
-      { server: version.gitVersion, nativeSidecars: features.nativeSidecars },
-      'detected the API server',
-    );
-  } catch (error) {
-    throw new Error(`cannot read the API server version (GET /version): ${(error as Error).message}`, {
-      cause: error,
-    });
-  }
+  const version = await readServerVersion(kc, logger);
+  const features = featuresFromVersionInfo(version);
+  logger.info(
+    { server: version.gitVersion, nativeSidecars: features.nativeSidecars },
+    'detected the API server',
+  );
   const listen = options.local && !explicitListen ? { host: '127.0.0.1', port: 0 } : options.listen;
 
   const metrics = createWebhookMetrics();

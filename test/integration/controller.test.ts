@@ -139,6 +139,33 @@ describe('the seed template and instance, applied unchanged', () => {
     );
   }, 90_000);
 
+  test('kubectl describe shows what the controller did, as events on the Buildkit', async () => {
+    await runningBuildkit('buildkit-arm64-instance', namespace);
+    // events are written after the status, so they may trail it by a moment
+    const reasons = await eventually('CreatedPod and PhaseRunning events', async () => {
+      const r = await kubectl([
+        'get',
+        'events',
+        '-n',
+        namespace,
+        '--field-selector',
+        'involvedObject.kind=Buildkit,involvedObject.name=buildkit-arm64-instance',
+        '-o',
+        'jsonpath={range .items[*]}{.reason}={.message}{"\\n"}{end}',
+      ]);
+      const lines = r.stdout.trim().split('\n');
+      return lines.some((l) => l.startsWith('PhaseRunning=')) && lines;
+    });
+    expect(reasons).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(
+          /^CreatedPod=created pod buildkit-arm64-instance-\w+ and Service buildkit-arm64-instance/,
+        ),
+        expect.stringMatching(/^PhaseRunning=/),
+      ]),
+    );
+  });
+
   test('the template ConfigMap holds buildkitd.toml', async () => {
     const cm = await eventually('ConfigMap', () =>
       getJson('configmap', 'buildkit-buildkit-arm64-toml', namespace),

@@ -7,11 +7,16 @@ import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 
 import { createCa, createServingCert } from '../../certs/index.ts';
 import { PooledKubeConfig } from '../../cli/kube-config.ts';
+import { StartupError } from '../../cli/errors.ts';
+import { readServerVersion } from '../../cli/server-version.ts';
+import pino from 'pino';
 
 let server: https.Server;
 let url: string;
 let caPem: string;
 let handshakes = 0;
+let versionCalls = 0;
+let failVersionCalls = 0;
 
 beforeAll(async () => {
   const ca = createCa({ commonName: 'test-ca' });
@@ -19,6 +24,16 @@ beforeAll(async () => {
   const serving = createServingCert({ ca, dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] });
   server = https.createServer({ cert: serving.certPem, key: serving.keyPem }, (req, res) => {
     res.setHeader('content-type', 'application/json');
+    if (req.url?.replace(/\/$/, '') === '/version') {
+      versionCalls++;
+      if (versionCalls <= failVersionCalls) {
+        res.statusCode = 503;
+        res.end(JSON.stringify({ kind: 'Status', code: 503, message: 'starting' }));
+        return;
+      }
+      res.end(JSON.stringify({ major: '1', minor: '31', gitVersion: 'v1.31.0' }));
+      return;
+    }
     const name = req.url?.split('/').pop() ?? '';
     res.end(
       JSON.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name, namespace: 'default' } }),
@@ -78,3 +93,43 @@ describe('PooledKubeConfig', () => {
     ).rejects.toThrow();
   });
 });
+
+describe('readServerVersion', () => {
+  const logs: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'warn' }, { write: (line: string) => logs.push(JSON.parse(line)) });
+
+  it('retries while the API server is not answering, then returns its version', async () => {
+    versionCalls = 0;
+    failVersionCalls = 2;
+    logs.length = 0;
+    const version = await readServerVersion(kcFor(url), logger, [5, 5, 5]);
+    expect(version.gitVersion).toBe('v1.31.0');
+    expect(versionCalls).toBe(3);
+    expect(logs.map((l) => l['msg'])).toEqual(['API server unreachable', 'API server unreachable']);
+  });
+
+  it('gives up with a clear message naming the server and the cause, not a stack trace', async () => {
+    const closed = https.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+    const attempt = readServerVersion(kcFor(`https://127.0.0.1:${port}`), logger, [5, 5]);
+    await expect(attempt).rejects.toThrow(StartupError);
+    await expect(attempt).rejects.toThrow(
+      new RegExp(
+        `^cannot reach the API server at https://127.0.0.1:${port} \\(GET /version, 3 attempts\\): .*ECONNREFUSED`,
+      ),
+    );
+  });
+});
+
+function kcFor(server: string): PooledKubeConfig {
+  const kc = new PooledKubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'c', server, caData: Buffer.from(caPem).toString('base64') }],
+    users: [{ name: 'u', token: 't' }],
+    contexts: [{ name: 'ctx', cluster: 'c', user: 'u' }],
+    currentContext: 'ctx',
+  });
+  return kc;
+}

@@ -1,19 +1,9 @@
-import type { V1Pod, V1Service } from '@kubernetes/client-node';
+import type { V1Pod } from '@kubernetes/client-node';
 
-import type { Buildkit, BuildkitTemplate } from '../../api/types.generated.ts';
 import type { BuildkitObservation } from '../../controller/buildkit-plan.ts';
 import { planBuildkit } from '../../controller/buildkit-plan.ts';
 import { mergeConditions, sameConditions } from '../../controller/conditions.ts';
-
-const buildkit: Buildkit = {
-  metadata: { name: 'bk', namespace: 'ci', uid: 'u1', generation: 1 },
-  spec: { template: 't' },
-};
-const template: BuildkitTemplate = { metadata: { name: 't', namespace: 'ci' }, spec: {} };
-const service: V1Service = {
-  metadata: { name: 'bk' },
-  spec: { clusterIP: '10.96.0.10', ports: [{ port: 1234 }] },
-};
+import { buildkit, service, template } from './controller-support.ts';
 
 function pod(
   name: string,

@@ -6,9 +6,9 @@ import type { V1ObjectMeta, V1Pod, V1Service } from '@kubernetes/client-node';
 import { ObjectSerializer } from '@kubernetes/client-node/dist/gen/models/ObjectSerializer.js';
 import { parse } from 'yaml';
 
-import type { Buildkit, BuildkitTemplate } from '../../api/types.generated.ts';
 import { planBuildkit } from '../../controller/buildkit-plan.ts';
 import { slimPod, slimService, withoutManagedFields } from '../../controller/runtime/slim.ts';
+import { buildkit, service, template } from './controller-support.ts';
 
 const golden = parse(
   readFileSync(new URL('../golden/pods/seed-readme.legacy.yaml', import.meta.url), 'utf8'),
@@ -115,15 +115,6 @@ const states: Record<string, Record<string, unknown>> = {
   evicted: { phase: 'Failed', reason: 'Evicted', message: 'The node was low on resource: memory.' },
 };
 
-const buildkit: Buildkit = {
-  metadata: { name: 'bk', namespace: 'ci', uid: 'u1', generation: 1 },
-  spec: { template: 't' },
-};
-const template: BuildkitTemplate = { metadata: { name: 't', namespace: 'ci' }, spec: {} };
-const service: V1Service = {
-  metadata: { name: 'bk' },
-  spec: { clusterIP: '10.96.0.10', ports: [{ port: 1234 }] },
-};
 const typed = (raw: unknown) => ObjectSerializer.deserialize(raw, 'V1Pod', '') as V1Pod;
 const plan = (pods: V1Pod[]) => planBuildkit({ buildkit, template, pods, service, desiredSpecHash: 'h1' });
 

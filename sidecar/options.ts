@@ -1,5 +1,6 @@
 // The flags of `buildkit-fleet sidecar`, apart from the code that runs it: the CLI lists and parses
 // every command's flags but loads only the command it runs (each component's dependencies cost memory).
+import { COMMON_OPTIONS } from '../cli/common-options.ts';
 
 export const SIDECAR_OPTIONS = {
   listen: {
@@ -31,13 +32,5 @@ export const SIDECAR_OPTIONS = {
     description: 'On SIGTERM, seconds to keep serving open connections before resetting them',
     default: '900',
   },
-  // the same spec as COMMON_OPTIONS['log-level'], written out: cli/common.ts imports
-  // @kubernetes/client-node, which the sidecar never uses and which cost it ~80 MiB of RSS and a
-  // larger heap for every major GC to mark (measured with test/bench/sidecar.ts)
-  'log-level': {
-    type: { oneOf: ['trace', 'debug', 'info', 'warn', 'error'] },
-    env: 'BKF_SIDECAR_LOG_LEVEL',
-    description: 'Log level',
-    default: 'info',
-  },
+  'log-level': { ...COMMON_OPTIONS['log-level'], env: 'BKF_SIDECAR_LOG_LEVEL' },
 } as const;

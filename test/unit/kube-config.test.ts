@@ -49,15 +49,18 @@ afterAll(async () => {
   await new Promise((resolve) => server.close(resolve));
 });
 
-function configure(kc: KubeConfig): CoreV1Api {
+/** `kc` loaded with one cluster at `server` (the test server by default), trusting `ca`. */
+function configured<K extends KubeConfig>(kc: K, server = url, ca = caPem): K {
   kc.loadFromOptions({
-    clusters: [{ name: 'c', server: url, caData: Buffer.from(caPem).toString('base64') }],
+    clusters: [{ name: 'c', server, caData: Buffer.from(ca).toString('base64') }],
     users: [{ name: 'u', token: 'secret-token' }],
     contexts: [{ name: 'ctx', cluster: 'c', user: 'u' }],
     currentContext: 'ctx',
   });
-  return kc.makeApiClient(CoreV1Api);
+  return kc;
 }
+
+const coreApi = (kc: KubeConfig) => kc.makeApiClient(CoreV1Api);
 
 async function handshakesFor(api: CoreV1Api, calls: number): Promise<number> {
   const before = handshakes;
@@ -72,25 +75,17 @@ describe('PooledKubeConfig', () => {
   it('makes ten sequential API calls over at most two TLS connections', async () => {
     // undici sometimes opens a second connection when a request is dispatched just as the
     // previous response completes; both are then reused
-    expect(await handshakesFor(configure(new PooledKubeConfig()), 10)).toBeLessThanOrEqual(2);
+    expect(await handshakesFor(coreApi(configured(new PooledKubeConfig())), 10)).toBeLessThanOrEqual(2);
   });
 
   it('is needed: plain client-node opens a connection per call (drop the workaround when this fails)', async () => {
-    expect(await handshakesFor(configure(new KubeConfig()), 10)).toBe(10);
+    expect(await handshakesFor(coreApi(configured(new KubeConfig())), 10)).toBe(10);
   });
 
   it('still verifies the server against the configured CA', async () => {
     const other = createCa({ commonName: 'other-ca' });
-    const kc = new PooledKubeConfig();
-    kc.loadFromOptions({
-      clusters: [{ name: 'c', server: url, caData: Buffer.from(other.certPem).toString('base64') }],
-      users: [{ name: 'u', token: 't' }],
-      contexts: [{ name: 'ctx', cluster: 'c', user: 'u' }],
-      currentContext: 'ctx',
-    });
-    await expect(
-      kc.makeApiClient(CoreV1Api).readNamespacedConfigMap({ namespace: 'default', name: 'x' }),
-    ).rejects.toThrow();
+    const kc = configured(new PooledKubeConfig(), url, other.certPem);
+    await expect(coreApi(kc).readNamespacedConfigMap({ namespace: 'default', name: 'x' })).rejects.toThrow();
   });
 });
 
@@ -102,7 +97,7 @@ describe('readServerVersion', () => {
     versionCalls = 0;
     failVersionCalls = 2;
     logs.length = 0;
-    const version = await readServerVersion(kcFor(url), logger, [5, 5, 5]);
+    const version = await readServerVersion(configured(new PooledKubeConfig()), logger, [5, 5, 5]);
     expect(version.gitVersion).toBe('v1.31.0');
     expect(versionCalls).toBe(3);
     expect(logs.map((l) => l['msg'])).toEqual(['API server unreachable', 'API server unreachable']);
@@ -113,7 +108,11 @@ describe('readServerVersion', () => {
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
     const port = (closed.address() as AddressInfo).port;
     await new Promise((resolve) => closed.close(resolve));
-    const attempt = readServerVersion(kcFor(`https://127.0.0.1:${port}`), logger, [5, 5]);
+    const attempt = readServerVersion(
+      configured(new PooledKubeConfig(), `https://127.0.0.1:${port}`),
+      logger,
+      [5, 5],
+    );
     await expect(attempt).rejects.toThrow(StartupError);
     await expect(attempt).rejects.toThrow(
       new RegExp(
@@ -122,14 +121,3 @@ describe('readServerVersion', () => {
     );
   });
 });
-
-function kcFor(server: string): PooledKubeConfig {
-  const kc = new PooledKubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'c', server, caData: Buffer.from(caPem).toString('base64') }],
-    users: [{ name: 'u', token: 't' }],
-    contexts: [{ name: 'ctx', cluster: 'c', user: 'u' }],
-    currentContext: 'ctx',
-  });
-  return kc;
-}

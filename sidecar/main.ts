@@ -18,7 +18,7 @@ import { optionsHelp, parseOptions } from '../cli/options.ts';
 import { readTokenFile } from './auth.ts';
 import { createFenceControl } from './fence.ts';
 import type { Proxy } from './proxy.ts';
-import { createProxy } from './proxy.ts';
+import { createProxy, resolveHostPort } from './proxy.ts';
 import type { StatsServer } from './stats.ts';
 import { createSidecarMetrics, createStatsServer, snapshot } from './stats.ts';
 
@@ -87,10 +87,18 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     }
   }
 
+  let upstreamAddress: HostPort;
+  try {
+    upstreamAddress = await resolveHostPort(upstream);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+    throw new UsageError(`--upstream ${upstream.host}:${upstream.port}: cannot resolve ${upstream.host} (${code})`);
+  }
+
   const fence = createFenceControl();
   let stopping = false;
   const proxy = createProxy({
-    upstream,
+    upstream: upstreamAddress,
     logger,
     onAccept() {
       if (fence.connectionAccepted()) {

@@ -2,26 +2,27 @@
 // address byte for byte. It never parses the stream, so gRPC over HTTP/2, TLS or anything else
 // passes through untouched, and it counts what the controller needs to decide idleness.
 //
-// Why the socket handling looks the way it does:
-// - allowHalfOpen on both sides, and a FIN from one peer becomes end() to the other while the
-//   opposite direction keeps flowing (gRPC clients and `nc -q` half-close).
-// - A connection that ends abnormally (error, RST, destroy) is reset on the other side too, so the
-//   peer sees the failure instead of a clean EOF that could pass for a complete response.
-// - Each direction is a hand-written relay instead of pipe(): every socket reads into one buffer
-//   of its own (`onread`), reused for every read, instead of a fresh 64 KiB allocation per read.
-//   Profiling the pipe() version under bulk load (test/bench/sidecar.ts) showed ~40% of the
-//   sidecar's CPU in V8 major GCs triggered by those allocations, and page faults on the fresh
-//   memory; the stream machinery itself was small next to that.
-// - Backpressure and the safety of reusing the buffer come from one rule: after forwarding a chunk,
-//   if the destination did not take it synchronously (writableLength > 0: its kernel buffer is
-//   full, or it is still connecting), the source stops reading until the write completes. The
-//   queued chunk still points into the read buffer, and no read can overwrite it while paused. So
-//   the proxy holds at most one read buffer of data per direction.
-// - Accepted sockets: net.Server has no `onread` option, so the same two fields that
-//   `new net.Socket({ onread })` sets are set on the accepted socket (found by their symbol names)
-//   before it starts reading. If a future Node lacks them, the relay falls back to 'data' events
-//   (same rule, one allocation per read); a unit test says which path is in use.
-// - Counting is two additions and a Date.now() per read, in the relay itself.
+// It drives Node's TCP handles directly (tcp-handles.ts says why: net.Socket's stream machinery
+// was most of the cost per connection). The rules it keeps:
+// - Half-close: end of stream from one peer becomes a shutdown (FIN) towards the other, after
+//   everything read before it is written; the opposite direction keeps flowing (gRPC clients and
+//   `nc -q` half-close). A connection closes cleanly once both directions have ended.
+// - Anything else (a read or write error, a reset, an upstream that cannot be reached, the end of
+//   the grace period) resets both sides, so each peer sees the failure instead of a clean end of
+//   stream that could pass for a complete response.
+// - Backpressure: after forwarding a read, if the destination did not take it at once (its kernel
+//   buffer is full), the source stops reading until that write completes. So the proxy holds at
+//   most one read of data per direction, whatever the peers do.
+// - Reads: by default libuv reads into a fresh buffer sized to what arrived, which costs little
+//   for the small messages of an interactive connection and nothing for an idle one. A direction
+//   that reads a large chunk (BULK_READ_BYTES) is moving bulk data: from then on it reads into a
+//   64 KiB buffer of its own, reused for every read and taken from a small pool, so bulk transfer
+//   allocates nothing per read (per-read allocation was ~40% of the CPU in GC under bulk load).
+//   The buffer goes back to the pool when the connection has closed, when no write can still
+//   point into it. Idle connections hold no read buffer, which keeps 1,000 of them small.
+// - The upstream connection starts reading the client only once it is connected; until then the
+//   client's bytes wait in the kernel (backpressure on the client, nothing buffered here).
+// - Counting is two additions and a Date.now() per read.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
@@ -29,6 +30,20 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 
 import type { HostPort } from '../cli/options.ts';
+import type { TcpHandle, TcpServerHandle, WriteRequest } from './tcp-handles.ts';
+import {
+  UV_EOF,
+  errnoError,
+  errorName,
+  lastReadOffset,
+  lastReadResult,
+  lastWriteWasAsync,
+  newConnectRequest,
+  newServerHandle,
+  newShutdownRequest,
+  newSocketHandle,
+  newWriteRequest,
+} from './tcp-handles.ts';
 
 export interface ProxyCounters {
   /** connections accepted and not yet fully closed (both sockets) */
@@ -48,6 +63,7 @@ export interface ProxyCounters {
 }
 
 export interface ProxyOptions {
+  /** buildkitd's private address; the host must be an IP address (see resolveHostPort) */
   upstream: HostPort;
   logger: Logger;
   /** called synchronously for every accepted connection, before any byte moves (the fence hook) */
@@ -56,6 +72,13 @@ export interface ProxyOptions {
   connectTimeoutMs?: number;
   /** TCP keepalive on client sockets so vanished clients do not stay "open" forever; default 15 s */
   keepAliveInitialDelayMs?: number;
+}
+
+export interface ReadBufferCounts {
+  /** pooled read buffers held by open connections (bulk directions) */
+  inUse: number;
+  /** pooled read buffers kept for the next bulk direction */
+  idle: number;
 }
 
 export interface Proxy {
@@ -72,250 +95,358 @@ export interface Proxy {
   destroyAll(): void;
   /** bytes queued in the proxy's own socket write buffers (backpressure checks) */
   bufferedBytes(): number;
+  readBuffers(): ReadBufferCounts;
 }
 
-/** Bytes each socket reads at most at once; one such buffer per socket, allocated at accept. */
+/** Size of a bulk direction's read buffer (libuv reads at most 64 KiB at once anyway). */
 export const READ_BUFFER_BYTES = 64 * 1024;
+/** A read at least this large makes its direction bulk (see the top of this file). */
+export const BULK_READ_BYTES = 16 * 1024;
+/** Pooled read buffers kept while unused (1 MiB); more are allocated when needed and dropped after. */
+const IDLE_BUFFERS_KEPT = 16;
+const LISTEN_BACKLOG = 1024;
 
-type OnRead = (nread: number, buffer: Buffer) => boolean;
+class BufferPool {
+  private readonly idle: Buffer[] = [];
+  inUse = 0;
 
-/** The internals behind `new net.Socket({ onread })`, so accepted sockets can read that way too. */
-const onreadFields = (() => {
-  const probe = new net.Socket({ onread: { buffer: Buffer.alloc(1), callback: () => true } });
-  const symbols = Object.getOwnPropertySymbols(probe);
-  const field = (name: string) => symbols.find((s) => s.description === name);
-  const buffer = field('kBuffer');
-  const callback = field('kBufferCb');
-  const fields = probe as unknown as Record<symbol, unknown>;
-  const usable =
-    buffer && callback && Buffer.isBuffer(fields[buffer]) && typeof fields[callback] === 'function';
-  probe.destroy();
-  return usable ? { buffer, callback } : undefined;
-})();
+  take(): Buffer {
+    this.inUse++;
+    return this.idle.pop() ?? Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+  }
 
-/**
- * Makes a paused accepted socket read into `buffer` and hand each read to `onRead`, like
- * `onread` does for a connecting socket. False if this Node does not allow it.
- */
-function readIntoBuffer(socket: net.Socket, buffer: Buffer, onRead: OnRead): boolean {
-  const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
-  if (!onreadFields || typeof handle?.useUserBuffer !== 'function') return false;
-  const fields = socket as unknown as Record<symbol, unknown>;
-  fields[onreadFields.buffer] = buffer;
-  fields[onreadFields.callback] = onRead;
-  handle.useUserBuffer(buffer);
-  return true;
+  give(buffer: Buffer): void {
+    this.inUse--;
+    if (this.idle.length < IDLE_BUFFERS_KEPT) this.idle.push(buffer);
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
+  }
 }
 
-/** True when accepted sockets read into their own reused buffer (see readIntoBuffer). */
-export const acceptedSocketsReuseBuffers = onreadFields !== undefined;
-
-/**
- * One direction of a connection: forwards each read of `from` to `to`, and stops reading `from`
- * while `to` still holds a chunk (see the rule at the top of this file).
- */
-function relay(from: net.Socket, to: net.Socket, count: (n: number) => void): OnRead {
-  let waiting = false;
-  const written = () => {
-    if (!waiting) return;
-    waiting = false;
-    if (!to.destroyed && !from.destroyed) from.resume();
-  };
-  return (nread, buffer) => {
-    count(nread);
-    to.write(nread === buffer.length ? buffer : buffer.subarray(0, nread), written);
-    if (to.writableLength === 0) return true;
-    waiting = true;
-    from.pause();
-    return false;
-  };
+/** What every connection shares. */
+interface ProxyState {
+  readonly counters: ProxyCounters;
+  readonly logger: Logger;
+  readonly pool: BufferPool;
+  readonly connections: Set<Connection>;
+  readonly connecting: Set<Connection>;
+  readonly events: EventEmitter;
 }
 
-interface Pair {
-  client: net.Socket;
-  upstream: net.Socket;
+/** One socket of a connection, and the direction that reads from it. */
+class Side {
+  /** pooled buffer this side reads into once its direction is bulk */
+  buffer: Buffer | undefined;
+  /** write request for forwarding this side's reads, reused while writes complete at once */
+  request: WriteRequest | undefined;
+  /** end of stream read from this socket */
+  ended = false;
+  /** our shutdown of this socket's sending direction completed */
+  shut = false;
+  closed = false;
+  other!: Side;
+  readonly name: 'client' | 'upstream';
+  readonly handle: TcpHandle;
+
+  constructor(name: 'client' | 'upstream', handle: TcpHandle) {
+    this.name = name;
+    this.handle = handle;
+  }
 }
 
-/** A socket closed cleanly when both its directions ended; anything else is a failure to pass on. */
-function closedCleanly(socket: net.Socket): boolean {
-  return socket.readableEnded && socket.writableFinished;
+class Connection {
+  readonly client: Side;
+  readonly upstream: Side;
+  readonly started = Date.now();
+  connected = false;
+  closing = false;
+  failure: string | undefined;
+  peer: string | undefined;
+  bytesIn = 0;
+  bytesOut = 0;
+  private readonly state: ProxyState;
+
+  constructor(state: ProxyState, clientHandle: TcpHandle) {
+    this.state = state;
+    this.client = new Side('client', clientHandle);
+    this.upstream = new Side('upstream', newSocketHandle());
+    this.client.other = this.upstream;
+    this.upstream.other = this.client;
+  }
+
+  connect(target: HostPort, v6: boolean): void {
+    const request = newConnectRequest();
+    request.oncomplete = (status) => this.onConnect(status);
+    const handle = this.upstream.handle;
+    const error = v6
+      ? handle.connect6(request, target.host, target.port)
+      : handle.connect(request, target.host, target.port);
+    if (error !== 0) this.fail(`upstream connect ${errorName(error)}`);
+    else this.state.connecting.add(this);
+  }
+
+  private onConnect(status: number): void {
+    this.state.connecting.delete(this);
+    if (this.closing) return;
+    if (status < 0) return this.fail(`upstream connect ${errorName(status)}`);
+    this.connected = true;
+    this.upstream.handle.setNoDelay(true);
+    this.startReading(this.upstream);
+    this.startReading(this.client);
+  }
+
+  private startReading(side: Side): void {
+    side.handle.onread = (arrayBuffer) => this.read(side, arrayBuffer);
+    const error = side.handle.readStart();
+    if (error !== 0) this.fail(`${side.name} read ${errorName(error)}`);
+  }
+
+  private read(from: Side, arrayBuffer: ArrayBuffer | undefined): undefined {
+    const n = lastReadResult();
+    if (n > 0) {
+      const own = from.buffer;
+      const data = own
+        ? n === own.length
+          ? own
+          : own.subarray(0, n)
+        : new Uint8Array(arrayBuffer!, lastReadOffset(), n);
+      const counters = this.state.counters;
+      if (from === this.client) {
+        this.bytesIn += n;
+        counters.bytesIn += n;
+      } else {
+        this.bytesOut += n;
+        counters.bytesOut += n;
+      }
+      counters.lastActivityMs = Date.now();
+      this.forward(from, data);
+      if (own === undefined && n >= BULK_READ_BYTES && !this.closing) {
+        from.buffer = this.state.pool.take();
+        from.handle.useUserBuffer(from.buffer);
+      }
+    } else if (n === UV_EOF) {
+      from.ended = true;
+      this.shutdown(from.other);
+    } else if (n < 0) {
+      this.fail(`${from.name} ${errorName(n)}`);
+    }
+    return undefined;
+  }
+
+  private forward(from: Side, data: Uint8Array): void {
+    if (this.closing) return;
+    const request = (from.request ??= this.writeRequest(from));
+    const error = from.other.handle.writeBuffer(request, data);
+    if (error !== 0) return this.fail(`${from.other.name} write ${errorName(error)}`);
+    if (!lastWriteWasAsync()) return;
+    // the pending write points into `data` (possibly this side's read buffer): keep it alive and
+    // read nothing more from this side until it is written
+    request.buffer = data;
+    from.request = undefined;
+    from.handle.readStop();
+  }
+
+  private writeRequest(from: Side): WriteRequest {
+    const request = newWriteRequest();
+    request.oncomplete = (status) => {
+      request.buffer = undefined;
+      if (this.closing) return;
+      if (status < 0) return this.fail(`${from.other.name} write ${errorName(status)}`);
+      if (!from.ended) from.handle.readStart();
+    };
+    return request;
+  }
+
+  /** Sends FIN to `side` once everything queued for it is written. */
+  private shutdown(side: Side): void {
+    if (this.closing) return;
+    const request = newShutdownRequest();
+    request.oncomplete = (status) => {
+      if (this.closing) return;
+      if (status < 0) return this.fail(`${side.name} shutdown ${errorName(status)}`);
+      side.shut = true;
+      if (side.other.shut) this.close(false);
+    };
+    const error = side.handle.shutdown(request);
+    if (error !== 0) this.fail(`${side.name} shutdown ${errorName(error)}`);
+  }
+
+  fail(reason: string): void {
+    if (this.closing) return;
+    this.failure = reason;
+    this.close(true);
+  }
+
+  private close(reset: boolean): void {
+    this.closing = true;
+    this.state.connecting.delete(this);
+    if (reset || this.state.logger.isLevelEnabled('debug')) this.peer ??= peerOf(this.client.handle);
+    for (const side of [this.client, this.upstream]) {
+      const closed = () => this.closed(side);
+      // reset refuses (EINVAL) once a shutdown was sent; closing with unread data still resets
+      if (!reset || side.handle.reset(closed) !== 0) side.handle.close(closed);
+    }
+  }
+
+  private closed(side: Side): void {
+    side.closed = true;
+    if (!side.other.closed) return;
+    const { counters, pool, logger, connections, events } = this.state;
+    if (this.client.buffer) pool.give(this.client.buffer);
+    if (this.upstream.buffer) pool.give(this.upstream.buffer);
+    connections.delete(this);
+    counters.closed++;
+    counters.open--;
+    if (!this.connected) {
+      counters.upstreamFailures++;
+      logger.warn({ ...this.fields(), reason: this.failure }, 'upstream unreachable, client connection reset');
+    } else if (logger.isLevelEnabled('debug')) {
+      if (this.failure) logger.debug({ ...this.fields(), reason: this.failure }, 'connection reset');
+      else logger.debug(this.fields(), 'connection closed');
+    }
+    if (counters.open === 0) events.emit('drained');
+  }
+
+  private fields() {
+    return {
+      peer: this.peer,
+      ms: Date.now() - this.started,
+      bytesIn: this.bytesIn,
+      bytesOut: this.bytesOut,
+      open: this.state.counters.open,
+    };
+  }
 }
 
-function reset(socket: net.Socket): void {
-  if (socket.destroyed) return;
-  // resetAndDestroy sends an RST; on a socket still connecting it would wait for the connection
-  if (socket.connecting) socket.destroy();
-  else socket.resetAndDestroy();
-  if (!socket.destroyed) socket.destroy();
+function peerOf(handle: TcpHandle): string | undefined {
+  const out: { address?: string; port?: number } = {};
+  return handle.getpeername(out) === 0 ? `${out.address}:${out.port}` : undefined;
 }
 
 export function createProxy(options: ProxyOptions): Proxy {
   const { upstream: target, logger } = options;
+  const v6 = net.isIPv6(target.host);
+  if (!v6 && !net.isIPv4(target.host)) {
+    throw new Error(`proxy upstream ${target.host}: an IP address is needed (resolve names first)`);
+  }
   const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-  const counters: ProxyCounters = {
-    open: 0,
-    opened: 0,
-    closed: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-    lastActivityMs: null,
-    upstreamFailures: 0,
-  };
-  const pairs = new Set<Pair>();
-  const countIn = (n: number) => {
-    counters.bytesIn += n;
-    counters.lastActivityMs = Date.now();
-  };
-  const countOut = (n: number) => {
-    counters.bytesOut += n;
-    counters.lastActivityMs = Date.now();
-  };
-  const events = new EventEmitter();
-
-  const server = net.createServer(
-    {
-      allowHalfOpen: true,
-      // reading starts once the relay is set up (handle)
-      pauseOnConnect: true,
-      noDelay: true,
-      keepAlive: true,
-      keepAliveInitialDelay: options.keepAliveInitialDelayMs ?? 15_000,
+  const keepAliveSeconds = Math.max(1, Math.round((options.keepAliveInitialDelayMs ?? 15_000) / 1000));
+  const state: ProxyState = {
+    counters: {
+      open: 0,
+      opened: 0,
+      closed: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      lastActivityMs: null,
+      upstreamFailures: 0,
     },
-    (client) => handle(client),
-  );
-  // accept errors (EMFILE, ...) must not kill the process and its open connections
-  server.on('error', (error) => logger.error({ err: error.message }, 'proxy listener error'));
+    logger,
+    pool: new BufferPool(),
+    connections: new Set(),
+    connecting: new Set(),
+    events: new EventEmitter(),
+  };
+  const { counters, connections, connecting } = state;
 
-  function handle(client: net.Socket): void {
+  // one timer for every pending upstream connect, running only while there are some
+  let connectSweep: NodeJS.Timeout | undefined;
+  const sweepConnecting = () => {
+    const now = Date.now();
+    for (const connection of connecting) {
+      if (now - connection.started >= connectTimeoutMs) connection.fail('upstream connect timeout');
+    }
+    if (connecting.size === 0) {
+      clearInterval(connectSweep);
+      connectSweep = undefined;
+    }
+  };
+
+  function accept(status: number, clientHandle: TcpHandle | undefined): void {
+    if (status < 0 || !clientHandle) {
+      // EMFILE and the like: the listener stays up, open connections keep flowing
+      logger.error({ err: errorName(status) }, 'proxy listener error: could not accept a connection');
+      return;
+    }
     counters.opened++;
     counters.open++;
     options.onAccept?.();
-    const started = Date.now();
-    const peer = `${client.remoteAddress}:${client.remotePort}`;
-    const upstream = net.connect({
-      host: target.host,
-      port: target.port,
-      allowHalfOpen: true,
-      noDelay: true,
-      onread: {
-        buffer: Buffer.allocUnsafe(READ_BUFFER_BYTES),
-        callback: (nread: number, buffer: Buffer) => toClient(nread, buffer),
-      },
-    });
-    // called by upstream reads only, which start after this line (once connected)
-    const toClient = relay(upstream, client, countOut);
-    const toUpstream = relay(client, upstream, countIn);
-    if (!readIntoBuffer(client, Buffer.allocUnsafe(READ_BUFFER_BYTES), toUpstream)) {
-      client.on('data', (chunk: Buffer) => toUpstream(chunk.length, chunk));
+    clientHandle.setNoDelay(true);
+    clientHandle.setKeepAlive(true, keepAliveSeconds);
+    const connection = new Connection(state, clientHandle);
+    connections.add(connection);
+    connection.connect(target, v6);
+    if (connecting.size > 0 && !connectSweep) {
+      connectSweep = setInterval(sweepConnecting, Math.min(1000, Math.max(10, connectTimeoutMs / 4)));
     }
-    client.resume();
-    client.on('end', () => upstream.end());
-    upstream.on('end', () => client.end());
-    const pair: Pair = { client, upstream };
-    pairs.add(pair);
-    let connected = false;
-    let clientClosed = false;
-    let upstreamClosed = false;
-    let failure: string | undefined;
-
-    const connectTimer = setTimeout(() => {
-      failure = 'connect timeout';
-      upstream.destroy();
-    }, connectTimeoutMs);
-    upstream.once('connect', () => {
-      connected = true;
-      clearTimeout(connectTimer);
-    });
-
-    client.on('error', (error: NodeJS.ErrnoException) => {
-      failure ??= `client ${error.code ?? error.message}`;
-    });
-    upstream.on('error', (error: NodeJS.ErrnoException) => {
-      failure ??= connected
-        ? `upstream ${error.code ?? error.message}`
-        : `upstream connect ${error.code ?? error.message}`;
-    });
-
-    const finish = () => {
-      if (!clientClosed || !upstreamClosed) return;
-      clearTimeout(connectTimer);
-      pairs.delete(pair);
-      counters.closed++;
-      counters.open--;
-      const fields = {
-        peer,
-        ms: Date.now() - started,
-        bytesIn: client.bytesRead,
-        bytesOut: client.bytesWritten,
-        open: counters.open,
-      };
-      if (!connected) {
-        counters.upstreamFailures++;
-        logger.warn({ ...fields, reason: failure }, 'upstream unreachable, client connection reset');
-      } else if (failure) logger.debug({ ...fields, reason: failure }, 'connection reset');
-      else logger.debug(fields, 'connection closed');
-      if (counters.open === 0) events.emit('drained');
-    };
-    client.on('close', () => {
-      clientClosed = true;
-      if (!closedCleanly(client)) reset(upstream);
-      finish();
-    });
-    upstream.on('close', () => {
-      upstreamClosed = true;
-      if (!closedCleanly(upstream)) reset(client);
-      finish();
-    });
   }
 
+  let server: TcpServerHandle | undefined;
   return {
     bootId: randomUUID(),
     startedAt: new Date(),
     counters,
-    listen(host, port) {
-      return new Promise((resolve, reject) => {
-        const onError = (error: Error) => reject(error);
-        server.once('error', onError);
-        server.listen({ host, port, backlog: 1024 }, () => {
-          server.off('error', onError);
-          resolve(server.address() as AddressInfo);
-        });
-      });
+    async listen(host, port) {
+      if (server) throw new Error('proxy is already listening');
+      const { host: ip } = await resolveHostPort({ host, port });
+      const handle = newServerHandle();
+      let error = net.isIPv6(ip) ? handle.bind6(ip, port, 0) : handle.bind(ip, port);
+      if (error === 0) error = handle.listen(LISTEN_BACKLOG);
+      if (error !== 0) {
+        handle.close(() => undefined);
+        throw errnoError(error, 'listen', `${host}:${port}`);
+      }
+      handle.onconnection = accept;
+      server = handle;
+      const name: { address?: string; port?: number; family?: string } = {};
+      handle.getsockname(name);
+      return { address: name.address ?? ip, port: name.port ?? port, family: name.family ?? 'IPv4' };
     },
     stopAccepting() {
-      // server.close's callback waits for every connection; only the listener matters here
       return new Promise((resolve) => {
-        if (!server.listening) return resolve();
-        server.close();
-        setImmediate(resolve);
+        if (!server) return resolve();
+        server.close(() => resolve());
+        server = undefined;
       });
     },
     waitForDrain(timeoutMs) {
       if (counters.open === 0) return Promise.resolve(true);
       return new Promise((resolve) => {
         const timer = setTimeout(() => {
-          events.off('drained', onDrained);
+          state.events.off('drained', onDrained);
           resolve(false);
         }, timeoutMs);
         const onDrained = () => {
           clearTimeout(timer);
           resolve(true);
         };
-        events.once('drained', onDrained);
+        state.events.once('drained', onDrained);
       });
     },
     destroyAll() {
-      for (const { client, upstream } of pairs) {
-        reset(client);
-        reset(upstream);
-      }
+      for (const connection of connections) connection.fail('reset by the proxy (grace period over)');
     },
     bufferedBytes() {
       let total = 0;
-      for (const { client, upstream } of pairs) total += client.writableLength + upstream.writableLength;
+      for (const { client, upstream } of connections) {
+        if (!client.closed) total += client.handle.writeQueueSize;
+        if (!upstream.closed) total += upstream.handle.writeQueueSize;
+      }
       return total;
     },
+    readBuffers() {
+      return { inUse: state.pool.inUse, idle: state.pool.idleCount };
+    },
   };
+}
+
+/** The host as an IP address (names are looked up once, e.g. localhost); throws ENOTFOUND & co. */
+export async function resolveHostPort(address: HostPort): Promise<HostPort> {
+  if (net.isIP(address.host)) return address;
+  const { promises: dns } = await import('node:dns');
+  return { host: (await dns.lookup(address.host)).address, port: address.port };
 }
 
 /** Connects to `target` and hangs up without sending a byte: buildkitd itself accepts connections. */

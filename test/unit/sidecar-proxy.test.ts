@@ -11,12 +11,7 @@ import { pino } from 'pino';
 
 import type { HostPort } from '../../cli/options.ts';
 import type { Proxy } from '../../sidecar/proxy.ts';
-import {
-  READ_BUFFER_BYTES,
-  acceptedSocketsReuseBuffers,
-  checkUpstream,
-  createProxy,
-} from '../../sidecar/proxy.ts';
+import { READ_BUFFER_BYTES, checkUpstream, createProxy } from '../../sidecar/proxy.ts';
 import { cleanups, runCleanups } from './sidecar-support.ts';
 
 jest.setTimeout(60_000);
@@ -296,10 +291,6 @@ test('a slow reader (1 MiB/s for 2 s) gets the bytes at its pace with a bounded 
   }
   expect(hash.digest('hex')).toBe(sha(payload));
   expect(maxBuffered).toBeLessThanOrEqual(256 * 1024);
-});
-
-test('accepted sockets read into their own reused buffer on this Node (the fast path)', () => {
-  expect(acceptedSocketsReuseBuffers).toBe(true);
 });
 
 /** Reads everything with a stall of a few ms every few chunks; hash and length at the end. */

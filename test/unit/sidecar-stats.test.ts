@@ -5,6 +5,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import perfHooks from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jest } from '@jest/globals';
 import { pino } from 'pino';
@@ -119,6 +120,47 @@ describe('stats port', () => {
     expect(after).toMatchObject({ open: 0, opened: 1, closed: 1, lastActivity: during['lastActivity'] });
     expect(await http(running, '/nope')).toMatchObject({ status: 404 });
     expect(await http(running, '/stats', { method: 'POST' })).toMatchObject({ status: 405 });
+  });
+
+  test('/metrics has cheap process metrics read at scrape time, and no event-loop monitor', async () => {
+    // prom-client's default metrics sample the event loop every 10 ms with this histogram
+    const monitor = jest.spyOn(perfHooks, 'monitorEventLoopDelay');
+    cleanups.push(() => monitor.mockRestore());
+    const startedBefore = Date.now() / 1000;
+    const running = await sidecar(await echoServer());
+    const text = (await http(running, '/metrics')).body;
+    expect(monitor).not.toHaveBeenCalled();
+    const value = (name: string): number => {
+      const match = new RegExp(`^buildkit_fleet_sidecar_${name} (\\S+)$`, 'm').exec(text);
+      if (!match) throw new Error(`${name} missing from /metrics:\n${text}`);
+      return Number(match[1]);
+    };
+    // the sidecar runs in this (jest) process: its numbers are this process's
+    const rss = value('process_resident_memory_bytes');
+    expect(rss).toBeGreaterThan(10 * 2 ** 20);
+    expect(rss).toBeLessThan(8 * 2 ** 30);
+    const cpu = value('process_cpu_seconds_total');
+    expect(cpu).toBeGreaterThan(0);
+    expect(cpu).toBeCloseTo(
+      value('process_cpu_user_seconds_total') + value('process_cpu_system_seconds_total'),
+      1,
+    );
+    expect(cpu).toBeLessThan(process.uptime() * 64);
+    const start = value('process_start_time_seconds');
+    expect(start).toBeLessThanOrEqual(startedBefore + 1);
+    expect(start).toBeGreaterThan(startedBefore - process.uptime() - 5);
+    const heapUsed = value('nodejs_heap_size_used_bytes');
+    expect(heapUsed).toBeGreaterThan(2 ** 20);
+    expect(heapUsed).toBeLessThanOrEqual(value('nodejs_heap_size_total_bytes'));
+    expect(value('nodejs_external_memory_bytes')).toBeGreaterThan(0);
+    if (process.platform === 'linux') expect(value('process_open_fds')).toBeGreaterThan(2);
+    expect(text).toContain(`buildkit_fleet_sidecar_nodejs_version_info{version="${process.version}"} 1`);
+    // nothing from collectDefaultMetrics: no lag histogram, no GC observer, no heap-space walk
+    expect(text).not.toMatch(/eventloop_lag|gc_duration|heap_space|active_handles/);
+    // computed per scrape, not frozen at start
+    const later = (await http(running, '/metrics')).body;
+    const cpuLater = Number(/^buildkit_fleet_sidecar_process_cpu_seconds_total (\S+)$/m.exec(later)?.[1]);
+    expect(cpuLater).toBeGreaterThanOrEqual(cpu);
   });
 
   test('/readyz fails while buildkitd does not accept connections, and once stopping', async () => {

@@ -9,7 +9,8 @@
 //      to the sidecar;
 //   3. adds the sidecar `buildkit-fleet-sidecar` (`buildkit-fleet sidecar`), listening on the public
 //      port and forwarding to the private one, with its stats port, the fence token Secret mounted
-//      (optional) and a readiness probe on its /readyz;
+//      (optional), a readiness probe on its /readyz and its process settings (NODE_OPTIONS heap
+//      caps, MALLOC_ARENA_MAX: sidecar/process-settings.ts);
 //   4. points buildkitd's probes that targeted the public port at the sidecar's /readyz, so probes
 //      never go through the proxy (they would count as client activity). Exec probes stay.
 //   5. stamps `buildkit-fleet.io/sidecar-injected`; a pod carrying it is never injected again.
@@ -48,6 +49,7 @@ import {
   TARGET_PORT_ANNOTATION,
 } from '../controller/annotations.ts';
 import type { ServerFeatures } from '../controller/server-features.ts';
+import { SIDECAR_ENV } from '../sidecar/process-settings.ts';
 
 export const SIDECAR_CONTAINER_NAME = 'buildkit-fleet-sidecar';
 /** Name of the sidecar's stats port (the controller scrapes /stats there, probes hit /readyz). */
@@ -301,6 +303,8 @@ function sidecarContainer(
       { name: 'BKF_SIDECAR_STATS', value: `0.0.0.0:${ports.stats}` },
       { name: 'BKF_SIDECAR_TOKEN_FILE', value: `${TOKEN_MOUNT_PATH}/${TOKEN_KEY}` },
       { name: 'BKF_SIDECAR_GRACE', value: String(grace) },
+      // heap caps and malloc arenas (sidecar/process-settings.ts); the postStart hook's node gets them too
+      ...Object.entries(SIDECAR_ENV).map(([name, value]) => ({ name, value })),
     ],
     ports: [
       ...(publicPortEntries.length

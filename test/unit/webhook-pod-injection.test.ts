@@ -146,6 +146,9 @@ describe('the two shapes', () => {
         BKF_SIDECAR_STATS: '0.0.0.0:9436',
         BKF_SIDECAR_TOKEN_FILE: '/var/run/buildkit-fleet/sidecar-token/token',
         BKF_SIDECAR_GRACE: '30',
+        // the process settings of sidecar/process-settings.ts
+        NODE_OPTIONS: '--max-semi-space-size=1 --max-old-space-size=64',
+        MALLOC_ARENA_MAX: '2',
       });
       expect(sidecar.resources).toEqual(INJECTION_CONFIG.resources);
       expect(sidecar.readinessProbe!.httpGet).toEqual({ path: '/readyz', port: 9436, scheme: 'HTTP' });

@@ -1,0 +1,22 @@
+// How the sidecar's Node.js process runs: the webhook puts these into the injected container's
+// environment (webhook/pod-injection.ts) and the sidecar benchmark starts the sidecar with them.
+// Kept apart from sidecar/main.ts so the webhook can import them without the proxy.
+
+/**
+ * V8 heap limits for the sidecar. The proxy keeps little live data (counters and two sockets per
+ * connection; an idle sidecar has about 11 MB of heap in use), but with Node's defaults V8 lets
+ * the young generation and the old generation grow well beyond what is live before it collects.
+ * A 1 MB semi-space and a 64 MB old-generation cap keep the heap near its live size and leave
+ * ample room for thousands of connections.
+ */
+export const SIDECAR_NODE_OPTIONS = '--max-semi-space-size=1 --max-old-space-size=64';
+
+/**
+ * The injected container's environment for the process settings: NODE_OPTIONS above, and
+ * MALLOC_ARENA_MAX bounding glibc's per-thread allocation arenas (libuv's thread pool and V8's
+ * helper threads would otherwise each get one).
+ */
+export const SIDECAR_ENV: Readonly<Record<string, string>> = {
+  NODE_OPTIONS: SIDECAR_NODE_OPTIONS,
+  MALLOC_ARENA_MAX: '2',
+};

@@ -1,5 +1,10 @@
-// Load generator and peer server of the sidecar benchmark, identical for every path (direct,
-// through the sidecar, through HAProxy). Both live in the benchmark's own process.
+// Load generators and peer servers of the sidecar benchmark, identical for every path (direct,
+// through the sidecar, through HAProxy):
+// - iperf3 (native, its own processes) for bulk throughput: one Node event loop cannot push
+//   much more than 1.25 GB/s through loopback, so with the Node generator "direct" itself, and
+//   any proxy, would top out there;
+// - the Node generator and peer (the benchmark's own process) for bulk too, and for what iperf3
+//   does not measure: ping-pong latency, connection churn and idle connections.
 //
 // The peer speaks a tiny protocol chosen by the first byte the client sends:
 //   'S' + u64 length  sink: reads `length` bytes, then answers one byte (all data arrived)
@@ -9,8 +14,11 @@
 // and client sockets read into one reused 1 MiB buffer (`onread`), so the generator allocates
 // nothing per chunk. Server-side sockets cannot take `onread` (net.Server has no such option):
 // they read 64 KiB chunks like any Node server.
+import { spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { createInterface } from 'node:readline';
 
 const CHUNK = Buffer.alloc(1 << 20, 0x61);
 // every client reads into this one buffer: the callback only counts, so sharing it is safe
@@ -253,5 +261,120 @@ export async function openIdle(port: number, count: number): Promise<() => Promi
   return async () => {
     for (const c of clients) c.socket.end();
     await Promise.all(clients.map((c) => c.closed));
+  };
+}
+
+// --- iperf3 -----------------------------------------------------------------------------------
+
+/** Wraps a command, e.g. in `taskset -c 0`. */
+export type Launcher = (command: string, args: string[]) => [string, string[]];
+
+/** iperf3's version, or undefined when it is not installed. */
+export function iperfVersion(): string | undefined {
+  const result = spawnSync('iperf3', ['--version'], { encoding: 'utf8' });
+  if (result.error) return undefined;
+  return /iperf (\S+)/.exec(result.stdout)?.[1] ?? 'unknown';
+}
+
+export interface IperfServer {
+  port: number;
+  child: ChildProcess;
+  close(): void;
+}
+
+/** `iperf3 -s` on 127.0.0.1:`port`, serving one test after another; resolves once it listens. */
+export async function startIperfServer(port: number, launch: Launcher): Promise<IperfServer> {
+  const [command, args] = launch('iperf3', [
+    '--server',
+    '--bind',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--forceflush',
+  ]);
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Expected noise: a proxy's readiness check connects through to the server and hangs up during
+  // iperf3's handshake ("unable to receive cookie" or "parameters"), and the server's own exit
+  // ("interrupt"). A failed test shows in the client's report (iperfBulk throws).
+  createInterface({ input: child.stderr! }).on('line', (line) => {
+    if (!/unable to receive (cookie|parameters)|interrupt - the server has terminated/.test(line)) {
+      console.error(line);
+    }
+  });
+  const lines = createInterface({ input: child.stdout! });
+  for await (const line of lines) {
+    if (line.startsWith('Server listening on')) {
+      // keep draining its report lines so it never blocks on a full pipe
+      lines.on('line', () => undefined);
+      return { port, child, close: () => void child.kill() };
+    }
+  }
+  throw new Error(`iperf3 server exited with ${child.exitCode} before listening on ${port}`);
+}
+
+export interface IperfResult {
+  /** bytes the receiving side(s) got, both directions added for --bidir */
+  bytes: number;
+  /** the receivers' seconds (the longer one for --bidir) */
+  seconds: number;
+  /** receiver-side rate, both directions added for --bidir */
+  bytesPerSecond: number;
+}
+
+interface IperfSum {
+  bytes: number;
+  seconds: number;
+  bits_per_second: number;
+}
+
+/**
+ * One iperf3 test against 127.0.0.1:`port`: `bytes` one way (client to server), or with `bidir`
+ * both ways at once. iperf3 ends a --bidir test when the client has sent `bytes`, so the reverse
+ * direction moves about as much in the same time, not exactly `bytes`. Rates are the receivers'
+ * (`-J`: end.sum_received and end.sum_received_bidir_reverse).
+ */
+export async function iperfBulk(
+  port: number,
+  bytes: number,
+  bidir: boolean,
+  launch: Launcher,
+): Promise<IperfResult> {
+  const [command, args] = launch('iperf3', [
+    '--client',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '--bytes',
+    String(bytes),
+    '--interval',
+    '0',
+    '--connect-timeout',
+    '5000',
+    '--json',
+    ...(bidir ? ['--bidir'] : []),
+  ]);
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out += chunk));
+  const timer = setTimeout(() => child.kill(), 120_000);
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+  clearTimeout(timer);
+  let report: { error?: string; end?: Record<string, IperfSum | undefined> };
+  try {
+    report = JSON.parse(out) as typeof report;
+  } catch {
+    throw new Error(`iperf3 client to ${port} exited with ${code} without a JSON report`);
+  }
+  if (report.error || code !== 0)
+    throw new Error(`iperf3 client to ${port}: ${report.error ?? `exit ${code}`}`);
+  const sums = [report.end?.['sum_received'], ...(bidir ? [report.end?.['sum_received_bidir_reverse']] : [])];
+  if (sums.some((sum) => !sum || !(sum.seconds > 0))) {
+    throw new Error(`iperf3 client to ${port}: no receiver summary in its report`);
+  }
+  const got = sums as IperfSum[];
+  return {
+    bytes: got.reduce((total, sum) => total + sum.bytes, 0),
+    seconds: Math.max(...got.map((sum) => sum.seconds)),
+    bytesPerSecond: got.reduce((total, sum) => total + sum.bits_per_second / 8, 0),
   };
 }

@@ -1,21 +1,35 @@
 // The sidecar's data path on loopback (issue 6): bulk throughput one way and both ways, 1 KiB
 // ping-pong latency, connection churn and RSS with 1,000 idle connections, for three paths
 // measured in the same run and interleaved:
-//   direct   client -> peer server
-//   sidecar  client -> `node sidecar/main.ts` (its own process, as in production) -> peer
-//   haproxy  client -> HAProxy 2.x, mode tcp, option splice-auto, one thread -> peer
-// The client and the peer server (sidecar-load.ts) are the same code for all three.
+//   direct   client -> server
+//   sidecar  client -> `node sidecar/main.ts` (its own process, as in production) -> server
+//   haproxy  client -> HAProxy 2.x, mode tcp, option splice-auto, one thread -> server
+// Two load generators, each the same for all three paths (sidecar-load.ts):
+// - iperf3 (client and `iperf3 -s`, native) for bulk: 1 GiB one way (`-n 1G`) and both ways at
+//   once (`--bidir`; iperf3 stops when the client has sent 1 GiB, the reverse direction moves
+//   about as much), receiver-side bytes and seconds from its JSON report. These are the bulk
+//   numbers that count: a native generator leaves the proxy as the only bottleneck.
+// - the Node generator and peer server (this process, one event loop) for ping-pong latency,
+//   connection churn and the 1,000 idle connections, and bulk too (labelled Node-generator in the
+//   table): about 1.25 GB/s is all one event loop moves through loopback, so there "direct" is
+//   the generator's limit rather than the kernel's.
+// Each proxy runs twice, one process in front of the Node peer and one in front of iperf3's
+// server (a proxy has one upstream); RSS is the first one's.
 //
-// CPU placement (2 cores): this process (load generator and peer server, one event loop) is
-// pinned to core 0 and the proxy under test to core 1. Each proxy gets a core of its own, as it
-// would next to buildkitd, and the endpoints cost the same on every path, so "direct" is what the
-// endpoints can do and a proxy that keeps up with them measures 1.0x. Unpinned, the three
+// CPU placement (2 cores): the load generators and servers (this process, the iperf3 client and
+// server) are pinned to core 0 and the proxies under test to core 1. Each proxy gets a core of its
+// own, as it would next to buildkitd, and the endpoints cost the same on every path, so "direct"
+// is what the endpoints can do and a proxy that keeps up with them measures 1.0x. Unpinned, the
 // processes would compete for both cores and the scheduler would decide what gets measured.
 // BENCH_PIN=0 turns pinning off. On a shared machine other work lands on both cores anyway:
 // compare the per-round ratios, not the absolute numbers of one run.
 //
-// HAProxy must be installed (Debian: `apt-get install -y haproxy`); without it the benchmark
-// says so and exits non-zero. Environment: BENCH_ROUNDS (5), BENCH_BULK_MIB (1024),
+// The sidecar runs with the process settings the webhook injects (SIDECAR_ENV: NODE_OPTIONS heap
+// caps, MALLOC_ARENA_MAX); BENCH_SIDECAR_PROCESS_SETTINGS=0 runs it with Node's defaults.
+//
+// HAProxy and iperf3 must be installed (Debian: `apt-get install -y haproxy iperf3`, and answer no
+// to iperf3's daemon); without them the benchmark says so and exits non-zero. iperf3 only talks to
+// 127.0.0.1. Environment: BENCH_ROUNDS (5), BENCH_BULK_MIB (1024, both generators),
 // BENCH_SECONDS (2, per latency/churn measurement), BENCH_SIDECAR_NODE_FLAGS (extra node flags
 // for the sidecar, e.g. --cpu-prof), BENCH_SIDECAR_MAIN (see below), BENCH_ONLY (comma-separated
 // paths, e.g. sidecar). RSS is read from /proc/<pid>/status (VmRSS) at the end of each round, so
@@ -30,14 +44,27 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+import { SIDECAR_ENV } from '../../sidecar/process-settings.ts';
 import { median, percentile, sleep, table, writeResult } from './lib.ts';
-import { bulkBothWays, bulkOneWay, churn, openIdle, pingPong, startPeer } from './sidecar-load.ts';
+import type { IperfServer } from './sidecar-load.ts';
+import {
+  bulkBothWays,
+  bulkOneWay,
+  churn,
+  iperfBulk,
+  iperfVersion,
+  openIdle,
+  pingPong,
+  startIperfServer,
+  startPeer,
+} from './sidecar-load.ts';
 
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 5);
 const BULK = Number(process.env['BENCH_BULK_MIB'] ?? 1024) * 2 ** 20;
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 2);
 const PIN = process.env['BENCH_PIN'] !== '0';
 const SIDECAR_FLAGS = (process.env['BENCH_SIDECAR_NODE_FLAGS'] ?? '').split(' ').filter(Boolean);
+const SIDECAR_SETTINGS = process.env['BENCH_SIDECAR_PROCESS_SETTINGS'] !== '0';
 const MESSAGE = 1024;
 const CHURN_LOOPS = 4;
 const IDLE = 1000;
@@ -48,16 +75,23 @@ const GB = 1e9;
 const main =
   process.env['BENCH_SIDECAR_MAIN'] ?? fileURLToPath(new URL('../../sidecar/main.ts', import.meta.url));
 
-interface Path {
-  name: 'direct' | 'sidecar' | 'haproxy';
+/** One proxy process (or, for direct, the server itself). */
+interface Hop {
   port: number;
   /** the proxy process (not for direct) */
   pid?: number;
   child?: ChildProcess;
 }
 
+interface Path extends Hop {
+  name: 'direct' | 'sidecar' | 'haproxy';
+  /** the same path in front of iperf3's server */
+  iperf: Hop;
+}
+
 const pinned = (core: number, command: string, args: string[]): [string, string[]] =>
   PIN ? ['taskset', ['-c', String(core), command, ...args]] : [command, args];
+const onCore0 = (command: string, args: string[]) => pinned(0, command, args);
 
 function rssMiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -91,7 +125,7 @@ async function waitForPort(port: number, child: ChildProcess, what: string): Pro
 }
 
 /** The real sidecar, started the way the sidecar tests start it; its listen port from its log. */
-async function startSidecar(upstreamPort: number): Promise<Path> {
+async function startSidecar(upstreamPort: number): Promise<Hop> {
   const [command, args] = pinned(1, process.execPath, [
     ...SIDECAR_FLAGS,
     main,
@@ -104,14 +138,17 @@ async function startSidecar(upstreamPort: number): Promise<Path> {
     '--log-level',
     'info',
   ]);
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(command, args, {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: SIDECAR_SETTINGS ? { ...process.env, ...SIDECAR_ENV } : process.env,
+  });
   const lines = createInterface({ input: child.stdout! });
   for await (const line of lines) {
     const entry = JSON.parse(line) as { msg?: string; listen?: { port: number } };
     if (entry.msg === 'sidecar serving') {
       // keep draining its stdout so the child never blocks on a full pipe
       lines.on('line', () => undefined);
-      return { name: 'sidecar', port: entry.listen!.port, pid: child.pid!, child };
+      return { port: entry.listen!.port, pid: child.pid!, child };
     }
   }
   throw new Error(`sidecar exited with ${child.exitCode} before serving`);
@@ -135,15 +172,15 @@ function haproxyConfig(listenPort: number, upstreamPort: number): string {
   ].join('\n');
 }
 
-async function startHaproxy(upstreamPort: number, dir: string): Promise<Path> {
+async function startHaproxy(upstreamPort: number, dir: string): Promise<Hop> {
   const port = await freePort();
-  const config = join(dir, 'haproxy.cfg');
+  const config = join(dir, `haproxy-${upstreamPort}.cfg`);
   writeFileSync(config, haproxyConfig(port, upstreamPort));
   execFileSync('haproxy', ['-c', '-q', '-f', config], { stdio: 'inherit' });
   const [command, args] = pinned(1, 'haproxy', ['-db', '-f', config]);
   const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitForPort(port, child, 'haproxy');
-  return { name: 'haproxy', port, pid: child.pid!, child };
+  return { port, pid: child.pid!, child };
 }
 
 function haproxyVersion(): string | undefined {
@@ -152,9 +189,22 @@ function haproxyVersion(): string | undefined {
   return /HAProxy version (\S+)/.exec(result.stdout)?.[1] ?? 'unknown';
 }
 
-type Metric = 'oneWay' | 'bothWays' | 'p50' | 'p99' | 'churn' | 'rss';
-const METRICS: Metric[] = ['oneWay', 'bothWays', 'p50', 'p99', 'churn', 'rss'];
+/** iperf* are iperf3's bulk numbers, node* the Node generator's (GB/s). */
+type Metric =
+  'iperfOneWay' | 'iperfBothWays' | 'nodeOneWay' | 'nodeBothWays' | 'p50' | 'p99' | 'churn' | 'rss';
+const METRICS: Metric[] = [
+  'iperfOneWay',
+  'iperfBothWays',
+  'nodeOneWay',
+  'nodeBothWays',
+  'p50',
+  'p99',
+  'churn',
+  'rss',
+];
 type Samples = Record<Metric, number[]>;
+const emptySamples = (): Samples =>
+  Object.fromEntries(METRICS.map((m) => [m, [] as number[]])) as unknown as Samples;
 
 async function measureRss(path: Path): Promise<number> {
   const close = await openIdle(path.port, IDLE);
@@ -164,30 +214,55 @@ async function measureRss(path: Path): Promise<number> {
   return rss;
 }
 
+const missing = (what: string, install: string) => {
+  console.error(`sidecar bench: ${what} not found; install it with \`${install}\` (Debian)`);
+  process.exitCode = 1;
+};
+
 export async function run(): Promise<void> {
   const version = haproxyVersion();
-  if (!version) {
-    console.error('sidecar bench: haproxy not found; install it with `apt-get install -y haproxy` (Debian)');
-    process.exitCode = 1;
-    return;
-  }
+  if (!version) return missing('haproxy', 'apt-get install -y haproxy');
+  const iperf = iperfVersion();
+  if (!iperf) return missing('iperf3', 'DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3');
   if (PIN) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   const only = process.env['BENCH_ONLY']?.split(',');
   const dir = mkdtempSync(join(tmpdir(), 'bench-sidecar-'));
   const peer = await startPeer();
-  const paths: Path[] = [{ name: 'direct', port: peer.port }];
+  let iperfServer: IperfServer | undefined;
+  const paths: Path[] = [];
+  /** every proxy process started, for the cleanup */
+  const hops: Hop[] = [];
   const results: Record<string, Samples> = {};
   try {
-    paths.push(await startSidecar(peer.port));
-    paths.push(await startHaproxy(peer.port, dir));
+    iperfServer = await startIperfServer(await freePort(), onCore0);
+    paths.push({ name: 'direct', port: peer.port, iperf: { port: iperfServer.port } });
+    const hop = async (start: Promise<Hop>) => {
+      const started = await start;
+      hops.push(started);
+      return started;
+    };
+    paths.push({
+      name: 'sidecar',
+      ...(await hop(startSidecar(peer.port))),
+      iperf: await hop(startSidecar(iperfServer.port)),
+    });
+    paths.push({
+      name: 'haproxy',
+      ...(await hop(startHaproxy(peer.port, dir))),
+      iperf: await hop(startHaproxy(iperfServer.port, dir)),
+    });
     const active = paths.filter((p) => !only || only.includes(p.name));
     const idleRss: Record<string, number> = {};
     for (const p of active) {
-      results[p.name] = { oneWay: [], bothWays: [], p50: [], p99: [], churn: [], rss: [] };
+      results[p.name] = emptySamples();
       if (p.pid) idleRss[p.name] = rssMiB(p.pid);
     }
+    const iperfGBps = async (p: Path, bytes: number, bidir: boolean) =>
+      (await iperfBulk(p.iperf.port, bytes, bidir, onCore0)).bytesPerSecond / GB;
     // warm-up: JIT and heap growth in every process, TCP autotuning
     for (const p of active) {
+      await iperfGBps(p, Math.min(BULK, 256 * 2 ** 20), false);
+      await iperfGBps(p, Math.min(BULK, 256 * 2 ** 20), true);
       await bulkOneWay(p.port, Math.min(BULK, 256 * 2 ** 20));
       await pingPong(p.port, MESSAGE, 0.3);
       await churn(p.port, CHURN_LOOPS, 0.3);
@@ -198,43 +273,50 @@ export async function run(): Promise<void> {
       const each = async (fn: (p: Path) => Promise<void>) => {
         for (const p of order) await fn(p);
       };
-      await each(
-        async (p) => void results[p.name]!.oneWay.push(BULK / (await bulkOneWay(p.port, BULK)) / GB),
-      );
-      await each(
-        async (p) =>
-          void results[p.name]!.bothWays.push((2 * BULK) / (await bulkBothWays(p.port, BULK)) / GB),
-      );
+      const add = (p: Path, m: Metric, value: number) => void results[p.name]![m].push(value);
+      await each(async (p) => add(p, 'iperfOneWay', await iperfGBps(p, BULK, false)));
+      await each(async (p) => add(p, 'iperfBothWays', await iperfGBps(p, BULK, true)));
+      await each(async (p) => add(p, 'nodeOneWay', BULK / (await bulkOneWay(p.port, BULK)) / GB));
+      await each(async (p) => add(p, 'nodeBothWays', (2 * BULK) / (await bulkBothWays(p.port, BULK)) / GB));
       await each(async (p) => {
         const samples = await pingPong(p.port, MESSAGE, SECONDS);
-        results[p.name]!.p50.push(percentile(samples, 50));
-        results[p.name]!.p99.push(percentile(samples, 99));
+        add(p, 'p50', percentile(samples, 50));
+        add(p, 'p99', percentile(samples, 99));
       });
-      await each(async (p) => void results[p.name]!.churn.push(await churn(p.port, CHURN_LOOPS, SECONDS)));
-      await each(async (p) => {
-        results[p.name]!.rss.push(p.pid ? await measureRss(p) : NaN);
-      });
+      await each(async (p) => add(p, 'churn', await churn(p.port, CHURN_LOOPS, SECONDS)));
+      await each(async (p) => add(p, 'rss', p.pid ? await measureRss(p) : NaN));
       const r = (name: string, m: Metric) => results[name]?.[m][round]?.toFixed(m === 'rss' ? 0 : 2) ?? '-';
       console.log(
         `round ${round + 1}/${ROUNDS}: ` +
           active
             .map(
               (p) =>
-                `${p.name} ${r(p.name, 'oneWay')}/${r(p.name, 'bothWays')} GB/s ` +
+                `${p.name} iperf3 ${r(p.name, 'iperfOneWay')}/${r(p.name, 'iperfBothWays')} ` +
+                `node ${r(p.name, 'nodeOneWay')}/${r(p.name, 'nodeBothWays')} GB/s ` +
                 `p50 ${r(p.name, 'p50')}us p99 ${r(p.name, 'p99')}us ${r(p.name, 'churn')} conn/s rss ${r(p.name, 'rss')}MiB`,
             )
             .join(' | '),
       );
     }
-    report(results, idleRss, version);
+    // the proxies in front of iperf3 moved all its bulk: what did that leave behind?
+    const iperfProxyRss = Object.fromEntries(
+      active.filter((p) => p.iperf.pid).map((p) => [p.name, rssMiB(p.iperf.pid!)]),
+    );
+    report(results, idleRss, iperfProxyRss, { haproxy: version, iperf3: iperf });
   } finally {
-    for (const p of paths) p.child?.kill();
+    for (const h of hops) h.child?.kill();
+    iperfServer?.close();
     await peer.close();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-function report(results: Record<string, Samples>, idleRss: Record<string, number>, version: string): void {
+function report(
+  results: Record<string, Samples>,
+  idleRss: Record<string, number>,
+  iperfProxyRss: Record<string, number>,
+  versions: { haproxy: string; iperf3: string },
+): void {
   const med = (name: string, m: Metric) => (results[name] ? median(results[name][m]) : NaN);
   // per-round ratios (both paths measured back to back) cancel most of the machine's drift
   const ratio = (a: string, b: string, m: Metric) =>
@@ -252,16 +334,29 @@ function report(results: Record<string, Samples>, idleRss: Record<string, number
       messageBytes: MESSAGE,
       churnLoops: CHURN_LOOPS,
       idleConnections: IDLE,
-      pinned: PIN ? 'load generator + peer on core 0, proxy on core 1' : 'no',
+      pinned: PIN ? 'load generators + servers (node, iperf3) on core 0, proxy on core 1' : 'no',
       sidecarNodeFlags: SIDECAR_FLAGS,
+      sidecarProcessSettings: SIDECAR_SETTINGS ? SIDECAR_ENV : "none (Node's defaults)",
       sidecarMain: main,
-      haproxy: `${version}, mode tcp, option splice-auto, nbthread 1`,
+      haproxy: `${versions.haproxy}, mode tcp, option splice-auto, nbthread 1`,
+      iperf3: `${versions.iperf3}, -n ${BULK} one way and --bidir, receiver-side rates`,
       node: process.version,
+      metrics: {
+        iperfOneWay: 'GB/s, iperf3 client to iperf3 server',
+        iperfBothWays: 'GB/s, iperf3 --bidir, both directions added',
+        nodeOneWay: 'GB/s, Node generator to Node peer',
+        nodeBothWays: 'GB/s, Node generator and peer, both directions added',
+        p50: 'us, 1 KiB ping-pong round trip',
+        p99: 'us, 1 KiB ping-pong round trip',
+        churn: 'connections/s',
+        rss: `MiB, proxy VmRSS with ${IDLE} idle connections`,
+      },
     },
     medians: Object.fromEntries(
       Object.keys(results).map((name) => [name, Object.fromEntries(METRICS.map((m) => [m, med(name, m)]))]),
     ),
     idleRssMiB: idleRss,
+    iperfProxyRssMiBAtEnd: iperfProxyRss,
     ratios: Object.fromEntries(
       METRICS.map((m) => [
         m,
@@ -276,7 +371,7 @@ function report(results: Record<string, Samples>, idleRss: Record<string, number
       haproxy: { p50: added('haproxy', 'p50'), p99: added('haproxy', 'p99') },
     },
     targets: {
-      bulkGBps: 'at least HAProxy and at least 1.25',
+      bulkGBps: 'iperf3, one way and both ways: at least HAProxy and at least 1.25',
       addedLatency: 'p50 and p99 no worse than HAProxy',
       churn: 'at least HAProxy',
       rssMiBAt1000: 80,
@@ -285,28 +380,29 @@ function report(results: Record<string, Samples>, idleRss: Record<string, number
   };
   const row = (name: string) => [
     name,
-    med(name, 'oneWay'),
-    med(name, 'bothWays'),
-    med(name, 'p50'),
-    med(name, 'p99'),
-    med(name, 'churn'),
-    name === 'direct' ? '-' : med(name, 'rss'),
+    ...METRICS.map((m) => (m === 'rss' && name === 'direct' ? '-' : med(name, m))),
   ];
   const ratioRow = (label: string, a: string, b: string) => [
     label,
-    ratio(a, b, 'oneWay'),
-    ratio(a, b, 'bothWays'),
-    ratio(a, b, 'p50'),
-    ratio(a, b, 'p99'),
-    ratio(a, b, 'churn'),
-    b === 'direct' ? '-' : ratio(a, b, 'rss'),
+    ...METRICS.map((m) => (m === 'rss' && b === 'direct' ? '-' : ratio(a, b, m))),
   ];
   console.log(
-    `\nsidecar: loopback data path (${ROUNDS} rounds, medians; ${PIN ? 'proxy on core 1, client+server on core 0' : 'unpinned'})`,
+    `\nsidecar: loopback data path (${ROUNDS} rounds, medians; ${PIN ? 'proxy on core 1, generators and servers on core 0' : 'unpinned'}; ` +
+      `sidecar ${SIDECAR_SETTINGS ? 'with its injected process settings' : "with Node's defaults"})`,
   );
   console.log(
     table(
-      ['path', '1 way GB/s', '2 ways GB/s', 'p50 us', 'p99 us', 'conn/s', `RSS MiB @${IDLE}`],
+      [
+        'path',
+        'iperf3 1 way GB/s',
+        'iperf3 2 ways GB/s',
+        'Node-gen 1 way GB/s',
+        'Node-gen 2 ways GB/s',
+        'p50 us',
+        'p99 us',
+        'conn/s',
+        `RSS MiB @${IDLE}`,
+      ],
       [
         ...Object.keys(results).map(row),
         ...(results['sidecar'] && results['direct'] ? [ratioRow('sidecar/direct', 'sidecar', 'direct')] : []),

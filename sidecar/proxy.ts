@@ -133,19 +133,23 @@ interface ProxyState {
   readonly connections: Set<Connection>;
   readonly connecting: Set<Connection>;
   readonly events: EventEmitter;
+  /**
+   * The write request every forward uses while writes complete at once (they almost always do):
+   * only a write that stays pending keeps its request, and a new spare takes its place.
+   */
+  spareWrite: WriteRequest;
 }
 
 /** One socket of a connection, and the direction that reads from it. */
 class Side {
   /** pooled buffer this side reads into once its direction is bulk */
   buffer: Buffer | undefined;
-  /** write request for forwarding this side's reads, reused while writes complete at once */
-  request: WriteRequest | undefined;
   /** end of stream read from this socket */
   ended = false;
+  /** our shutdown (FIN) of this socket is queued in libuv and not done yet */
+  shutting = false;
   /** our shutdown of this socket's sending direction completed */
   shut = false;
-  closed = false;
   other!: Side;
   readonly name: 'client' | 'upstream';
   readonly handle: TcpHandle;
@@ -183,8 +187,12 @@ class Connection {
     const error = v6
       ? handle.connect6(request, target.host, target.port)
       : handle.connect(request, target.host, target.port);
-    if (error !== 0) this.fail(`upstream connect ${errorName(error)}`);
-    else this.state.connecting.add(this);
+    if (error !== 0) return this.fail(`upstream connect ${errorName(error)}`);
+    this.state.connecting.add(this);
+    // the client's first bytes usually arrive with the connection: read them now, and libuv
+    // sends them as soon as the upstream is connected (the write is pending until then, so the
+    // client is not read further meanwhile)
+    this.startReading(this.client);
   }
 
   private onConnect(status: number): void {
@@ -194,7 +202,7 @@ class Connection {
     this.connected = true;
     this.upstream.handle.setNoDelay(true);
     this.startReading(this.upstream);
-    this.startReading(this.client);
+    if (this.client.ended) this.shutdown(this.upstream);
   }
 
   private startReading(side: Side): void {
@@ -228,7 +236,12 @@ class Connection {
       }
     } else if (n === UV_EOF) {
       from.ended = true;
-      this.shutdown(from.other);
+      const to = from.other;
+      // the last direction to end: nothing is left to send either way, and close() sends the
+      // FIN itself once the kernel has sent what it holds, one system call fewer than shutdown
+      if (to.ended && from.shut && to.handle.writeQueueSize === 0) this.close(false);
+      // a shutdown requested while connecting could be lost by libuv: onConnect sends it
+      else if (to === this.client || this.connected) this.shutdown(to);
     } else if (n < 0) {
       this.fail(`${from.name} ${errorName(n)}`);
     }
@@ -237,26 +250,21 @@ class Connection {
 
   private forward(from: Side, data: Uint8Array): void {
     if (this.closing) return;
-    const request = (from.request ??= this.writeRequest(from));
+    const request = this.state.spareWrite;
     const error = from.other.handle.writeBuffer(request, data);
     if (error !== 0) return this.fail(`${from.other.name} write ${errorName(error)}`);
     if (!lastWriteWasAsync()) return;
     // the pending write points into `data` (possibly this side's read buffer): keep it alive and
     // read nothing more from this side until it is written
+    this.state.spareWrite = newWriteRequest();
     request.buffer = data;
-    from.request = undefined;
-    from.handle.readStop();
-  }
-
-  private writeRequest(from: Side): WriteRequest {
-    const request = newWriteRequest();
     request.oncomplete = (status) => {
       request.buffer = undefined;
       if (this.closing) return;
       if (status < 0) return this.fail(`${from.other.name} write ${errorName(status)}`);
       if (!from.ended) from.handle.readStart();
     };
-    return request;
+    from.handle.readStop();
   }
 
   /** Sends FIN to `side` once everything queued for it is written. */
@@ -264,6 +272,7 @@ class Connection {
     if (this.closing) return;
     const request = newShutdownRequest();
     request.oncomplete = (status) => {
+      side.shutting = false;
       if (this.closing) return;
       if (status < 0) return this.fail(`${side.name} shutdown ${errorName(status)}`);
       side.shut = true;
@@ -271,6 +280,7 @@ class Connection {
     };
     const error = side.handle.shutdown(request);
     if (error !== 0) this.fail(`${side.name} shutdown ${errorName(error)}`);
+    else side.shutting = true;
   }
 
   fail(reason: string): void {
@@ -279,21 +289,21 @@ class Connection {
     this.close(true);
   }
 
+  /**
+   * Closes both sockets, with an RST when `reset`, and counts the connection closed at once: after
+   * close() the kernel no longer touches the read buffers and no callback reads them, and no close
+   * callback is asked for (two calls into JavaScript fewer per connection).
+   */
   private close(reset: boolean): void {
     this.closing = true;
-    this.state.connecting.delete(this);
-    if (reset || this.state.logger.isLevelEnabled('debug')) this.peer ??= peerOf(this.client.handle);
+    const { counters, pool, logger, connections, connecting, events } = this.state;
+    connecting.delete(this);
+    if (reset || logger.isLevelEnabled('debug')) this.peer ??= peerOf(this.client.handle);
     for (const side of [this.client, this.upstream]) {
-      const closed = () => this.closed(side);
-      // reset refuses (EINVAL) once a shutdown was sent; closing with unread data still resets
-      if (!reset || side.handle.reset(closed) !== 0) side.handle.close(closed);
+      // libuv refuses a reset while a shutdown is queued, and Node then ignores a later close():
+      // such a socket is closed plainly (the kernel still resets it if unread data is left)
+      if (!reset || side.shutting || side.handle.reset(noop) !== 0) side.handle.close(noop);
     }
-  }
-
-  private closed(side: Side): void {
-    side.closed = true;
-    if (!side.other.closed) return;
-    const { counters, pool, logger, connections, events } = this.state;
     if (this.client.buffer) pool.give(this.client.buffer);
     if (this.upstream.buffer) pool.give(this.upstream.buffer);
     connections.delete(this);
@@ -319,6 +329,8 @@ class Connection {
     };
   }
 }
+
+const noop = () => undefined;
 
 function peerOf(handle: TcpHandle): string | undefined {
   const out: { address?: string; port?: number } = {};
@@ -348,6 +360,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     connections: new Set(),
     connecting: new Set(),
     events: new EventEmitter(),
+    spareWrite: newWriteRequest(),
   };
   const { counters, connections, connecting } = state;
 
@@ -373,8 +386,6 @@ export function createProxy(options: ProxyOptions): Proxy {
     counters.opened++;
     counters.open++;
     options.onAccept?.();
-    clientHandle.setNoDelay(true);
-    clientHandle.setKeepAlive(true, keepAliveSeconds);
     const connection = new Connection(state, clientHandle);
     connections.add(connection);
     connection.connect(target, v6);
@@ -393,7 +404,13 @@ export function createProxy(options: ProxyOptions): Proxy {
       const { host: ip } = await resolveHostPort({ host, port });
       const handle = newServerHandle();
       let error = net.isIPv6(ip) ? handle.bind6(ip, port, 0) : handle.bind(ip, port);
-      if (error === 0) error = handle.listen(LISTEN_BACKLOG);
+      if (error === 0) {
+        // accepted sockets inherit both from the listening socket (Linux copies the socket at
+        // accept), which saves five setsockopt calls on every connection
+        handle.setNoDelay(true);
+        handle.setKeepAlive(true, keepAliveSeconds);
+        error = handle.listen(LISTEN_BACKLOG);
+      }
       if (error !== 0) {
         handle.close(() => undefined);
         throw errnoError(error, 'listen', `${host}:${port}`);
@@ -431,8 +448,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     bufferedBytes() {
       let total = 0;
       for (const { client, upstream } of connections) {
-        if (!client.closed) total += client.handle.writeQueueSize;
-        if (!upstream.closed) total += upstream.handle.writeQueueSize;
+        total += client.handle.writeQueueSize + upstream.handle.writeQueueSize;
       }
       return total;
     },

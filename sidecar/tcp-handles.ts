@@ -63,6 +63,8 @@ export interface TcpServerHandle {
   bind(address: string, port: number): number;
   bind6(address: string, port: number, flags: number): number;
   listen(backlog: number): number;
+  setNoDelay(enable: boolean): number;
+  setKeepAlive(enable: boolean, initialDelaySeconds: number): number;
   getsockname(out: SocketName): number;
   close(callback: () => void): void;
 }

@@ -92,7 +92,9 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     upstreamAddress = await resolveHostPort(upstream);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-    throw new UsageError(`--upstream ${upstream.host}:${upstream.port}: cannot resolve ${upstream.host} (${code})`);
+    throw new UsageError(
+      `--upstream ${upstream.host}:${upstream.port}: cannot resolve ${upstream.host} (${code})`,
+    );
   }
 
   const fence = createFenceControl();

@@ -311,7 +311,10 @@ class Connection {
     counters.open--;
     if (!this.connected) {
       counters.upstreamFailures++;
-      logger.warn({ ...this.fields(), reason: this.failure }, 'upstream unreachable, client connection reset');
+      logger.warn(
+        { ...this.fields(), reason: this.failure },
+        'upstream unreachable, client connection reset',
+      );
     } else if (logger.isLevelEnabled('debug')) {
       if (this.failure) logger.debug({ ...this.fields(), reason: this.failure }, 'connection reset');
       else logger.debug(this.fields(), 'connection closed');

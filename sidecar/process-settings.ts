@@ -7,7 +7,9 @@
  * connection; an idle sidecar has about 11 MB of heap in use), but with Node's defaults V8 lets
  * the young generation and the old generation grow well beyond what is live before it collects.
  * A 1 MB semi-space and a 64 MB old-generation cap keep the heap near its live size and leave
- * ample room for thousands of connections.
+ * ample room for thousands of connections. Measured with the sidecar benchmark (compiled
+ * JavaScript, after its bulk runs): RSS with 1,000 idle connections 81 MiB instead of 112 MiB;
+ * idle right after start the difference is small (69 MiB instead of 71 MiB).
  */
 export const SIDECAR_NODE_OPTIONS = '--max-semi-space-size=1 --max-old-space-size=64';
 

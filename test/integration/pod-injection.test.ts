@@ -5,6 +5,7 @@ import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { parse } from 'yaml';
 
 import { SIDECAR_INJECTED_ANNOTATION } from '../../controller/annotations.ts';
+import { SIDECAR_ENV } from '../../sidecar/process-settings.ts';
 import { testCluster } from '../cluster/testenv.ts';
 import { waitFor } from './support/wait.ts';
 import type { LocalWebhook } from './support/webhook.ts';
@@ -126,6 +127,8 @@ test('an opted-in pod is stored with the sidecar first and buildkitd moved behin
     BKF_SIDECAR_LISTEN: '0.0.0.0:1234',
     BKF_SIDECAR_UPSTREAM: '127.0.0.1:1233',
     BKF_SIDECAR_STATS: '0.0.0.0:9436',
+    // the process settings (NODE_OPTIONS heap caps, MALLOC_ARENA_MAX)
+    ...SIDECAR_ENV,
   });
   expect(pod.spec!.volumes).toContainEqual({
     name: 'buildkit-fleet-sidecar-token',

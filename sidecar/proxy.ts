@@ -13,15 +13,21 @@
 // - Backpressure: after forwarding a read, if the destination did not take it at once (its kernel
 //   buffer is full), the source stops reading until that write completes. So the proxy holds at
 //   most one read of data per direction, whatever the peers do.
-// - Reads: by default libuv reads into a fresh buffer sized to what arrived, which costs little
-//   for the small messages of an interactive connection and nothing for an idle one. A direction
-//   that reads a large chunk (BULK_READ_BYTES) is moving bulk data: from then on it reads into a
-//   64 KiB buffer of its own, reused for every read and taken from a small pool, so bulk transfer
-//   allocates nothing per read (per-read allocation was ~40% of the CPU in GC under bulk load).
-//   The buffer goes back to the pool when the connection has closed, when no write can still
-//   point into it. Idle connections hold no read buffer, which keeps 1,000 of them small.
-// - The upstream connection starts reading the client only once it is connected; until then the
-//   client's bytes wait in the kernel (backpressure on the client, nothing buffered here).
+// - Reads: every socket reads into one buffer shared by the whole proxy, and each read is copied
+//   out of it (a slice of Node's buffer pool for small reads) before it is written: a write the
+//   kernel cannot take at once stays pending and points at its data, and the next read of any
+//   socket would overwrite the shared buffer. Reading into a fresh allocation instead (libuv's
+//   default in Node) costs a 64 KiB malloc, a second allocation and a copy per read, which
+//   profiling of 1 KiB ping-pong showed as the largest user-space cost after Node's callback
+//   machinery. An idle connection holds no buffer at all, which keeps 1,000 of them small.
+// - Bulk: a direction that reads a large chunk (BULK_READ_BYTES) is moving bulk data; from then on
+//   it reads into a 64 KiB buffer of its own from a small pool, and writes straight from it with
+//   no copy (per-read allocation was ~40% of the CPU in GC under bulk load with net.Socket). The
+//   rule above keeps it safe: the source reads nothing while its write is pending. The buffer goes
+//   back to the pool when the connection closes, when nothing can read or write it any more.
+// - The client is read from the moment it is accepted: its first bytes usually come with the
+//   connection, and libuv sends them as soon as the upstream is connected (until then the write
+//   is pending, so the client is not read further: nothing piles up here).
 // - Counting is two additions and a Date.now() per read.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -35,7 +41,6 @@ import {
   UV_EOF,
   errnoError,
   errorName,
-  lastReadOffset,
   lastReadResult,
   lastWriteWasAsync,
   newConnectRequest,
@@ -133,6 +138,8 @@ interface ProxyState {
   readonly connections: Set<Connection>;
   readonly connecting: Set<Connection>;
   readonly events: EventEmitter;
+  /** every socket not in bulk mode reads into this one buffer (see the top of this file) */
+  readonly sharedRead: Buffer;
   /**
    * The write request every forward uses while writes complete at once (they almost always do):
    * only a write that stays pending keeps its request, and a new spare takes its place.
@@ -189,9 +196,6 @@ class Connection {
       : handle.connect(request, target.host, target.port);
     if (error !== 0) return this.fail(`upstream connect ${errorName(error)}`);
     this.state.connecting.add(this);
-    // the client's first bytes usually arrive with the connection: read them now, and libuv
-    // sends them as soon as the upstream is connected (the write is pending until then, so the
-    // client is not read further meanwhile)
     this.startReading(this.client);
   }
 
@@ -206,20 +210,24 @@ class Connection {
   }
 
   private startReading(side: Side): void {
-    side.handle.onread = (arrayBuffer) => this.read(side, arrayBuffer);
+    side.handle.useUserBuffer(this.state.sharedRead);
+    side.handle.onread = () => this.read(side);
     const error = side.handle.readStart();
     if (error !== 0) this.fail(`${side.name} read ${errorName(error)}`);
   }
 
-  private read(from: Side, arrayBuffer: ArrayBuffer | undefined): undefined {
+  /** Returns the buffer the socket's next read goes into when that changes (libuv takes it). */
+  private read(from: Side): Buffer | undefined {
     const n = lastReadResult();
     if (n > 0) {
       const own = from.buffer;
-      const data = own
-        ? n === own.length
-          ? own
-          : own.subarray(0, n)
-        : new Uint8Array(arrayBuffer!, lastReadOffset(), n);
+      let data: Buffer;
+      if (own) data = n === own.length ? own : own.subarray(0, n);
+      else {
+        // out of the shared buffer before the next read of any socket overwrites it
+        data = Buffer.allocUnsafe(n);
+        this.state.sharedRead.copy(data, 0, 0, n);
+      }
       const counters = this.state.counters;
       if (from === this.client) {
         this.bytesIn += n;
@@ -232,7 +240,7 @@ class Connection {
       this.forward(from, data);
       if (own === undefined && n >= BULK_READ_BYTES && !this.closing) {
         from.buffer = this.state.pool.take();
-        from.handle.useUserBuffer(from.buffer);
+        return from.buffer;
       }
     } else if (n === UV_EOF) {
       from.ended = true;
@@ -364,6 +372,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     connecting: new Set(),
     events: new EventEmitter(),
     spareWrite: newWriteRequest(),
+    sharedRead: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
   };
   const { counters, connections, connecting } = state;
 

@@ -35,18 +35,18 @@ export interface SocketName {
 /** A connected (or connecting) TCP socket handle. Methods return 0 or a negative errno. */
 export interface TcpHandle {
   /**
-   * Called for every read with `this` the handle; the byte count (or a negative errno, or EOF)
-   * is in lastReadResult(). Without a user buffer the bytes are in `arrayBuffer` at
-   * lastReadOffset(); with one (useUserBuffer) they are at its start.
+   * Called for every read; the byte count (or a negative errno, or UV_EOF) is in
+   * lastReadResult(). With a user buffer (useUserBuffer) the bytes are at its start, and a buffer
+   * returned here is where the next read goes.
    */
-  onread: ((arrayBuffer: ArrayBuffer | undefined) => Uint8Array | undefined) | null;
+  onread: (() => Uint8Array | undefined) | null;
   readStart(): number;
   readStop(): number;
   writeBuffer(request: WriteRequest, data: Uint8Array): number;
   shutdown(request: ShutdownRequest): number;
   connect(request: ConnectRequest, address: string, port: number): number;
   connect6(request: ConnectRequest, address: string, port: number): number;
-  /** reads go into `buffer` (reused for every read) instead of a fresh allocation per read */
+  /** reads go into `buffer` instead of a fresh allocation per read (see onread) */
   useUserBuffer(buffer: Uint8Array): void;
   setNoDelay(enable: boolean): number;
   setKeepAlive(enable: boolean, initialDelaySeconds: number): number;
@@ -80,7 +80,6 @@ interface StreamWrapBinding {
   ShutdownWrap: new () => ShutdownRequest;
   streamBaseState: Int32Array;
   kReadBytesOrError: number;
-  kArrayBufferOffset: number;
   kLastWriteWasAsync: number;
 }
 
@@ -126,7 +125,7 @@ function load(): { tcp: TcpWrapBinding; stream: StreamWrapBinding; eof: number }
   }
   // not instanceof: the binding's Int32Array may come from another realm (jest's vm contexts)
   if (!types.isInt32Array(stream.streamBaseState)) throw fail('stream_wrap.streamBaseState');
-  for (const key of ['kReadBytesOrError', 'kArrayBufferOffset', 'kLastWriteWasAsync'] as const) {
+  for (const key of ['kReadBytesOrError', 'kLastWriteWasAsync'] as const) {
     if (typeof stream[key] !== 'number') throw fail(`stream_wrap.${key}`);
   }
   if (typeof eof !== 'number') throw fail('uv.UV_EOF');
@@ -143,7 +142,6 @@ function load(): { tcp: TcpWrapBinding; stream: StreamWrapBinding; eof: number }
 const { tcp, stream, eof } = load();
 const state = stream.streamBaseState;
 const READ_RESULT = stream.kReadBytesOrError;
-const READ_OFFSET = stream.kArrayBufferOffset;
 const WRITE_WAS_ASYNC = stream.kLastWriteWasAsync;
 
 /** The read result libuv reports at end of stream. */
@@ -157,8 +155,6 @@ export const newConnectRequest = (): ConnectRequest => new tcp.TCPConnectWrap();
 
 /** Bytes read (> 0), 0 for nothing, UV_EOF, or a negative errno; valid inside onread only. */
 export const lastReadResult = (): number => state[READ_RESULT]!;
-/** Where the bytes start in onread's arrayBuffer (no user buffer); valid inside onread only. */
-export const lastReadOffset = (): number => state[READ_OFFSET]!;
 /** Whether the writeBuffer call just made is still pending (it then holds the data). */
 export const lastWriteWasAsync = (): boolean => state[WRITE_WAS_ASYNC] !== 0;
 

@@ -9,14 +9,25 @@ import perfHooks from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jest } from '@jest/globals';
 import { pino } from 'pino';
+// prom-client stays out of the sidecar; here it is the reference the sidecar's writer must match
+import { Counter as PromCounter, Gauge as PromGauge, Registry as PromRegistry } from 'prom-client';
 
 import { UsageError } from '../../cli/errors.ts';
 import { parseOptions } from '../../cli/options.ts';
 import type { HostPort } from '../../cli/options.ts';
 import { bearerToken, tokenFromFileText, tokensMatch } from '../../sidecar/auth.ts';
-import { UNFENCED, connectionAccepted, fence, unfence } from '../../sidecar/fence.ts';
+import { UNFENCED, connectionAccepted, createFenceControl, fence, unfence } from '../../sidecar/fence.ts';
 import type { RunningSidecar } from '../../sidecar/main.ts';
 import { SIDECAR_OPTIONS, sameEndpoint, startSidecar } from '../../sidecar/main.ts';
+import {
+  PROMETHEUS_CONTENT_TYPE,
+  createMetricsText,
+  escapeHelp,
+  escapeLabelValue,
+  formatValue,
+} from '../../sidecar/metrics-text.ts';
+import type { ProxyCounters } from '../../sidecar/proxy.ts';
+import { createSidecarMetrics } from '../../sidecar/stats.ts';
 import { cleanups, connect as connectTo, echoServer, roundTrip, runCleanups } from './sidecar-support.ts';
 
 const connect = (running: RunningSidecar) => connectTo(running.listen.port);
@@ -57,13 +68,23 @@ async function http(
   running: RunningSidecar,
   path: string,
   init: { method?: string; token?: string } = {},
-): Promise<{ status: number; body: string; json: () => Record<string, unknown> }> {
+): Promise<{
+  status: number;
+  body: string;
+  contentType: string | null;
+  json: () => Record<string, unknown>;
+}> {
   const res = await fetch(`http://127.0.0.1:${running.stats.port}${path}`, {
     method: init.method ?? 'GET',
     headers: init.token === undefined ? {} : { authorization: `Bearer ${init.token}` },
   });
   const body = await res.text();
-  return { status: res.status, body, json: () => JSON.parse(body) as Record<string, unknown> };
+  return {
+    status: res.status,
+    body,
+    contentType: res.headers.get('content-type'),
+    json: () => JSON.parse(body) as Record<string, unknown>,
+  };
 }
 
 async function until(what: string, predicate: () => boolean, timeoutMs = 5000): Promise<void> {
@@ -103,13 +124,22 @@ describe('stats port', () => {
     expect(drained.status).toBe(503);
     expect(drained.json()).toEqual({ open: 1 });
 
-    const metrics = (await http(running, '/metrics')).body;
+    const scrape = await http(running, '/metrics');
+    expect(scrape.contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
+    const metrics = scrape.body;
+    expect(metrics).toContain('# TYPE buildkit_fleet_sidecar_open_connections gauge\n');
     expect(metrics).toContain('buildkit_fleet_sidecar_open_connections 1');
     expect(metrics).toContain('buildkit_fleet_sidecar_connections_opened_total 1');
     expect(metrics).toContain('buildkit_fleet_sidecar_received_bytes_total 5');
     expect(metrics).toContain('buildkit_fleet_sidecar_sent_bytes_total 5');
     expect(metrics).toContain(`buildkit_fleet_sidecar_info{boot_id="${running.proxy.bootId}"} 1`);
     expect(metrics).toContain('buildkit_fleet_sidecar_process_cpu_seconds_total');
+    const families = parseExposition(metrics);
+    expect(families.get('buildkit_fleet_sidecar_sent_bytes_total')).toEqual({
+      help: 'Bytes from buildkitd to clients.',
+      type: 'counter',
+      samples: [{ labels: {}, value: 5 }],
+    });
 
     socket.end();
     await until('closed', () => running.proxy.counters.closed === 1);
@@ -130,6 +160,17 @@ describe('stats port', () => {
     const running = await sidecar(await echoServer());
     const text = (await http(running, '/metrics')).body;
     expect(monitor).not.toHaveBeenCalled();
+    // every line is valid exposition format, and every family has HELP, TYPE and one sample
+    const families = parseExposition(text);
+    expect([...families.keys()]).toEqual(SIDECAR_METRIC_NAMES);
+    for (const [name, { help, type, samples }] of families) {
+      expect({ name, help: Boolean(help), type: Boolean(type), samples: samples.length }).toEqual({
+        name,
+        help: true,
+        type: true,
+        samples: 1,
+      });
+    }
     const value = (name: string): number => {
       const match = new RegExp(`^buildkit_fleet_sidecar_${name} (\\S+)$`, 'm').exec(text);
       if (!match) throw new Error(`${name} missing from /metrics:\n${text}`);
@@ -384,5 +425,361 @@ describe('options', () => {
     expect(sameEndpoint({ host: '0.0.0.0', port: 1 }, { host: '127.0.0.1', port: 1 })).toBe(true);
     expect(sameEndpoint({ host: '127.0.0.1', port: 1 }, { host: '127.0.0.2', port: 1 })).toBe(false);
     expect(sameEndpoint({ host: '0.0.0.0', port: 0 }, { host: '0.0.0.0', port: 0 })).toBe(false);
+  });
+});
+
+/** Every family the sidecar's /metrics has, in order (process_open_fds on Linux only). */
+const SIDECAR_METRIC_NAMES = [
+  'open_connections',
+  'connections_opened_total',
+  'connections_closed_total',
+  'upstream_failures_total',
+  'received_bytes_total',
+  'sent_bytes_total',
+  'last_activity_timestamp_seconds',
+  'fenced',
+  'fence_broken',
+  'info',
+  'process_cpu_user_seconds_total',
+  'process_cpu_system_seconds_total',
+  'process_cpu_seconds_total',
+  'process_start_time_seconds',
+  'process_resident_memory_bytes',
+  'nodejs_heap_size_used_bytes',
+  'nodejs_heap_size_total_bytes',
+  'nodejs_external_memory_bytes',
+  ...(process.platform === 'linux' ? ['process_open_fds'] : []),
+  'nodejs_version_info',
+].map((n) => `buildkit_fleet_sidecar_${n}`);
+
+interface ParsedFamily {
+  help?: string;
+  type?: string;
+  samples: { labels: Record<string, string>; value: number }[];
+}
+
+/**
+ * A strict line-by-line checker of the Prometheus text format 0.0.4
+ * (https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format): throws naming
+ * the first offending line. Checks the HELP/TYPE/sample grammar, the escapes (HELP: `\\` and
+ * `\n` only; label values: `\\`, `\"` and `\n` only), valid metric and label names, Go float
+ * values, at most one HELP and one TYPE per family and TYPE before its samples, families not
+ * interleaved, no repeated label name or series, and a final line feed. Returns the families
+ * with unescaped HELP text and label values.
+ */
+function parseExposition(text: string): Map<string, ParsedFamily> {
+  const NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
+  const families = new Map<string, ParsedFamily>();
+  const series = new Set<string>();
+  const finished = new Set<string>();
+  let current: string | undefined;
+  if (text !== '' && !text.endsWith('\n')) throw new Error('the text does not end with a line feed');
+  const lines = text.split('\n').slice(0, -1);
+  const familyOf = (sampleName: string): string => {
+    for (const suffix of ['_bucket', '_sum', '_count']) {
+      const base = sampleName.slice(0, -suffix.length);
+      const type = families.get(base)?.type;
+      if (sampleName.endsWith(suffix) && (type === 'histogram' || type === 'summary')) return base;
+    }
+    return sampleName;
+  };
+  const enter = (name: string, n: number): ParsedFamily => {
+    if (current !== name) {
+      if (finished.has(name)) throw new Error(`line ${n}: ${name} continues after another family`);
+      if (current !== undefined) finished.add(current);
+      current = name;
+    }
+    let family = families.get(name);
+    if (!family) families.set(name, (family = { samples: [] }));
+    return family;
+  };
+  lines.forEach((line, i) => {
+    const n = i + 1;
+    const fail = (why: string): never => {
+      throw new Error(`line ${n} (${JSON.stringify(line)}): ${why}`);
+    };
+    if (line.trim() === '') return;
+    if (line.startsWith('#')) {
+      const help = new RegExp(`^#[ \\t]+HELP[ \\t]+(${NAME})(?:[ \\t](.*))?$`).exec(line);
+      if (help) {
+        const doc = help[2] ?? '';
+        if (!/^(?:[^\\]|\\[\\n])*$/.test(doc)) fail('bad escape in HELP text');
+        const family = enter(help[1]!, n);
+        if (family.help !== undefined) fail('second HELP');
+        family.help = doc.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+        return;
+      }
+      const type = new RegExp(`^#[ \\t]+TYPE[ \\t]+(${NAME})[ \\t]+(\\S+)[ \\t]*$`).exec(line);
+      if (type) {
+        if (!['counter', 'gauge', 'histogram', 'summary', 'untyped'].includes(type[2]!)) fail('unknown type');
+        const family = enter(type[1]!, n);
+        if (family.type !== undefined) fail('second TYPE');
+        if (family.samples.length > 0) fail('TYPE after samples');
+        family.type = type[2]!;
+        return;
+      }
+      if (/^#[ \t]+(HELP|TYPE)\b/.test(line)) fail('malformed HELP or TYPE line');
+      return; // any other comment
+    }
+    const name = new RegExp(`^${NAME}`).exec(line)?.[0] ?? fail('no metric name');
+    let at = name.length;
+    const labels: Record<string, string> = {};
+    if (line[at] === '{') {
+      at++;
+      for (;;) {
+        while (line[at] === ' ' || line[at] === '\t') at++;
+        if (line[at] === '}') break;
+        const label = /^[a-zA-Z_][a-zA-Z0-9_]*/.exec(line.slice(at))?.[0] ?? fail(`bad label name at ${at}`);
+        if (label.startsWith('__')) fail(`reserved label name ${label}`);
+        if (label in labels) fail(`label ${label} repeated`);
+        at += label.length;
+        if (line.slice(at, at + 2) !== '="') fail(`expected =" after ${label}`);
+        at += 2;
+        let value = '';
+        for (;;) {
+          const c = line[at++];
+          if (c === undefined) fail('unterminated label value');
+          if (c === '"') break;
+          if (c === '\\') {
+            const e = line[at++];
+            if (e === 'n') value += '\n';
+            else if (e === '\\' || e === '"') value += e;
+            else fail(`bad escape \\${e ?? ''} in a label value`);
+          } else value += c;
+        }
+        labels[label] = value;
+        while (line[at] === ' ' || line[at] === '\t') at++;
+        if (line[at] === ',') at++;
+        else if (line[at] !== '}') fail(`expected , or } at ${at}`);
+      }
+      at++;
+    }
+    const rest =
+      /^[ \t]+(\S+)(?:[ \t]+(-?\d+))?[ \t]*$/.exec(line.slice(at)) ?? fail('expected " value [timestamp]"');
+    const raw = rest[1]!;
+    if (!/^(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?[iI][nN][fF]|[nN][aA][nN])$/.test(raw)) {
+      fail(`bad value ${raw}`);
+    }
+    const value = /inf/i.test(raw) ? (raw.startsWith('-') ? -Infinity : Infinity) : Number(raw);
+    const key = `${name}${JSON.stringify(Object.entries(labels).sort())}`;
+    if (series.has(key)) fail('repeated series');
+    series.add(key);
+    enter(familyOf(name), n).samples.push({ labels, value });
+  });
+  return families;
+}
+
+describe('metrics text', () => {
+  const NASTY = 'a "quoted" C:\\path\\ and\na second line';
+
+  test('the checker refuses what is not the text format', () => {
+    const good =
+      '# HELP m_total Help with \\\\ and \\n.\n# TYPE m_total counter\nm_total{a="x\\"y\\\\z\\n"} 1\n';
+    expect(parseExposition(good).get('m_total')).toEqual({
+      help: 'Help with \\ and \n.',
+      type: 'counter',
+      samples: [{ labels: { a: 'x"y\\z\n' }, value: 1 }],
+    });
+    expect(parseExposition('g{a="1",} +Inf 1700000000000\n\ng2 NaN\n').get('g')?.samples).toEqual([
+      { labels: { a: '1' }, value: Infinity },
+    ]);
+    const bad: [string, RegExp][] = [
+      ['m 1', /line feed/],
+      ['1m 1\n', /no metric name/],
+      ['m-x 1\n', /expected " value/],
+      ['m 1,5\n', /bad value/],
+      ['m one\n', /bad value/],
+      ['m\n', /expected " value/],
+      ['m{a="x} 1\n', /unterminated/],
+      ['m{a="x\\ty"} 1\n', /bad escape/],
+      ['m{a=x} 1\n', /expected =" after a/],
+      ['m{a="1",a="2"} 1\n', /repeated/],
+      ['m{__name__="1"} 1\n', /reserved/],
+      ['m{a="1" b="2"} 1\n', /expected , or }/],
+      ['m 1\nm 2\n', /repeated series/],
+      ['# HELP m bad \\t escape\nm 1\n', /bad escape in HELP/],
+      ['# HELP m one\n# HELP m two\nm 1\n', /second HELP/],
+      ['# TYPE m gauge\n# TYPE m gauge\nm 1\n', /second TYPE/],
+      ['m 1\n# TYPE m gauge\n', /TYPE after samples/],
+      ['# TYPE m gauges\nm 1\n', /unknown type/],
+      ['# TYPE m\n', /malformed/],
+      ['a 1\nb 1\na{x="1"} 1\n', /continues after another family/],
+    ];
+    for (const [text, why] of bad) expect(() => parseExposition(text)).toThrow(why);
+  });
+
+  test('escaping: label values (\\, " and newline) and HELP text (\\ and newline)', () => {
+    expect(escapeLabelValue(NASTY)).toBe('a \\"quoted\\" C:\\\\path\\\\ and\\na second line');
+    expect(escapeHelp(NASTY)).toBe('a "quoted" C:\\\\path\\\\ and\\na second line');
+    expect(escapeLabelValue('plain-value 1.0')).toBe('plain-value 1.0');
+
+    const m = createMetricsText();
+    m.gauge('bkf_test_info', NASTY, () => 1, { value: NASTY, other: '' });
+    const text = m.metrics();
+    expect(text).toBe(
+      [
+        '# HELP bkf_test_info a "quoted" C:\\\\path\\\\ and\\na second line',
+        '# TYPE bkf_test_info gauge',
+        'bkf_test_info{value="a \\"quoted\\" C:\\\\path\\\\ and\\na second line",other=""} 1',
+        '',
+      ].join('\n'),
+    );
+    // and it reads back to the original strings
+    expect(parseExposition(text).get('bkf_test_info')).toEqual({
+      help: NASTY,
+      type: 'gauge',
+      samples: [{ labels: { value: NASTY, other: '' }, value: 1 }],
+    });
+  });
+
+  test('the same text as prom-client for the same metrics', async () => {
+    const reference = new PromRegistry();
+    const ours = createMetricsText();
+    const values = [0, 1, 0.5, 1795319492.081, 1e21, 2 ** 53 + 2, -3.25, Infinity, -Infinity];
+    values.forEach((value, i) => {
+      const help = `${NASTY} #${i}`;
+      new PromGauge({ name: `g${i}`, help, registers: [reference] }).set(value);
+      ours.gauge(`g${i}`, help, () => value);
+      if (Number.isFinite(value) && value >= 0) {
+        new PromCounter({ name: `c${i}_total`, help, registers: [reference] }).inc(value);
+        ours.counter(`c${i}_total`, help, () => value);
+      }
+    });
+    new PromGauge({ name: 'info', help: 'x', labelNames: ['v'], registers: [reference] })
+      .labels(NASTY)
+      .set(1);
+    ours.gauge('info', 'x', () => 1, { v: NASTY });
+    expect(ours.contentType).toBe(reference.contentType);
+    expect(ours.metrics()).toBe(await reference.metrics());
+    parseExposition(ours.metrics());
+  });
+
+  test('values: read at every scrape; NaN and infinities spelled out; counters never negative', () => {
+    expect([NaN, Infinity, -Infinity, -0, 1e-7, 12].map(formatValue)).toEqual([
+      'NaN',
+      '+Inf',
+      '-Inf',
+      '0',
+      '1e-7',
+      '12',
+    ]);
+    let n = 1;
+    const m = createMetricsText();
+    m.counter('bkf_reads_total', 'Reads.', () => n++);
+    expect(m.metrics()).toContain('\nbkf_reads_total 1\n');
+    expect(m.metrics()).toContain('\nbkf_reads_total 2\n');
+    expect(PROMETHEUS_CONTENT_TYPE).toBe('text/plain; version=0.0.4; charset=utf-8');
+    expect(createMetricsText().metrics()).toBe('');
+
+    for (const broken of [-1, NaN, Infinity]) {
+      const b = createMetricsText();
+      b.counter('bkf_broken_total', 'Broken.', () => broken);
+      expect(() => b.metrics()).toThrow(/bkf_broken_total: a counter must be finite and not negative/);
+    }
+    const g = createMetricsText();
+    g.gauge('bkf_nan', 'Not a number.', () => NaN);
+    expect(g.metrics()).toBe('# HELP bkf_nan Not a number.\n# TYPE bkf_nan gauge\nbkf_nan NaN\n');
+    parseExposition(g.metrics());
+  });
+
+  test('names are checked when defined', () => {
+    const m = createMetricsText();
+    m.gauge('ok:name_1', 'Fine.', () => 0);
+    expect(() => m.gauge('ok:name_1', 'Again.', () => 0)).toThrow(/already defined/);
+    expect(() => m.counter('ok:name_1', 'Again.', () => 0)).toThrow(/already defined/);
+    expect(() => m.gauge('1bad', 'x', () => 0)).toThrow(/invalid metric name/);
+    expect(() => m.gauge('bad-name', 'x', () => 0)).toThrow(/invalid metric name/);
+    expect(() => m.gauge('labels', 'x', () => 0, { 'bad-label': '1' })).toThrow(/invalid label name/);
+    expect(() => m.gauge('labels', 'x', () => 0, { __reserved: '1' })).toThrow(/invalid label name/);
+    expect(m.metrics()).toBe('# HELP ok:name_1 Fine.\n# TYPE ok:name_1 gauge\nok:name_1 0\n');
+  });
+
+  test("the sidecar's metrics: exact names, HELP, TYPE, labels and values from the live counters", () => {
+    const counters: ProxyCounters = {
+      open: 2,
+      opened: 7,
+      closed: 5,
+      bytesIn: 1234,
+      bytesOut: 987654321,
+      lastActivityMs: 1795319492081,
+      upstreamFailures: 1,
+    };
+    const fenceControl = createFenceControl();
+    const metrics = createSidecarMetrics({
+      bootId: '7657f7f9-dc7a-461a-9910-594312355752',
+      startedAt: new Date(),
+      counters,
+      fence: fenceControl,
+      stopping: () => false,
+    });
+    const text = metrics.metrics();
+    expect(metrics.contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
+    // byte for byte what prom-client wrote for these metrics before the sidecar dropped it
+    expect(text.slice(0, text.indexOf('# HELP buildkit_fleet_sidecar_process_cpu_user'))).toBe(
+      `# HELP buildkit_fleet_sidecar_open_connections Client connections open now.
+# TYPE buildkit_fleet_sidecar_open_connections gauge
+buildkit_fleet_sidecar_open_connections 2
+
+# HELP buildkit_fleet_sidecar_connections_opened_total Client connections accepted.
+# TYPE buildkit_fleet_sidecar_connections_opened_total counter
+buildkit_fleet_sidecar_connections_opened_total 7
+
+# HELP buildkit_fleet_sidecar_connections_closed_total Client connections closed.
+# TYPE buildkit_fleet_sidecar_connections_closed_total counter
+buildkit_fleet_sidecar_connections_closed_total 5
+
+# HELP buildkit_fleet_sidecar_upstream_failures_total Client connections reset because buildkitd could not be reached.
+# TYPE buildkit_fleet_sidecar_upstream_failures_total counter
+buildkit_fleet_sidecar_upstream_failures_total 1
+
+# HELP buildkit_fleet_sidecar_received_bytes_total Bytes from clients to buildkitd.
+# TYPE buildkit_fleet_sidecar_received_bytes_total counter
+buildkit_fleet_sidecar_received_bytes_total 1234
+
+# HELP buildkit_fleet_sidecar_sent_bytes_total Bytes from buildkitd to clients.
+# TYPE buildkit_fleet_sidecar_sent_bytes_total counter
+buildkit_fleet_sidecar_sent_bytes_total 987654321
+
+# HELP buildkit_fleet_sidecar_last_activity_timestamp_seconds Unix time of the last byte in either direction (0 before the first).
+# TYPE buildkit_fleet_sidecar_last_activity_timestamp_seconds gauge
+buildkit_fleet_sidecar_last_activity_timestamp_seconds 1795319492.081
+
+# HELP buildkit_fleet_sidecar_fenced 1 while the controller fences this pod.
+# TYPE buildkit_fleet_sidecar_fenced gauge
+buildkit_fleet_sidecar_fenced 0
+
+# HELP buildkit_fleet_sidecar_fence_broken 1 when a client connected under the current fence.
+# TYPE buildkit_fleet_sidecar_fence_broken gauge
+buildkit_fleet_sidecar_fence_broken 0
+
+# HELP buildkit_fleet_sidecar_info The boot id of this sidecar process (changes on every start).
+# TYPE buildkit_fleet_sidecar_info gauge
+buildkit_fleet_sidecar_info{boot_id="7657f7f9-dc7a-461a-9910-594312355752"} 1
+
+`,
+    );
+    expect(text).toMatch(
+      /\n# HELP buildkit_fleet_sidecar_process_cpu_seconds_total User and system CPU time spent, in seconds\.\n# TYPE buildkit_fleet_sidecar_process_cpu_seconds_total counter\nbuildkit_fleet_sidecar_process_cpu_seconds_total \d+(\.\d+)?\n\n/,
+    );
+    expect(
+      text.endsWith(`\nbuildkit_fleet_sidecar_nodejs_version_info{version="${process.version}"} 1\n`),
+    ).toBe(true);
+    const families = parseExposition(text);
+    expect([...families.keys()]).toEqual(SIDECAR_METRIC_NAMES);
+    expect(families.get('buildkit_fleet_sidecar_process_resident_memory_bytes')?.type).toBe('gauge');
+
+    // read when scraped: the next scrape sees the counters and the fence as they are then
+    counters.open = 0;
+    counters.closed = 7;
+    counters.lastActivityMs = null;
+    fenceControl.fence(Date.now());
+    fenceControl.connectionAccepted();
+    const later = parseExposition(metrics.metrics());
+    const value = (name: string) => later.get(`buildkit_fleet_sidecar_${name}`)?.samples[0]?.value;
+    expect(value('open_connections')).toBe(0);
+    expect(value('connections_closed_total')).toBe(7);
+    expect(value('last_activity_timestamp_seconds')).toBe(0);
+    expect(value('fenced')).toBe(1);
+    expect(value('fence_broken')).toBe(1);
   });
 });

@@ -482,3 +482,79 @@ test('an idle open connection stays counted as open and does not move lastActivi
   // closing (a FIN, no data) is not activity either
   expect(proxy.counters.lastActivityMs).toBe(last);
 });
+
+/**
+ * Sends `payload` as small writes (1 B to 6 KiB), one per turn of the event loop, so the proxy
+ * (in this process) reads them one by one and never turns the direction bulk.
+ */
+async function sendTrickle(socket: net.Socket, payload: Buffer): Promise<void> {
+  for (let offset = 0, i = 0; offset < payload.length; i++) {
+    const size = 1 + ((i * 2654435761) % 6144);
+    const piece = payload.subarray(offset, offset + size);
+    offset += piece.length;
+    if (socket.write(piece)) await new Promise((resolve) => setImmediate(resolve));
+    else await new Promise((resolve) => socket.once('drain', resolve));
+  }
+  socket.end();
+}
+
+test('many connections with small messages and a stalled upstream: each gets exactly its own bytes (the shared read buffer)', async () => {
+  // Every socket that is not moving bulk data reads into one buffer shared by all connections.
+  // One upstream stops reading for a while, so the proxy's write to it stays pending while the
+  // other connections keep reading: a pending write that still pointed into the shared buffer
+  // would carry other connections' bytes.
+  const connections = 6;
+  const size = 6 * 1024 * 1024;
+  const payloads = Array.from({ length: connections }, () => randomBytes(size));
+  // the first upstream connection stalls; the others read at once
+  const received: Promise<{ sha: string; length: number }>[] = [];
+  let stalled: net.Socket | undefined;
+  const upstream = await tcpServer((socket) => {
+    if (stalled) received.push(receiveAll(socket));
+    else stalled = socket.pause();
+    socket.once('end', () => socket.end());
+  });
+  const { proxy, at } = await startProxy(upstream);
+  const clients = await Promise.all(payloads.map(() => connect(at)));
+  const sent = Promise.all(clients.map((client, i) => sendTrickle(client, payloads[i]!)));
+  await until('a write pending at the stalled upstream', () => proxy.bufferedBytes() > 0, 30_000);
+  const readThen = proxy.counters.bytesIn;
+  await until('more reads meanwhile', () => proxy.counters.bytesIn > readThen + 64 * 1024, 30_000);
+  expect(proxy.readBuffers().inUse).toBe(0);
+  received.push(receiveAll(stalled!));
+  stalled!.resume();
+  await sent;
+  const expected = payloads
+    .map((p) => ({ sha: sha(p), length: size }))
+    .sort((a, b) => (a.sha < b.sha ? -1 : 1));
+  const got = (await Promise.all(received)).sort((a, b) => (a.sha < b.sha ? -1 : 1));
+  expect(got).toEqual(expected);
+  await until('all closed', () => proxy.counters.closed === connections);
+  expect(proxy.counters.bytesIn).toBe(connections * size);
+});
+
+test('idle connections hold no read buffer; a bulk direction borrows one and returns it at close', async () => {
+  const upstream = await tcpServer((socket) => socket.pipe(socket));
+  const { proxy, at } = await startProxy(upstream);
+  const idle = await Promise.all(Array.from({ length: 200 }, () => connect(at)));
+  await Promise.all(
+    idle.map(async (socket) => {
+      const echoed = new Promise((resolve) => socket.once('data', resolve));
+      socket.write('x');
+      await echoed;
+    }),
+  );
+  expect(proxy.counters.open).toBe(200);
+  expect(proxy.readBuffers().inUse).toBe(0);
+  // 8 MiB echoed back: both directions read large chunks and turn bulk
+  const bulk = await connect(at);
+  const payload = randomBytes(8 * 1024 * 1024);
+  const back = receiveAll(bulk);
+  bulk.end(payload);
+  expect(await back).toEqual({ sha: sha(payload), length: payload.length });
+  await until('bulk connection closed', () => proxy.counters.closed === 1);
+  // both directions had borrowed one, and gave it back
+  expect(proxy.readBuffers()).toEqual({ inUse: 0, idle: 2 });
+  idle.forEach((socket) => socket.destroy());
+  await until('all closed', () => proxy.counters.closed === 201);
+});

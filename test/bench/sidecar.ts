@@ -70,10 +70,24 @@ const CHURN_LOOPS = 4;
 const IDLE = 1000;
 const GB = 1e9;
 
-// the source, as the sidecar tests run it; BENCH_SIDECAR_MAIN=dist/sidecar/main.js (after
-// `npm run build`) measures the compiled JavaScript, without Node's type stripping (~17 MiB RSS)
-const main =
-  process.env['BENCH_SIDECAR_MAIN'] ?? fileURLToPath(new URL('../../sidecar/main.ts', import.meta.url));
+// Production runs `buildkit-fleet sidecar`, the compiled CLI: the benchmark builds dist/ first and
+// runs that. BENCH_SIDECAR_MAIN=<script> runs a sidecar entry directly instead, e.g.
+// sidecar/main.ts (the source through Node's type stripping, as the unit tests run it: ~17 MiB more).
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const mainOverride = process.env['BENCH_SIDECAR_MAIN'];
+const main = mainOverride ? [mainOverride] : [join(ROOT, 'dist/cli/main.js'), 'sidecar'];
+
+function buildDist(): void {
+  if (mainOverride) return;
+  execFileSync(
+    process.execPath,
+    [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'],
+    {
+      cwd: ROOT,
+      stdio: 'inherit',
+    },
+  );
+}
 
 /** One proxy process (or, for direct, the server itself). */
 interface Hop {
@@ -128,7 +142,7 @@ async function waitForPort(port: number, child: ChildProcess, what: string): Pro
 async function startSidecar(upstreamPort: number): Promise<Hop> {
   const [command, args] = pinned(1, process.execPath, [
     ...SIDECAR_FLAGS,
-    main,
+    ...main,
     '--listen',
     '127.0.0.1:0',
     '--stats',
@@ -224,6 +238,7 @@ export async function run(): Promise<void> {
   if (!version) return missing('haproxy', 'apt-get install -y haproxy');
   const iperf = iperfVersion();
   if (!iperf) return missing('iperf3', 'DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3');
+  buildDist();
   if (PIN) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   const only = process.env['BENCH_ONLY']?.split(',');
   const dir = mkdtempSync(join(tmpdir(), 'bench-sidecar-'));
@@ -337,7 +352,7 @@ function report(
       pinned: PIN ? 'load generators + servers (node, iperf3) on core 0, proxy on core 1' : 'no',
       sidecarNodeFlags: SIDECAR_FLAGS,
       sidecarProcessSettings: SIDECAR_SETTINGS ? SIDECAR_ENV : "none (Node's defaults)",
-      sidecarMain: main,
+      sidecarCommand: main.join(' '),
       haproxy: `${versions.haproxy}, mode tcp, option splice-auto, nbthread 1`,
       iperf3: `${versions.iperf3}, -n ${BULK} one way and --bidir, receiver-side rates`,
       node: process.version,

@@ -8,6 +8,7 @@
 //
 // Also runnable on its own (`node sidecar/main.ts --listen ...`) for data-path tests.
 import { realpathSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 
@@ -18,6 +19,7 @@ import { optionsHelp, parseOptions } from '../cli/options.ts';
 import { readTokenFile } from './auth.ts';
 import { createFenceControl } from './fence.ts';
 import type { Proxy } from './proxy.ts';
+import { SIDECAR_V8_FLAGS } from './process-settings.ts';
 import { createProxy, resolveHostPort } from './proxy.ts';
 import type { StatsServer } from './stats.ts';
 import { createSidecarMetrics, createStatsServer, snapshot } from './stats.ts';
@@ -172,6 +174,8 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
 }
 
 export async function runSidecarCommand(options: SidecarOptions): Promise<number> {
+  // before the data path runs hot, so its code is compiled under these flags
+  for (const flag of SIDECAR_V8_FLAGS) setFlagsFromString(flag);
   const logger = createLogger({ level: options['log-level'], component: 'sidecar' });
   const running = await startSidecar(options, logger);
   await new Promise<void>((resolve) => {

@@ -14,6 +14,16 @@
 export const SIDECAR_NODE_OPTIONS = '--max-semi-space-size=1 --max-old-space-size=64';
 
 /**
+ * V8 flags the sidecar sets on itself at start (v8.setFlagsFromString): Node refuses them in
+ * NODE_OPTIONS, and the injected container runs `buildkit-fleet sidecar`, not `node <flags>`.
+ * Without Maglev (V8's mid-tier compiler; TurboFan still optimizes the hot data path) and with
+ * V8's size-over-speed heuristics, the sidecar's RSS with 1,000 idle connections after churn and
+ * bulk traffic is about 4 MiB lower (73 instead of 77.5 MiB); ping-pong latency and connection
+ * churn did not measurably change (user CPU per 1 KiB round trip 9-16 us either way).
+ */
+export const SIDECAR_V8_FLAGS = ['--no-maglev', '--optimize-for-size'] as const;
+
+/**
  * The injected container's environment for the process settings: NODE_OPTIONS above, and
  * MALLOC_ARENA_MAX bounding glibc's per-thread allocation arenas (libuv's thread pool and V8's
  * helper threads would otherwise each get one).

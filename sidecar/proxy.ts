@@ -30,6 +30,7 @@
 //   is pending, so the client is not read further: nothing piles up here).
 // - Counting is two additions and a Date.now() per read.
 import { randomUUID } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -473,8 +474,9 @@ export function createProxy(options: ProxyOptions): Proxy {
 /** The host as an IP address (names are looked up once, e.g. localhost); throws ENOTFOUND & co. */
 export async function resolveHostPort(address: HostPort): Promise<HostPort> {
   if (net.isIP(address.host)) return address;
-  const { promises: dns } = await import('node:dns');
-  return { host: (await dns.lookup(address.host)).address, port: address.port };
+  // IPv4 first: `localhost` should reach a buildkitd listening on 127.0.0.1 even where the
+  // hosts file lists ::1 first
+  return { host: (await lookup(address.host, { order: 'ipv4first' })).address, port: address.port };
 }
 
 /** Connects to `target` and hangs up without sending a byte: buildkitd itself accepts connections. */

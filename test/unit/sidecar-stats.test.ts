@@ -388,6 +388,14 @@ describe('options', () => {
     );
   });
 
+  test('--upstream may be a name: it is looked up once at start (localhost, from the hosts file)', async () => {
+    const upstream = await echoServer();
+    const running = await sidecar({ host: 'localhost', port: upstream.port });
+    const socket = await connectTo(running.listen.port);
+    cleanups.push(() => socket.destroy());
+    expect(await roundTrip(socket, 'via a name')).toBe('via a name');
+  });
+
   test('a port in use is a UsageError naming the flag', async () => {
     const upstream = await echoServer();
     await expect(

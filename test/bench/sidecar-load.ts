@@ -166,33 +166,28 @@ function header(mode: 'S' | 'B', length: number): Buffer {
   return h;
 }
 
-/** Seconds to move `length` bytes one way (client to peer) and get the peer's receipt. */
-export async function bulkOneWay(port: number, length: number): Promise<number> {
+/**
+ * Seconds for one peer exchange: 'S' sends `length` bytes and waits for the peer's 1-byte receipt;
+ * 'B' also receives `length` bytes from the peer at the same time.
+ */
+async function timedBulk(port: number, mode: 'S' | 'B', length: number): Promise<number> {
   const client = await connectClient(port);
   const start = performance.now();
-  const ack = client.receive(1);
-  client.socket.write(header('S', length));
+  const done = client.receive(mode === 'B' ? length + 1 : 1);
+  client.socket.write(header(mode, length));
   sendBytes(client.socket, length, () => undefined);
-  await ack;
+  await done;
   const seconds = (performance.now() - start) / 1000;
   client.socket.end();
   await client.closed;
   return seconds;
 }
 
+/** Seconds to move `length` bytes one way (client to peer) and get the peer's receipt. */
+export const bulkOneWay = (port: number, length: number): Promise<number> => timedBulk(port, 'S', length);
+
 /** Seconds to move `length` bytes each way at once over one connection. */
-export async function bulkBothWays(port: number, length: number): Promise<number> {
-  const client = await connectClient(port);
-  const start = performance.now();
-  const all = client.receive(length + 1);
-  client.socket.write(header('B', length));
-  sendBytes(client.socket, length, () => undefined);
-  await all;
-  const seconds = (performance.now() - start) / 1000;
-  client.socket.end();
-  await client.closed;
-  return seconds;
-}
+export const bulkBothWays = (port: number, length: number): Promise<number> => timedBulk(port, 'B', length);
 
 /** Round-trip times in microseconds of `size`-byte messages, one in flight, for `seconds`. */
 export async function pingPong(port: number, size: number, seconds: number): Promise<number[]> {

@@ -57,6 +57,10 @@ export function validateSidecarOptions(options: SidecarOptions): HostPort {
   return upstream;
 }
 
+/** ENOTFOUND, EADDRINUSE and the like, or the message when there is no code. */
+const errorCode = (error: unknown): string =>
+  (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+
 export interface RunningSidecar {
   proxy: Proxy;
   /** actual addresses (a port 0 in the options is resolved) */
@@ -93,9 +97,8 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
   try {
     upstreamAddress = await resolveHostPort(upstream);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
     throw new UsageError(
-      `--upstream ${upstream.host}:${upstream.port}: cannot resolve ${upstream.host} (${code})`,
+      `--upstream ${upstream.host}:${upstream.port}: cannot resolve ${upstream.host} (${errorCode(error)})`,
     );
   }
 
@@ -129,8 +132,7 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     try {
       return { host: address.host, port: (await start()).port };
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
-      throw new UsageError(`cannot listen on ${address.host}:${address.port} (${what}): ${code}`);
+      throw new UsageError(`cannot listen on ${address.host}:${address.port} (${what}): ${errorCode(error)}`);
     }
   };
   const stats = await bind('--stats', options.stats, () =>

@@ -37,7 +37,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 
 import type { HostPort } from '../cli/options.ts';
-import type { TcpHandle, TcpServerHandle, WriteRequest } from './tcp-handles.ts';
+import type { SocketName, TcpHandle, TcpServerHandle, WriteRequest } from './tcp-handles.ts';
 import {
   UV_EOF,
   errnoError,
@@ -345,7 +345,7 @@ class Connection {
 const noop = () => undefined;
 
 function peerOf(handle: TcpHandle): string | undefined {
-  const out: { address?: string; port?: number } = {};
+  const out: SocketName = {};
   return handle.getpeername(out) === 0 ? `${out.address}:${out.port}` : undefined;
 }
 
@@ -430,7 +430,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       }
       handle.onconnection = accept;
       server = handle;
-      const name: { address?: string; port?: number; family?: string } = {};
+      const name: SocketName = {};
       handle.getsockname(name);
       return { address: name.address ?? ip, port: name.port ?? port, family: name.family ?? 'IPv4' };
     },

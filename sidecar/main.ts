@@ -20,7 +20,9 @@ import { readTokenFile } from './auth.ts';
 import { createFenceControl } from './fence.ts';
 import type { Proxy } from './proxy.ts';
 import { SIDECAR_V8_FLAGS } from './process-settings.ts';
-import { createProxy, resolveHostPort } from './proxy.ts';
+import { resolveHostPort } from './proxy.ts';
+import type { EngineName, EngineRequest } from './engines.ts';
+import { createProxyEngine } from './engines.ts';
 import type { StatsServer } from './stats.ts';
 import { createSidecarMetrics, createStatsServer, snapshot } from './stats.ts';
 
@@ -63,6 +65,8 @@ const errorCode = (error: unknown): string =>
 
 export interface RunningSidecar {
   proxy: Proxy;
+  /** the data path that runs (--engine auto picks native when it loads) */
+  engine: EngineName;
   /** actual addresses (a port 0 in the options is resolved) */
   listen: HostPort;
   stats: HostPort;
@@ -102,17 +106,20 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     );
   }
 
-  const fence = createFenceControl();
   let stopping = false;
-  const proxy = createProxy({
-    upstream: upstreamAddress,
+  const { proxy, engine } = createProxyEngine(
+    options.engine as EngineRequest,
+    { upstream: upstreamAddress, logger },
     logger,
-    onAccept() {
-      if (fence.connectionAccepted()) {
-        logger.warn({ opened: proxy.counters.opened }, 'client connected while fenced: fence broken');
-      }
-    },
-  });
+  );
+  const fence = createFenceControl(
+    () => proxy.counters.opened,
+    (state, opened) =>
+      logger.warn(
+        { opened, openedAtFence: state.openedAtFence, open: proxy.counters.open },
+        'client connected while fenced: fence broken',
+      ),
+  );
   const source = {
     bootId: proxy.bootId,
     startedAt: proxy.startedAt,
@@ -167,12 +174,12 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     })());
 
   logger.info(
-    { listen, upstream, stats, bootId: proxy.bootId, fenceControl: tokenFile !== undefined },
+    { listen, upstream, stats, engine, bootId: proxy.bootId, fenceControl: tokenFile !== undefined },
     'sidecar serving',
   );
   // tests and operators wait for this line; the batched logger would hold it for up to a second
   logger.flush();
-  return { proxy, listen, stats, stop };
+  return { proxy, engine, listen, stats, stop };
 }
 
 export async function runSidecarCommand(options: SidecarOptions): Promise<number> {

@@ -26,6 +26,13 @@ export const SIDECAR_OPTIONS = {
     description:
       'File holding the bearer token the controller presents to POST /fence and /unfence (a mounted Secret; re-read on every request). Without it the fence control is disabled',
   },
+  engine: {
+    type: { oneOf: ['auto', 'native', 'js'] },
+    env: 'BKF_SIDECAR_ENGINE',
+    description:
+      'Data path: native (an epoll loop in C++, build/native/proxy-engine.node), js (Node TCP handles), or auto (native when it loads, else js with a warning)',
+    default: 'auto',
+  },
   grace: {
     type: 'seconds',
     env: 'BKF_SIDECAR_GRACE',

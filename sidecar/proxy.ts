@@ -72,8 +72,6 @@ export interface ProxyOptions {
   /** buildkitd's private address; the host must be an IP address (see resolveHostPort) */
   upstream: HostPort;
   logger: Logger;
-  /** called synchronously for every accepted connection, before any byte moves (the fence hook) */
-  onAccept?: () => void;
   /** give up on an upstream connect after this long; default 10 s */
   connectTimeoutMs?: number;
   /** TCP keepalive on client sockets so vanished clients do not stay "open" forever; default 15 s */
@@ -110,7 +108,7 @@ export const READ_BUFFER_BYTES = 64 * 1024;
 export const BULK_READ_BYTES = 16 * 1024;
 /** Pooled read buffers kept while unused (1 MiB); more are allocated when needed and dropped after. */
 const IDLE_BUFFERS_KEPT = 16;
-const LISTEN_BACKLOG = 1024;
+export const LISTEN_BACKLOG = 1024;
 
 class BufferPool {
   private readonly idle: Buffer[] = [];
@@ -398,7 +396,6 @@ export function createProxy(options: ProxyOptions): Proxy {
     }
     counters.opened++;
     counters.open++;
-    options.onAccept?.();
     const connection = new Connection(state, clientHandle);
     connections.add(connection);
     connection.connect(target, v6);

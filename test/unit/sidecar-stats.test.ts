@@ -16,9 +16,10 @@ import { UsageError } from '../../cli/errors.ts';
 import { parseOptions } from '../../cli/options.ts';
 import type { HostPort } from '../../cli/options.ts';
 import { bearerToken, tokenFromFileText, tokensMatch } from '../../sidecar/auth.ts';
-import { UNFENCED, connectionAccepted, createFenceControl, fence, unfence } from '../../sidecar/fence.ts';
+import { UNFENCED, createFenceControl, fence, observeOpened, unfence } from '../../sidecar/fence.ts';
 import type { RunningSidecar } from '../../sidecar/main.ts';
 import { SIDECAR_OPTIONS, sameEndpoint, startSidecar } from '../../sidecar/main.ts';
+import { chooseEngine } from '../../sidecar/engines.ts';
 import {
   PROMETHEUS_CONTENT_TYPE,
   createMetricsText,
@@ -327,15 +328,36 @@ describe('fence control', () => {
     expect((await http(running, '/fence')).json()).toMatchObject({ fenced: false });
   });
 
-  test('pure transitions', () => {
-    const f = fence(UNFENCED, 1000);
-    expect(f).toEqual({ fenced: true, fenceBroken: false, fencedAtMs: 1000 });
-    expect(connectionAccepted(UNFENCED)).toEqual({ state: UNFENCED, broke: false });
-    const broken = connectionAccepted(f);
+  test('pure transitions: a fence breaks when the opened counter passes its value at the fence', () => {
+    const f = fence(UNFENCED, 1000, 7);
+    expect(f).toEqual({ fenced: true, fenceBroken: false, fencedAtMs: 1000, openedAtFence: 7 });
+    expect(observeOpened(UNFENCED, 9)).toEqual({ state: UNFENCED, broke: false });
+    // connections that closed under the fence do not matter, only ones accepted under it
+    expect(observeOpened(f, 7)).toEqual({ state: f, broke: false });
+    const broken = observeOpened(f, 8);
     expect(broken).toEqual({ state: { ...f, fenceBroken: true }, broke: true });
-    expect(connectionAccepted(broken.state).broke).toBe(false);
-    expect(fence(broken.state, 2000)).toBe(broken.state);
+    expect(observeOpened(broken.state, 9).broke).toBe(false);
+    expect(fence(broken.state, 2000, 9)).toBe(broken.state);
     expect(unfence(broken.state)).toEqual(UNFENCED);
+  });
+
+  test('the live fence reads the counter: broken once, reported once, cleared by unfence', () => {
+    let opened = 3;
+    const reports: number[] = [];
+    const control = createFenceControl(
+      () => opened,
+      (_state, now) => reports.push(now),
+    );
+    expect(control.fence(100)).toMatchObject({ fenced: true, openedAtFence: 3 });
+    expect(control.state().fenceBroken).toBe(false);
+    opened = 5;
+    expect(control.state().fenceBroken).toBe(true);
+    expect(control.state().fenceBroken).toBe(true);
+    expect(reports).toEqual([5]);
+    // a retried fence keeps the break
+    expect(control.fence(200)).toMatchObject({ fenceBroken: true, fencedAtMs: 100 });
+    expect(control.unfence()).toEqual(UNFENCED);
+    expect(control.fence(300)).toMatchObject({ fenceBroken: false, openedAtFence: 5 });
   });
 
   test('token parsing and comparison', () => {
@@ -418,8 +440,10 @@ describe('options', () => {
       BKF_SIDECAR_TOKEN_FILE: '/var/run/token',
       BKF_SIDECAR_GRACE: '30',
       BKF_SIDECAR_LOG_LEVEL: 'debug',
+      BKF_SIDECAR_ENGINE: 'js',
     });
     expect(parsed).toEqual({
+      engine: 'js',
       listen: { host: '0.0.0.0', port: 2000 },
       upstream: { host: '127.0.0.1', port: 2001 },
       stats: { host: '127.0.0.1', port: 2002 },
@@ -427,6 +451,30 @@ describe('options', () => {
       grace: 30,
       'log-level': 'debug',
     });
+  });
+
+  test('--engine: auto runs the native data path when it is built; js runs the JavaScript one; both proxy', async () => {
+    const upstream = await echoServer();
+    const auto = await sidecar(upstream, []);
+    expect(auto.engine).toBe('native');
+    const js = await sidecar(upstream, ['--engine', 'js']);
+    expect(js.engine).toBe('js');
+    for (const running of [auto, js]) {
+      const client = await connect(running);
+      expect(await roundTrip(client, 'through')).toBe('through');
+      expect(running.proxy.counters).toMatchObject({ opened: 1, bytesIn: 7, bytesOut: 7 });
+    }
+    expect(() => options(upstream, ['--engine', 'fast'])).toThrow(
+      new UsageError('--engine "fast": must be one of auto, native, js'),
+    );
+  });
+
+  test('choosing the engine: auto falls back to js with the reason; native refuses to start without it', () => {
+    expect(chooseEngine('js', 'not built')).toEqual({ engine: 'js' });
+    expect(chooseEngine('auto', undefined)).toEqual({ engine: 'native' });
+    expect(chooseEngine('native', undefined)).toEqual({ engine: 'native' });
+    expect(chooseEngine('auto', 'not built')).toEqual({ engine: 'js', fallback: 'not built' });
+    expect(() => chooseEngine('native', 'not built')).toThrow(new UsageError('--engine native: not built'));
   });
 
   test('sameEndpoint', () => {
@@ -712,7 +760,7 @@ describe('metrics text', () => {
       lastActivityMs: 1795319492081,
       upstreamFailures: 1,
     };
-    const fenceControl = createFenceControl();
+    const fenceControl = createFenceControl(() => counters.opened);
     const metrics = createSidecarMetrics({
       bootId: '7657f7f9-dc7a-461a-9910-594312355752',
       startedAt: new Date(),
@@ -781,7 +829,7 @@ buildkit_fleet_sidecar_info{boot_id="7657f7f9-dc7a-461a-9910-594312355752"} 1
     counters.closed = 7;
     counters.lastActivityMs = null;
     fenceControl.fence(Date.now());
-    fenceControl.connectionAccepted();
+    counters.opened++;
     const later = parseExposition(metrics.metrics());
     const value = (name: string) => later.get(`buildkit_fleet_sidecar_${name}`)?.samples[0]?.value;
     expect(value('open_connections')).toBe(0);

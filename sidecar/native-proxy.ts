@@ -1,0 +1,245 @@
+// The native data path (sidecar/native/proxy-engine.cc, built by scripts/build-native.ts) behind
+// the same Proxy interface as the JavaScript one in proxy.ts. The engine runs its own epoll loop
+// on its own thread; this module turns its rare events into log lines and promises and exposes
+// its counters, which the loop writes into a Float64Array that this side reads at scrape time.
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+import type { Proxy, ProxyCounters, ProxyOptions } from './proxy.ts';
+import { LISTEN_BACKLOG, resolveHostPort } from './proxy.ts';
+
+/** The addon's file, relative to the repository (or the installed package) root. */
+export const NATIVE_ENGINE_FILE = 'build/native/proxy-engine.node';
+
+type EngineHandle = object & { readonly __engine: unique symbol };
+
+interface EngineEvent {
+  kind: 'upstream-failure' | 'closed' | 'listener-error' | 'stopped-accepting' | 'drained' | 'finished';
+  reason?: string;
+  peer?: string;
+  ms?: number;
+  bytesIn?: number;
+  bytesOut?: number;
+}
+
+interface NativeEngineModule {
+  counterCount: number;
+  create(
+    upstreamHost: string,
+    upstreamPort: number,
+    connectTimeoutMs: number,
+    debug: boolean,
+    counters: Float64Array,
+    onEvent: (event: EngineEvent) => void,
+  ): EngineHandle;
+  listen(engine: EngineHandle, host: string, port: number, backlog: number, keepAliveSeconds: number): number;
+  stopAccepting(engine: EngineHandle): void;
+  destroyAll(engine: EngineHandle): void;
+  watchDrain(engine: EngineHandle, on: boolean): void;
+  close(engine: EngineHandle): void;
+}
+
+// Slots of the counters array (the Counter enum in proxy-engine.cc).
+const OPEN = 0;
+const OPENED = 1;
+const CLOSED = 2;
+const BYTES_IN = 3;
+const BYTES_OUT = 4;
+const LAST_ACTIVITY_MS = 5;
+const UPSTREAM_FAILURES = 6;
+const PENDING_BYTES = 7;
+const BUFFERS_IN_USE = 8;
+const BUFFERS_IDLE = 9;
+const COUNTERS = 10;
+
+/** Where the addon is: next to the sources (sidecar/ → ..) or to the build output (dist/sidecar/ → ../..). */
+export function nativeEnginePath(): string | undefined {
+  for (const up of ['..', '../..']) {
+    const path = fileURLToPath(new URL(`${up}/${NATIVE_ENGINE_FILE}`, import.meta.url));
+    if (existsSync(path)) return path;
+  }
+  return undefined;
+}
+
+let loaded: NativeEngineModule | undefined;
+
+/** Loads the addon once; throws an Error saying why it cannot be used. */
+export function loadNativeEngine(): NativeEngineModule {
+  if (loaded) return loaded;
+  if (process.platform !== 'linux') {
+    throw new Error(`the native data path needs Linux (epoll); this is ${process.platform}`);
+  }
+  const path = nativeEnginePath();
+  if (!path) {
+    throw new Error(
+      `${NATIVE_ENGINE_FILE} is not built: run \`npm run build:native\` (needs g++; npm ci runs it when g++ is there)`,
+    );
+  }
+  let engine: NativeEngineModule;
+  try {
+    engine = createRequire(import.meta.url)(path) as NativeEngineModule;
+  } catch (error) {
+    throw new Error(`cannot load ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  if (engine.counterCount !== COUNTERS || typeof engine.create !== 'function') {
+    throw new Error(`${path} is from another version of buildkit-fleet: run \`npm run build:native\``);
+  }
+  return (loaded = engine);
+}
+
+export function createNativeProxy(options: ProxyOptions): Proxy {
+  const engine = loadNativeEngine();
+  const { upstream: target, logger } = options;
+  if (!net.isIP(target.host)) {
+    throw new Error(`proxy upstream ${target.host}: an IP address is needed (resolve names first)`);
+  }
+  const keepAliveSeconds = Math.max(1, Math.round((options.keepAliveInitialDelayMs ?? 15_000) / 1000));
+  const view = new Float64Array(COUNTERS);
+  const counters: Readonly<ProxyCounters> = {
+    get open() {
+      return view[OPEN]!;
+    },
+    get opened() {
+      return view[OPENED]!;
+    },
+    get closed() {
+      return view[CLOSED]!;
+    },
+    get bytesIn() {
+      return view[BYTES_IN]!;
+    },
+    get bytesOut() {
+      return view[BYTES_OUT]!;
+    },
+    get lastActivityMs() {
+      return view[LAST_ACTIVITY_MS] === 0 ? null : view[LAST_ACTIVITY_MS]!;
+    },
+    get upstreamFailures() {
+      return view[UPSTREAM_FAILURES]!;
+    },
+  };
+  const events = new EventEmitter();
+  let listening = false;
+  let stopRequested = false;
+  let stopping: Promise<void> | undefined;
+  let closed = false;
+
+  const handle = engine.create(
+    target.host,
+    target.port,
+    options.connectTimeoutMs ?? 10_000,
+    logger.isLevelEnabled('debug'),
+    view,
+    (event) => onEvent(event),
+  );
+
+  /** Ends the loop thread (resetting what is open); the listener is closed and open is 0 after. */
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    engine.close(handle);
+    events.emit('stopped-accepting');
+    events.emit('drained');
+  };
+  /** Stopped accepting with nothing open: the thread has nothing left to do, and goes. */
+  const closeWhenDone = () => {
+    if (stopRequested && view[OPEN] === 0) close();
+  };
+
+  function onEvent(event: EngineEvent): void {
+    const log = logger;
+    switch (event.kind) {
+      case 'upstream-failure':
+        log.warn({ ...fields(event), reason: event.reason }, 'upstream unreachable, client connection reset');
+        break;
+      case 'closed':
+        if (event.reason) log.debug({ ...fields(event), reason: event.reason }, 'connection reset');
+        else log.debug(fields(event), 'connection closed');
+        break;
+      case 'listener-error':
+        log.error(
+          { err: event.reason },
+          'proxy listener error: could not accept a connection (accepting again in 100 ms)',
+        );
+        break;
+      case 'stopped-accepting':
+        events.emit('stopped-accepting');
+        closeWhenDone();
+        break;
+      case 'drained':
+        events.emit('drained');
+        closeWhenDone();
+        break;
+      case 'finished':
+        break;
+    }
+  }
+
+  const fields = (event: EngineEvent) => ({
+    peer: event.peer,
+    ms: event.ms,
+    bytesIn: event.bytesIn,
+    bytesOut: event.bytesOut,
+    open: view[OPEN],
+  });
+
+  let drainWaiters = 0;
+  const watch = (delta: number) => {
+    drainWaiters += delta;
+    if (!closed) engine.watchDrain(handle, drainWaiters > 0 || stopRequested);
+  };
+
+  return {
+    bootId: randomUUID(),
+    startedAt: new Date(),
+    counters,
+    async listen(host, port) {
+      if (listening || closed) throw new Error('proxy is already listening');
+      const { host: ip } = await resolveHostPort({ host, port });
+      const bound = engine.listen(handle, ip, port, LISTEN_BACKLOG, keepAliveSeconds);
+      listening = true;
+      return { address: ip, port: bound, family: net.isIPv6(ip) ? 'IPv6' : 'IPv4' };
+    },
+    stopAccepting() {
+      if (!listening || closed) {
+        close();
+        return Promise.resolve();
+      }
+      // one stop for every caller (the listener closes once)
+      return (stopping ??= new Promise((resolve) => {
+        stopRequested = true;
+        watch(0);
+        events.once('stopped-accepting', resolve);
+        engine.stopAccepting(handle);
+      }));
+    },
+    waitForDrain(timeoutMs) {
+      if (view[OPEN] === 0 || closed) return Promise.resolve(true);
+      return new Promise((resolve) => {
+        const finish = (drained: boolean) => {
+          clearTimeout(timer);
+          events.off('drained', onDrained);
+          watch(-1);
+          resolve(drained);
+        };
+        const onDrained = () => {
+          if (view[OPEN] === 0) finish(true);
+        };
+        const timer = setTimeout(() => finish(false), timeoutMs);
+        events.on('drained', onDrained);
+        watch(1);
+        // it may have drained between the first check and the watch
+        onDrained();
+      });
+    },
+    destroyAll() {
+      if (!closed) engine.destroyAll(handle);
+    },
+    bufferedBytes: () => view[PENDING_BYTES]!,
+    readBuffers: () => ({ inUse: view[BUFFERS_IN_USE]!, idle: view[BUFFERS_IDLE]! }),
+  };
+}

@@ -2,7 +2,8 @@
 // ping-pong latency, connection churn and RSS with 1,000 idle connections, for three paths
 // measured in the same run and interleaved:
 //   direct   client -> server
-//   sidecar  client -> `node sidecar/main.ts` (its own process, as in production) -> server
+//   sidecar  client -> `buildkit-fleet sidecar` (its own process, as in production; the native
+//            data path with --engine auto, BENCH_SIDECAR_ENGINE=js for the JavaScript one) -> server
 //   haproxy  client -> HAProxy 2.x, mode tcp, option splice-auto, one thread -> server
 // Two load generators, each the same for all three paths (sidecar-load.ts):
 // - iperf3 (client and `iperf3 -s`, native) for bulk: 1 GiB one way (`-n 1G`) and both ways at
@@ -67,6 +68,9 @@ const SIDECAR_FLAGS = (process.env['BENCH_SIDECAR_NODE_FLAGS'] ?? '').split(' ')
 const SIDECAR_SETTINGS = process.env['BENCH_SIDECAR_PROCESS_SETTINGS'] !== '0';
 const MESSAGE = 1024;
 const CHURN_LOOPS = 4;
+const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+/** slices of each path's churn time per round, interleaved across the paths */
+const CHURN_SLICES = 8;
 const IDLE = 1000;
 const GB = 1e9;
 
@@ -138,6 +142,9 @@ async function waitForPort(port: number, child: ChildProcess, what: string): Pro
   }
 }
 
+/** the data path the sidecar reported at start (native or js) */
+let sidecarEngine: string | undefined;
+
 /** The real sidecar, started the way the sidecar tests start it; its listen port from its log. */
 async function startSidecar(upstreamPort: number): Promise<Hop> {
   const [command, args] = pinned(1, process.execPath, [
@@ -158,8 +165,9 @@ async function startSidecar(upstreamPort: number): Promise<Hop> {
   });
   const lines = createInterface({ input: child.stdout! });
   for await (const line of lines) {
-    const entry = JSON.parse(line) as { msg?: string; listen?: { port: number } };
+    const entry = JSON.parse(line) as { msg?: string; listen?: { port: number }; engine?: string };
     if (entry.msg === 'sidecar serving') {
+      sidecarEngine = entry.engine;
       // keep draining its stdout so the child never blocks on a full pipe
       lines.on('line', () => undefined);
       return { port: entry.listen!.port, pid: child.pid!, child };
@@ -298,7 +306,15 @@ export async function run(): Promise<void> {
         add(p, 'p50', percentile(samples, 50));
         add(p, 'p99', percentile(samples, 99));
       });
-      await each(async (p) => add(p, 'churn', await churn(p.port, CHURN_LOOPS, SECONDS)));
+      // churn in short slices taken in turn (A B C A B C ...): a 2 s sample swung between 6.7k
+      // and 11.4k conn/s for the same path on this shared machine, and slices put every slow
+      // phase on all paths alike; each path still gets SECONDS in all
+      const churned = new Map<string, number[]>(order.map((p) => [p.name, []]));
+      for (let slice = 0; slice < CHURN_SLICES; slice++) {
+        for (const p of order)
+          churned.get(p.name)!.push(await churn(p.port, CHURN_LOOPS, SECONDS / CHURN_SLICES));
+      }
+      for (const p of order) add(p, 'churn', mean(churned.get(p.name)!));
       await each(async (p) => add(p, 'rss', p.pid ? await measureRss(p) : NaN));
       const r = (name: string, m: Metric) => results[name]?.[m][round]?.toFixed(m === 'rss' ? 0 : 2) ?? '-';
       console.log(
@@ -348,11 +364,13 @@ function report(
       secondsPerLatencyOrChurn: SECONDS,
       messageBytes: MESSAGE,
       churnLoops: CHURN_LOOPS,
+      churnSlices: CHURN_SLICES,
       idleConnections: IDLE,
       pinned: PIN ? 'load generators + servers (node, iperf3) on core 0, proxy on core 1' : 'no',
       sidecarNodeFlags: SIDECAR_FLAGS,
       sidecarProcessSettings: SIDECAR_SETTINGS ? SIDECAR_ENV : "none (Node's defaults)",
       sidecarCommand: main.join(' '),
+      sidecarEngine,
       haproxy: `${versions.haproxy}, mode tcp, option splice-auto, nbthread 1`,
       iperf3: `${versions.iperf3}, -n ${BULK} one way and --bidir, receiver-side rates`,
       node: process.version,
@@ -403,7 +421,8 @@ function report(
   ];
   console.log(
     `\nsidecar: loopback data path (${ROUNDS} rounds, medians; ${PIN ? 'proxy on core 1, generators and servers on core 0' : 'unpinned'}; ` +
-      `sidecar ${SIDECAR_SETTINGS ? 'with its injected process settings' : "with Node's defaults"})`,
+      `sidecar on its ${sidecarEngine ?? '?'} data path ${SIDECAR_SETTINGS ? 'with its injected process settings' : "with Node's defaults"}; ` +
+      `churn in ${CHURN_SLICES} interleaved slices per round)`,
   );
   console.log(
     table(

@@ -207,10 +207,10 @@ struct Engine {
   bool stoppedAccepting = false;
 };
 
-// The loop thread's stores to the counters: plain 8-byte stores the JavaScript thread may read at
-// any time; relaxed atomics say so to the compiler.
+// The loop thread's stores to the counters: 8-byte stores the JavaScript thread may read at any
+// time. Release order keeps them in program order (on x86-64 they are plain moves).
 void Store(Engine* engine, Counter counter, double value) {
-  __atomic_store(&engine->counters[counter], &value, __ATOMIC_RELAXED);
+  __atomic_store(&engine->counters[counter], &value, __ATOMIC_RELEASE);
 }
 
 double Load(Engine* engine, Counter counter) {
@@ -319,9 +319,11 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
   connection->nextDead = engine->dead;
   engine->dead = connection;
 
+  // open before closed (and before opened, below): x86-64 and arm64 with release stores keep
+  // that order, so a reader that sees closed reach N also sees open without that connection
   double open = Load(engine, kOpen) - 1;
-  Store(engine, kClosed, Load(engine, kClosed) + 1);
   Store(engine, kOpen, open);
+  Store(engine, kClosed, Load(engine, kClosed) + 1);
   if (!connection->connected) {
     Store(engine, kUpstreamFailures, Load(engine, kUpstreamFailures) + 1);
   }
@@ -549,8 +551,8 @@ void StartConnection(Engine* engine, int clientFd) {
   connection->next = engine->all;
   if (engine->all) engine->all->prev = connection;
   engine->all = connection;
-  Store(engine, kOpened, Load(engine, kOpened) + 1);
   Store(engine, kOpen, Load(engine, kOpen) + 1);
+  Store(engine, kOpened, Load(engine, kOpened) + 1);
 
   int fd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {

@@ -200,6 +200,7 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
     async listen(host, port) {
       if (listening || closed) throw new Error('proxy is already listening');
       const { host: ip } = await resolveHostPort({ host, port });
+      if (listening || closed) throw new Error('proxy is already listening or stopped');
       const bound = engine.listen(handle, ip, port, LISTEN_BACKLOG, keepAliveSeconds);
       listening = true;
       return { address: ip, port: bound, family: net.isIPv6(ip) ? 'IPv6' : 'IPv4' };

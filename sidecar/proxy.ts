@@ -173,6 +173,8 @@ class Connection {
   connected = false;
   closing = false;
   failure: string | undefined;
+  /** the upstream could not be reached (connect error or timeout): counted and logged as such */
+  upstreamUnreachable = false;
   peer: string | undefined;
   bytesIn = 0;
   bytesOut = 0;
@@ -193,7 +195,7 @@ class Connection {
     const error = v6
       ? handle.connect6(request, target.host, target.port)
       : handle.connect(request, target.host, target.port);
-    if (error !== 0) return this.fail(`upstream connect ${errorName(error)}`);
+    if (error !== 0) return this.failUpstream(`upstream connect ${errorName(error)}`);
     this.state.connecting.add(this);
     this.startReading(this.client);
   }
@@ -201,7 +203,7 @@ class Connection {
   private onConnect(status: number): void {
     this.state.connecting.delete(this);
     if (this.closing) return;
-    if (status < 0) return this.fail(`upstream connect ${errorName(status)}`);
+    if (status < 0) return this.failUpstream(`upstream connect ${errorName(status)}`);
     this.connected = true;
     this.upstream.handle.setNoDelay(true);
     this.startReading(this.upstream);
@@ -290,6 +292,12 @@ class Connection {
     else side.shutting = true;
   }
 
+  /** The upstream cannot be reached: the client is reset and the failure counted as the upstream's. */
+  failUpstream(reason: string): void {
+    this.upstreamUnreachable = true;
+    this.fail(reason);
+  }
+
   fail(reason: string): void {
     if (this.closing) return;
     this.failure = reason;
@@ -316,7 +324,7 @@ class Connection {
     connections.delete(this);
     counters.closed++;
     counters.open--;
-    if (!this.connected) {
+    if (this.upstreamUnreachable) {
       counters.upstreamFailures++;
       logger.warn(
         { ...this.fields(), reason: this.failure },
@@ -380,7 +388,7 @@ export function createProxy(options: ProxyOptions): Proxy {
   const sweepConnecting = () => {
     const now = Date.now();
     for (const connection of connecting) {
-      if (now - connection.started >= connectTimeoutMs) connection.fail('upstream connect timeout');
+      if (now - connection.started >= connectTimeoutMs) connection.failUpstream('upstream connect timeout');
     }
     if (connecting.size === 0) {
       clearInterval(connectSweep);

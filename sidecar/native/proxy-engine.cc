@@ -161,6 +161,11 @@ struct Connection {
   Connection* connectingPrev = nullptr;
   Connection* connectingNext = nullptr;
   bool inConnecting = false;
+  // the upstream could not be reached (connect error or timeout): counted and logged as such
+  bool upstreamUnreachable = false;
+  // Bumped every time the pooled object serves a new connection; epoll events carry it, so an
+  // event for an earlier connection that lived here is recognised and ignored (see Tag).
+  uint16_t generation = 0;
   Connection* nextDead = nullptr;
 };
 
@@ -197,6 +202,8 @@ struct Engine {
   Connection* connectingHead = nullptr;
   Connection* connectingTail = nullptr;
   Connection* dead = nullptr;
+  // closed connections kept for reuse: never freed while the loop runs (see Tag)
+  Connection* spare = nullptr;
   // sides still readable after their share of reads in one pass (Queue)
   Side* queuedHead = nullptr;
   Side* queuedTail = nullptr;
@@ -295,7 +302,7 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
   if (connection->closing) return;
   connection->closing = true;
   RemoveConnecting(engine, connection);
-  bool wantPeer = !connection->connected || (engine->debug);
+  bool wantPeer = connection->upstreamUnreachable || engine->debug;
   std::string peer = wantPeer ? PeerOf(connection->client.fd) : std::string();
   for (Side* side : {&connection->client, &connection->upstream}) {
     Unqueue(engine, side);
@@ -304,7 +311,9 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
       linger hard = {1, 0};
       setsockopt(side->fd, SOL_SOCKET, SO_LINGER, &hard, sizeof(hard));
     }
-    // close() also drops the socket from the epoll set
+    // Closing drops the socket from the epoll set only if no other process holds it (a fork
+    // between its fork and exec does). Its events then still come, with this connection's
+    // generation, which the loop ignores once the object is reused or while it is closing.
     close(side->fd);
     side->fd = -1;
     if (side->pending) {
@@ -324,12 +333,12 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
   double open = Load(engine, kOpen) - 1;
   Store(engine, kOpen, open);
   Store(engine, kClosed, Load(engine, kClosed) + 1);
-  if (!connection->connected) {
+  if (connection->upstreamUnreachable) {
     Store(engine, kUpstreamFailures, Load(engine, kUpstreamFailures) + 1);
   }
-  if (!connection->connected || engine->debug) {
+  if (connection->upstreamUnreachable || engine->debug) {
     Event* event = new Event();
-    event->kind = connection->connected ? kEventClosed : kEventUpstreamFailure;
+    event->kind = connection->upstreamUnreachable ? kEventUpstreamFailure : kEventClosed;
     event->reason = reason;
     event->peer = std::move(peer);
     event->ms = static_cast<double>(NowMs(CLOCK_MONOTONIC) - connection->startedMonoMs);
@@ -337,7 +346,10 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
     event->bytesOut = connection->bytesOut;
     Post(engine, event);
   }
-  if (open == 0 && engine->watchDrain.load(std::memory_order_relaxed)) PostSimple(engine, kEventDrained);
+  // the store of open above, then the load of watchDrain; the JavaScript side stores watchDrain,
+  // then loads open: with a full fence on both sides one of them sees the other's store
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (open == 0 && engine->watchDrain.load()) PostSimple(engine, kEventDrained);
 }
 
 void Fail(Engine* engine, Connection* connection, const std::string& reason) {
@@ -346,6 +358,12 @@ void Fail(Engine* engine, Connection* connection, const std::string& reason) {
 
 void FailErrno(Engine* engine, Connection* connection, const char* what, int error) {
   Fail(engine, connection, std::string(what) + " " + ErrnoName(error));
+}
+
+// The upstream cannot be reached: the client is reset and the failure counted as the upstream's.
+void FailUpstream(Engine* engine, Connection* connection, const std::string& reason) {
+  connection->upstreamUnreachable = true;
+  Fail(engine, connection, reason);
 }
 
 // The upstream socket can take data once its connect completed; the client always can.
@@ -507,7 +525,7 @@ void OnSocketEvent(Engine* engine, Side* side, uint32_t events) {
       int error = 0;
       socklen_t length = sizeof(error);
       getsockopt(side->fd, SOL_SOCKET, SO_ERROR, &error, &length);
-      FailErrno(engine, connection, "upstream connect", error ? error : ECONNREFUSED);
+      FailUpstream(engine, connection, "upstream connect " + ErrnoName(error ? error : ECONNREFUSED));
       return;
     }
     if (!(events & EPOLLOUT)) return;
@@ -517,8 +535,10 @@ void OnSocketEvent(Engine* engine, Side* side, uint32_t events) {
   if (events & EPOLLRDHUP) side->peerClosed = true;
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) side->readable = true;
   if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) side->writable = true;
-  if ((events & EPOLLERR) && (side->ended || side->other->pendingLength > 0)) {
-    // a reset of a socket that is not being read: nothing else would notice it
+  if (events & EPOLLERR) {
+    // A reset (TCP raises EPOLLERR only for fatal errors): reset the other side now. Waiting to
+    // read what arrived before it could miss it for good when that read cannot happen yet (its
+    // destination is full or still connecting: edge-triggered, no second report would come).
     int error = 0;
     socklen_t length = sizeof(error);
     getsockopt(side->fd, SOL_SOCKET, SO_ERROR, &error, &length);
@@ -530,17 +550,40 @@ void OnSocketEvent(Engine* engine, Side* side, uint32_t events) {
   if (!connection->closing && (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))) Pump(engine, side->other);
 }
 
+// A socket's epoll data: its Side's address in the low 48 bits (user-space addresses on x86-64
+// and arm64 fit) and its connection's generation in the high 16.
+constexpr uint64_t kAddressBits = 48;
+constexpr uint64_t kAddressMask = (uint64_t{1} << kAddressBits) - 1;
+
+uint64_t Tag(Side* side) {
+  return reinterpret_cast<uintptr_t>(side) | (uint64_t{side->connection->generation} << kAddressBits);
+}
+
 bool Register(Engine* engine, Side* side) {
   epoll_event event{};
   event.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-  event.data.ptr = side;
+  event.data.u64 = Tag(side);
   if (epoll_ctl(engine->epoll, EPOLL_CTL_ADD, side->fd, &event) == 0) return true;
   FailErrno(engine, side->connection, "epoll_ctl", errno);
   return false;
 }
 
+Connection* NewConnection(Engine* engine) {
+  Connection* connection = engine->spare;
+  if (!connection) {
+    connection = new Connection();
+    if (reinterpret_cast<uintptr_t>(&connection->upstream) > kAddressMask) abort();
+    return connection;
+  }
+  engine->spare = connection->nextDead;
+  uint16_t generation = static_cast<uint16_t>(connection->generation + 1);
+  *connection = Connection();
+  connection->generation = generation;
+  return connection;
+}
+
 void StartConnection(Engine* engine, int clientFd) {
-  Connection* connection = new Connection();
+  Connection* connection = NewConnection(engine);
   connection->client.connection = connection->upstream.connection = connection;
   connection->client.other = &connection->upstream;
   connection->upstream.other = &connection->client;
@@ -556,7 +599,7 @@ void StartConnection(Engine* engine, int clientFd) {
 
   int fd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    FailErrno(engine, connection, "upstream socket", errno);
+    FailUpstream(engine, connection, "upstream socket " + ErrnoName(errno));
     return;
   }
   connection->upstream.fd = fd;
@@ -565,7 +608,7 @@ void StartConnection(Engine* engine, int clientFd) {
   if (connect(fd, reinterpret_cast<sockaddr*>(&engine->upstream), engine->upstreamLength) == 0) {
     connection->connected = true;
   } else if (errno != EINPROGRESS) {
-    FailErrno(engine, connection, "upstream connect", errno);
+    FailUpstream(engine, connection, "upstream connect " + ErrnoName(errno));
     return;
   } else {
     connection->inConnecting = true;
@@ -614,6 +657,7 @@ void StopAccepting(Engine* engine) {
   int listener = engine->listener.exchange(-1);
   if (listener >= 0) close(listener);
   engine->accepting = false;
+  engine->acceptPaused = false;
   PostSimple(engine, kEventStoppedAccepting);
 }
 
@@ -621,11 +665,23 @@ void DestroyAll(Engine* engine, const std::string& reason) {
   while (engine->all) Fail(engine, engine->all, reason);
 }
 
+// Closed connections become spares once the batch of events that may still name them is done.
 void FreeDead(Engine* engine) {
   while (engine->dead) {
     Connection* next = engine->dead->nextDead;
-    delete engine->dead;
+    engine->dead->nextDead = engine->spare;
+    engine->spare = engine->dead;
     engine->dead = next;
+  }
+}
+
+// Only once the loop has stopped and its epoll set is closed.
+void FreeSpares(Engine* engine) {
+  FreeDead(engine);
+  while (engine->spare) {
+    Connection* next = engine->spare->nextDead;
+    delete engine->spare;
+    engine->spare = next;
   }
 }
 
@@ -634,7 +690,7 @@ void Loop(Engine* engine) {
   for (;;) {
     int64_t now = NowMs(CLOCK_MONOTONIC);
     while (engine->connectingHead && now - engine->connectingHead->startedMonoMs >= engine->connectTimeoutMs) {
-      Fail(engine, engine->connectingHead, "upstream connect timeout");
+      FailUpstream(engine, engine->connectingHead, "upstream connect timeout");
     }
     if (engine->acceptPaused && now >= engine->acceptPausedUntil && engine->listener.load() >= 0) {
       engine->acceptPaused = false;
@@ -647,6 +703,7 @@ void Loop(Engine* engine) {
     }
     if (engine->acceptPaused) {
       int64_t resume = engine->acceptPausedUntil - now;
+      if (resume < 1) resume = 1;
       if (timeout < 0 || resume < timeout) timeout = resume;
     }
     if (timeout == 0) timeout = 1;
@@ -674,7 +731,10 @@ void Loop(Engine* engine) {
       } else if (tag == &kListenerTag) {
         if (engine->listener.load() >= 0 && !engine->acceptPaused) OnAcceptable(engine);
       } else {
-        OnSocketEvent(engine, static_cast<Side*>(tag), events[i].events);
+        Side* side = reinterpret_cast<Side*>(events[i].data.u64 & kAddressMask);
+        // an event for an earlier connection that lived in this (pooled) object: ignore it
+        if (side->connection->generation != events[i].data.u64 >> kAddressBits) continue;
+        OnSocketEvent(engine, side, events[i].events);
       }
     }
     // one more share for each side queued before this pass; those it queues again wait behind
@@ -778,7 +838,7 @@ void CallJs(napi_env env, napi_value callback, void* /*context*/, void* data) {
 
 void DeleteEngine(Engine* engine) {
   Shutdown(engine);
-  FreeDead(engine);
+  FreeSpares(engine);
   delete engine;
 }
 
@@ -877,41 +937,74 @@ napi_value Create(napi_env env, napi_callback_info info) {
     return nullptr;
   }
 
-  Engine* engine = new Engine();
-  if (!ParseAddress(host, port, &engine->upstream, &engine->upstreamLength) || port <= 0 || port > 65535) {
-    delete engine;
+  napi_valuetype callbackType;
+  CHECK(napi_typeof(env, argv[5], &callbackType));
+  if (callbackType != napi_function) {
+    napi_throw_type_error(env, nullptr, "native proxy: onEvent must be a function");
+    return nullptr;
+  }
+  sockaddr_storage upstream;
+  socklen_t upstreamLength = 0;
+  if (!ParseAddress(host, port, &upstream, &upstreamLength) || port <= 0 || port > 65535) {
     napi_throw_type_error(env, nullptr, "native proxy: the upstream must be an IP address and a port");
     return nullptr;
   }
+  if (!(timeout >= 1)) timeout = 1;
+  if (timeout > 86400000) timeout = 86400000;  // a day: epoll_wait's timeout is an int of ms
+
+  // From here on every failure undoes what was made before it.
+  Engine* engine = new Engine();
+  engine->upstream = upstream;
+  engine->upstreamLength = upstreamLength;
   engine->env = env;
   engine->connectTimeoutMs = static_cast<int64_t>(timeout);
   engine->debug = debug;
   engine->counters = static_cast<double*>(data);
+  const char* failed = nullptr;
+  int error = 0;
+  napi_value name, external = nullptr;
   // the Float64Array's backing store does not move; the reference keeps it alive
-  CHECK(napi_create_reference(env, argv[4], 1, &engine->countersRef));
-  engine->epoll = epoll_create1(EPOLL_CLOEXEC);
-  engine->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (engine->epoll < 0 || engine->wake < 0) {
-    int error = errno;
-    napi_delete_reference(env, engine->countersRef);
-    DeleteEngine(engine);
-    return ThrowErrno(env, "epoll_create1", error, "(native proxy)");
+  if (napi_create_reference(env, argv[4], 1, &engine->countersRef) != napi_ok) {
+    failed = "napi_create_reference";
+  } else if ((engine->epoll = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+    failed = "epoll_create1";
+    error = errno;
+  } else if ((engine->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+    failed = "eventfd";
+    error = errno;
+  } else {
+    epoll_event wakeEvent{};
+    wakeEvent.events = EPOLLIN;
+    wakeEvent.data.ptr = &kWakeTag;
+    if (epoll_ctl(engine->epoll, EPOLL_CTL_ADD, engine->wake, &wakeEvent) != 0) {
+      failed = "epoll_ctl";
+      error = errno;
+    } else if (napi_create_string_utf8(env, "buildkit-fleet native proxy", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+               napi_create_threadsafe_function(env, argv[5], nullptr, name, 0, 1, nullptr, nullptr, nullptr, CallJs,
+                                               &engine->events) != napi_ok) {
+      failed = "napi_create_threadsafe_function";
+    } else if (napi_unref_threadsafe_function(env, engine->events) != napi_ok ||
+               napi_create_external(env, engine, FinalizeEngine, nullptr, &external) != napi_ok) {
+      // the loop does not keep the process alive by itself: the JS side refs it while listening
+      failed = "napi_create_external";
+    }
   }
-  epoll_event wakeEvent{};
-  wakeEvent.events = EPOLLIN;
-  wakeEvent.data.ptr = &kWakeTag;
-  epoll_ctl(engine->epoll, EPOLL_CTL_ADD, engine->wake, &wakeEvent);
-
-  napi_value name;
-  CHECK(napi_create_string_utf8(env, "buildkit-fleet native proxy", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_threadsafe_function(env, argv[5], nullptr, name, 0, 1, nullptr, nullptr, nullptr, CallJs,
-                                        &engine->events));
-  // the loop does not keep the process alive by itself; the JavaScript side refs it while listening
-  CHECK(napi_unref_threadsafe_function(env, engine->events));
-
-  napi_value external;
-  CHECK(napi_create_external(env, engine, FinalizeEngine, nullptr, &external));
-  CHECK(napi_add_env_cleanup_hook(env, CleanupHook, engine));
+  if (failed) {
+    ReleaseEvents(engine);
+    if (engine->countersRef) napi_delete_reference(env, engine->countersRef);
+    DeleteEngine(engine);
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) return nullptr;
+    if (error) return ThrowErrno(env, failed, error, "(native proxy)");
+    napi_throw_error(env, nullptr, (std::string("native proxy: ") + failed + " failed").c_str());
+    return nullptr;
+  }
+  // owned by the external from here (FinalizeEngine)
+  if (napi_add_env_cleanup_hook(env, CleanupHook, engine) != napi_ok) {
+    napi_throw_error(env, nullptr, "native proxy: napi_add_env_cleanup_hook failed");
+    return nullptr;
+  }
   return external;
 }
 

@@ -8,7 +8,18 @@ import type net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 import { loadNativeEngine, nativeEnginePath } from '../../sidecar/native-proxy.ts';
-import { connect, proxySuite, receiveAll, sha, startProxy, tcpServer, until } from './sidecar-proxy-suite.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import {
+  connect,
+  proxySuite,
+  receiveAll,
+  sha,
+  startProxy,
+  tcpServer,
+  unresponsiveUpstream,
+  until,
+} from './sidecar-proxy-suite.ts';
 
 test('the native engine is built and loads', () => {
   expect(nativeEnginePath()).toMatch(/build\/native\/proxy-engine\.node$/);
@@ -80,4 +91,17 @@ test('a process whose native proxy stopped accepting and drained exits by itself
   const [code, signal] = await once(child, 'exit');
   clearTimeout(timer);
   expect({ code, signal, out }).toEqual({ code: 0, signal: null, out: 'hello' });
+});
+
+// The JavaScript engine stops reading a client while its first write waits for the upstream
+// connect, so it sees such a reset only when the connect completes or times out.
+test('a client that resets while the upstream connect is pending is reset at once, not counted as an upstream failure', async () => {
+  const { proxy, at } = await startProxy(await unresponsiveUpstream(), 20_000);
+  const client = await connect(at);
+  client.write('sent before the upstream answered');
+  await until('read from the client', () => proxy.counters.bytesIn > 0);
+  await sleep(50);
+  client.resetAndDestroy();
+  await until('closed', () => proxy.counters.closed === 1, 3000);
+  expect(proxy.counters).toMatchObject({ open: 0, opened: 1, upstreamFailures: 0 });
 });

@@ -2,7 +2,9 @@
 // call proxySuite): bytes arrive intact in both directions, half-close and resets pass through,
 // backpressure holds, an HTTP/2 client (the stand-in for gRPC) works through it, and the
 // counters are exact.
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -41,15 +43,46 @@ export async function tcpServer(onConnection: (socket: net.Socket) => void): Pro
 
 let engine: EngineName = 'js';
 
-export async function startProxy(upstream: HostPort): Promise<{ proxy: Proxy; at: HostPort }> {
+export async function startProxy(
+  upstream: HostPort,
+  connectTimeoutMs?: number,
+): Promise<{ proxy: Proxy; at: HostPort }> {
   const create = engine === 'native' ? createNativeProxy : createProxy;
-  const proxy = create({ upstream, logger });
+  const proxy = create({ upstream, logger, ...(connectTimeoutMs ? { connectTimeoutMs } : {}) });
   const { port } = await proxy.listen('127.0.0.1', 0);
   cleanups.push(() => {
     proxy.destroyAll();
     return proxy.stopAccepting();
   });
   return { proxy, at: { host: '127.0.0.1', port } };
+}
+
+/**
+ * An upstream that never answers a connect: a listener in a stopped process whose accept queue
+ * is full, so the kernel drops further SYNs and connects stay in progress.
+ */
+export async function unresponsiveUpstream(): Promise<HostPort> {
+  const child = spawn(
+    process.execPath,
+    [
+      '-e',
+      "const s = require('net').createServer(); s.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => console.log(s.address().port));",
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  cleanups.push(() => child.kill('SIGKILL'));
+  const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+  child.kill('SIGSTOP');
+  const at = { host: '127.0.0.1', port: Number(line.toString().trim()) };
+  // fill the accept queue (nobody accepts any more; a backlog of 1 holds 2); node reads a
+  // backlog of 0 as its default 511
+  for (let i = 0; i < 4; i++) {
+    const filler = net.connect({ host: at.host, port: at.port });
+    filler.on('error', () => undefined);
+    cleanups.push(() => filler.destroy());
+  }
+  await sleep(200);
+  return at;
 }
 
 export function connect(at: HostPort): Promise<net.Socket> {
@@ -223,6 +256,20 @@ export function proxySuite(name: EngineName): void {
     cleanups.push(() => again.destroy());
     await until('accepted again', () => proxy.counters.upstreamFailures === 2);
     expect(proxy.counters).toMatchObject({ open: 0, opened: 2, closed: 2 });
+  });
+
+  test('an upstream that does not answer the connect: the client is reset after the connect timeout, counted', async () => {
+    const { proxy, at } = await startProxy(await unresponsiveUpstream(), 300);
+    const started = Date.now();
+    const client = await connect(at);
+    const outcome = await new Promise<string>((resolve) => {
+      client.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+      client.once('end', () => resolve('clean end'));
+    });
+    expect(outcome).toBe('ECONNRESET');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    await until('closed', () => proxy.counters.closed === 1);
+    expect(proxy.counters).toMatchObject({ open: 0, opened: 1, upstreamFailures: 1 });
   });
 
   test('backpressure: a reader that stops makes the writer stall; the proxy buffers almost nothing', async () => {

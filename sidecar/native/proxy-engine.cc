@@ -880,6 +880,18 @@ Engine* GetEngine(napi_env env, napi_value value) {
   return static_cast<Engine*>(data);
 }
 
+// Unpacks a call whose first argument is the engine: fills argv (N at most) and returns the
+// engine, or nullptr with a JavaScript exception pending.
+template <size_t N>
+Engine* EngineCall(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
+  size_t argc = N;
+  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1) {
+    napi_throw_type_error(env, nullptr, "native proxy: the engine is missing");
+    return nullptr;
+  }
+  return GetEngine(env, argv[0]);
+}
+
 bool ParseAddress(const std::string& host, int port, sockaddr_storage* out, socklen_t* length) {
   memset(out, 0, sizeof(*out));
   auto* in = reinterpret_cast<sockaddr_in*>(out);
@@ -1010,10 +1022,8 @@ napi_value Create(napi_env env, napi_callback_info info) {
 
 // listen(engine, host, port, backlog, keepAliveSeconds) -> bound port
 napi_value Listen(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Engine* engine = GetEngine(env, argv[0]);
+  Engine* engine = EngineCall(env, info, argv);
   if (!engine) return nullptr;
   std::string host;
   int32_t port = 0, backlog = 0, keepAlive = 0;
@@ -1079,10 +1089,8 @@ napi_value Listen(napi_env env, napi_callback_info info) {
 }
 
 napi_value SendCommand(napi_env env, napi_callback_info info, uint32_t command) {
-  size_t argc = 1;
   napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Engine* engine = GetEngine(env, argv[0]);
+  Engine* engine = EngineCall(env, info, argv);
   if (!engine) return nullptr;
   if (engine->running && !engine->joined) Command(engine, command);
   return nullptr;
@@ -1098,10 +1106,8 @@ napi_value DestroyAllJs(napi_env env, napi_callback_info info) {
 
 // watchDrain(engine, on): while on, open reaching 0 posts a "drained" event
 napi_value WatchDrain(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Engine* engine = GetEngine(env, argv[0]);
+  Engine* engine = EngineCall(env, info, argv);
   if (!engine) return nullptr;
   bool on = false;
   CHECK(napi_get_value_bool(env, argv[1], &on));
@@ -1111,10 +1117,8 @@ napi_value WatchDrain(napi_env env, napi_callback_info info) {
 
 // close(engine): resets open connections, stops the loop thread and lets the process exit
 napi_value CloseJs(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  Engine* engine = GetEngine(env, argv[0]);
+  Engine* engine = EngineCall(env, info, argv);
   if (!engine) return nullptr;
   Shutdown(engine);
   ReleaseEvents(engine);

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import {
   connect,
+  echoedConnections,
   proxySuite,
   receiveAll,
   sha,
@@ -37,14 +38,7 @@ test('idle connections hold no buffer; a stalled direction holds one until it dr
   const { proxy, at } = await startProxy(upstream);
   const writer = await connect(at);
   await until('upstream connected', () => stalled !== undefined);
-  const idle = await Promise.all(Array.from({ length: 200 }, () => connect(at)));
-  await Promise.all(
-    idle.map(async (socket) => {
-      const echoed = new Promise((resolve) => socket.once('data', resolve));
-      socket.write('x');
-      await echoed;
-    }),
-  );
+  const idle = await echoedConnections(at, 200);
   expect(proxy.readBuffers().inUse).toBe(0);
   // the stalled upstream's kernel buffers fill, then one read's rest waits in the proxy
   const payload = randomBytes(32 * 1024 * 1024);

@@ -93,6 +93,19 @@ export function connect(at: HostPort): Promise<net.Socket> {
   });
 }
 
+/** `count` connections through the proxy, each of which has had one byte echoed (so both legs are up). */
+export async function echoedConnections(at: HostPort, count: number): Promise<net.Socket[]> {
+  const sockets = await Promise.all(Array.from({ length: count }, () => connect(at)));
+  await Promise.all(
+    sockets.map(async (socket) => {
+      const echoed = new Promise((resolve) => socket.once('data', resolve));
+      socket.write('x');
+      await echoed;
+    }),
+  );
+  return sockets;
+}
+
 /** Resolves when `predicate` holds, polling; fails after timeoutMs with `what`. */
 export async function until(what: string, predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -2,21 +2,23 @@
 // shared read buffer and the pool of bulk read buffers.
 import { randomBytes } from 'node:crypto';
 
-import { connect, proxySuite, receiveAll, sha, startProxy, tcpServer, until } from './sidecar-proxy-suite.ts';
+import {
+  connect,
+  echoedConnections,
+  proxySuite,
+  receiveAll,
+  sha,
+  startProxy,
+  tcpServer,
+  until,
+} from './sidecar-proxy-suite.ts';
 
 proxySuite('js');
 
 test('idle connections hold no read buffer; a bulk direction borrows one and returns it at close', async () => {
   const upstream = await tcpServer((socket) => socket.pipe(socket));
   const { proxy, at } = await startProxy(upstream);
-  const idle = await Promise.all(Array.from({ length: 200 }, () => connect(at)));
-  await Promise.all(
-    idle.map(async (socket) => {
-      const echoed = new Promise((resolve) => socket.once('data', resolve));
-      socket.write('x');
-      await echoed;
-    }),
-  );
+  const idle = await echoedConnections(at, 200);
   expect(proxy.counters.open).toBe(200);
   expect(proxy.readBuffers().inUse).toBe(0);
   // 8 MiB echoed back: both directions read large chunks and turn bulk

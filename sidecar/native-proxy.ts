@@ -18,7 +18,7 @@ export const NATIVE_ENGINE_FILE = 'build/native/proxy-engine.node';
 type EngineHandle = object & { readonly __engine: unique symbol };
 
 interface EngineEvent {
-  kind: 'upstream-failure' | 'closed' | 'listener-error' | 'stopped-accepting' | 'drained' | 'finished';
+  kind: 'upstream-failure' | 'closed' | 'listener-error' | 'stopped-accepting' | 'drained';
   reason?: string;
   peer?: string;
   ms?: number;
@@ -151,17 +151,19 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
   };
 
   function onEvent(event: EngineEvent): void {
-    const log = logger;
     switch (event.kind) {
       case 'upstream-failure':
-        log.warn({ ...fields(event), reason: event.reason }, 'upstream unreachable, client connection reset');
+        logger.warn(
+          { ...fields(event), reason: event.reason },
+          'upstream unreachable, client connection reset',
+        );
         break;
       case 'closed':
-        if (event.reason) log.debug({ ...fields(event), reason: event.reason }, 'connection reset');
-        else log.debug(fields(event), 'connection closed');
+        if (event.reason) logger.debug({ ...fields(event), reason: event.reason }, 'connection reset');
+        else logger.debug(fields(event), 'connection closed');
         break;
       case 'listener-error':
-        log.error(
+        logger.error(
           { err: event.reason },
           'proxy listener error: could not accept a connection (accepting again in 100 ms)',
         );
@@ -173,8 +175,6 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
       case 'drained':
         events.emit('drained');
         closeWhenDone();
-        break;
-      case 'finished':
         break;
     }
   }

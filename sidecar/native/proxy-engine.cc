@@ -84,7 +84,6 @@ enum EventKind {
   kEventListenerError,
   kEventStoppedAccepting,
   kEventDrained,
-  kEventFinished,
 };
 
 const char* EventName(EventKind kind) {
@@ -94,7 +93,6 @@ const char* EventName(EventKind kind) {
     case kEventListenerError: return "listener-error";
     case kEventStoppedAccepting: return "stopped-accepting";
     case kEventDrained: return "drained";
-    case kEventFinished: return "finished";
   }
   return "unknown";
 }
@@ -174,7 +172,6 @@ char kListenerTag;
 char kWakeTag;
 
 struct Engine {
-  napi_env env = nullptr;
   napi_threadsafe_function events = nullptr;
   napi_ref countersRef = nullptr;
   double* counters = nullptr;
@@ -210,7 +207,6 @@ struct Engine {
   size_t queuedCount = 0;
   int64_t acceptPausedUntil = 0;
   bool acceptPaused = false;
-  bool accepting = false;
   bool stoppedAccepting = false;
 };
 
@@ -656,7 +652,6 @@ void StopAccepting(Engine* engine) {
   engine->stoppedAccepting = true;
   int listener = engine->listener.exchange(-1);
   if (listener >= 0) close(listener);
-  engine->accepting = false;
   engine->acceptPaused = false;
   PostSimple(engine, kEventStoppedAccepting);
 }
@@ -752,7 +747,6 @@ void ThreadMain(Engine* engine) {
     free(engine->idleBuffers.back());
     engine->idleBuffers.pop_back();
   }
-  PostSimple(engine, kEventFinished);
 }
 
 void Command(Engine* engine, uint32_t command) {
@@ -968,7 +962,6 @@ napi_value Create(napi_env env, napi_callback_info info) {
   Engine* engine = new Engine();
   engine->upstream = upstream;
   engine->upstreamLength = upstreamLength;
-  engine->env = env;
   engine->connectTimeoutMs = static_cast<int64_t>(timeout);
   engine->debug = debug;
   engine->counters = static_cast<double*>(data);
@@ -1072,7 +1065,6 @@ napi_value Listen(napi_env env, napi_callback_info info) {
     return ThrowErrno(env, "epoll_ctl", error, where);
   }
   engine->listener.store(fd);
-  engine->accepting = true;
 
   // the loop thread must not take the process's signals (SIGTERM is the JavaScript side's)
   sigset_t all, previous;

@@ -186,15 +186,17 @@ export async function runSidecarCommand(options: SidecarOptions): Promise<number
   // before the data path runs hot, so its code is compiled under these flags
   for (const flag of SIDECAR_V8_FLAGS) setFlagsFromString(flag);
   const logger = createLogger({ level: options['log-level'], component: 'sidecar' });
-  const running = await startSidecar(options, logger);
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      logger.info({ signal, open: running.proxy.counters.open }, 'shutting down');
-      running.stop(options.grace * 1000).then(() => resolve(), resolve);
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
+  // The handlers come first: once "sidecar serving" is logged, clients are served (the native
+  // data path needs nothing from this thread), and a SIGTERM before the handlers existed would
+  // kill the process with its connections. One during start-up stops right after it.
+  const signalled = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
   });
+  const running = await startSidecar(options, logger);
+  const signal = await signalled;
+  logger.info({ signal, open: running.proxy.counters.open }, 'shutting down');
+  await running.stop(options.grace * 1000).catch(() => undefined);
   return 0;
 }
 

@@ -10,7 +10,7 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 import type { Proxy, ProxyCounters, ProxyOptions } from './proxy.ts';
-import { LISTEN_BACKLOG, resolveHostPort } from './proxy.ts';
+import { LISTEN_BACKLOG, proxySettings, resolveHostPort } from './proxy.ts';
 
 /** The addon's file, relative to the repository (or the installed package) root. */
 export const NATIVE_ENGINE_FILE = 'build/native/proxy-engine.node';
@@ -94,10 +94,7 @@ export function loadNativeEngine(): NativeEngineModule {
 export function createNativeProxy(options: ProxyOptions): Proxy {
   const engine = loadNativeEngine();
   const { upstream: target, logger } = options;
-  if (!net.isIP(target.host)) {
-    throw new Error(`proxy upstream ${target.host}: an IP address is needed (resolve names first)`);
-  }
-  const keepAliveSeconds = Math.max(1, Math.round((options.keepAliveInitialDelayMs ?? 15_000) / 1000));
+  const { connectTimeoutMs, keepAliveSeconds } = proxySettings(options);
   const view = new Float64Array(COUNTERS);
   const counters: Readonly<ProxyCounters> = {
     get open() {
@@ -124,17 +121,17 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
   };
   const events = new EventEmitter();
   let listening = false;
-  let stopRequested = false;
+  /** set once stopAccepting() was asked; shared by every caller (the listener closes once) */
   let stopping: Promise<void> | undefined;
   let closed = false;
 
   const handle = engine.create(
     target.host,
     target.port,
-    options.connectTimeoutMs ?? 10_000,
+    connectTimeoutMs,
     logger.isLevelEnabled('debug'),
     view,
-    (event) => onEvent(event),
+    onEvent,
   );
 
   /** Ends the loop thread (resetting what is open); the listener is closed and open is 0 after. */
@@ -147,7 +144,7 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
   };
   /** Stopped accepting with nothing open: the thread has nothing left to do, and goes. */
   const closeWhenDone = () => {
-    if (stopRequested && view[OPEN] === 0) close();
+    if (stopping && view[OPEN] === 0) close();
   };
 
   function onEvent(event: EngineEvent): void {
@@ -190,7 +187,7 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
   let drainWaiters = 0;
   const watch = (delta: number) => {
     drainWaiters += delta;
-    if (!closed) engine.watchDrain(handle, drainWaiters > 0 || stopRequested);
+    if (!closed) engine.watchDrain(handle, drainWaiters > 0 || stopping !== undefined);
   };
 
   return {
@@ -210,13 +207,12 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
         close();
         return Promise.resolve();
       }
-      // one stop for every caller (the listener closes once)
-      return (stopping ??= new Promise((resolve) => {
-        stopRequested = true;
-        watch(0);
-        events.once('stopped-accepting', resolve);
-        engine.stopAccepting(handle);
-      }));
+      if (stopping) return stopping;
+      stopping = new Promise((resolve) => events.once('stopped-accepting', resolve));
+      // from now on open reaching 0 is reported: the thread then has nothing left to do (closeWhenDone)
+      watch(0);
+      engine.stopAccepting(handle);
+      return stopping;
     },
     waitForDrain(timeoutMs) {
       if (view[OPEN] === 0 || closed) return Promise.resolve(true);

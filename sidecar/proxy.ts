@@ -355,14 +355,27 @@ function peerOf(handle: TcpHandle): string | undefined {
   return handle.getpeername(out) === 0 ? `${out.address}:${out.port}` : undefined;
 }
 
+/** The options both engines apply, with their defaults; throws when the upstream is not an IP. */
+export function proxySettings(options: ProxyOptions): {
+  v6: boolean;
+  connectTimeoutMs: number;
+  keepAliveSeconds: number;
+} {
+  const host = options.upstream.host;
+  const v6 = net.isIPv6(host);
+  if (!v6 && !net.isIPv4(host)) {
+    throw new Error(`proxy upstream ${host}: an IP address is needed (resolve names first)`);
+  }
+  return {
+    v6,
+    connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+    keepAliveSeconds: Math.max(1, Math.round((options.keepAliveInitialDelayMs ?? 15_000) / 1000)),
+  };
+}
+
 export function createProxy(options: ProxyOptions): Proxy {
   const { upstream: target, logger } = options;
-  const v6 = net.isIPv6(target.host);
-  if (!v6 && !net.isIPv4(target.host)) {
-    throw new Error(`proxy upstream ${target.host}: an IP address is needed (resolve names first)`);
-  }
-  const connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-  const keepAliveSeconds = Math.max(1, Math.round((options.keepAliveInitialDelayMs ?? 15_000) / 1000));
+  const { v6, connectTimeoutMs, keepAliveSeconds } = proxySettings(options);
   const state: ProxyState = {
     counters: {
       open: 0,

@@ -114,11 +114,13 @@ describe.each([['/bin/sh'], ['busybox sh']])('prestopScript run with %s', (shell
     const { exited, lines } = run(portOf(server));
     const took = await exited;
     expect(took).toBeGreaterThanOrEqual(1000);
-    expect(took).toBeLessThan(5000);
+    // The script has no deadline of its own, so this only says it returned; a busy machine
+    // (tens of thousands of TIME_WAIT rows in /proc/net/tcp) slows each check.
+    expect(took).toBeLessThan(20_000);
     const log = lines();
     expect(log[0]).toMatchObject({ level: 'info', port: portOf(server), connections: 0 });
     expect(log.at(-1)!.msg).toContain('may stop');
-  });
+  }, 30_000);
 
   test('waits while a client is connected, then returns once it leaves', async () => {
     const client = await connectTo(server);

@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
+import { logAcceptFailing, logAcceptingAgain } from './accept-trouble.ts';
 import type { Proxy, ProxyCounters, ProxyOptions } from './proxy.ts';
 import { LISTEN_BACKLOG, proxySettings, resolveHostPort } from './proxy.ts';
 
@@ -18,7 +19,8 @@ export const NATIVE_ENGINE_FILE = 'build/native/proxy-engine.node';
 type EngineHandle = object & { readonly __engine: unique symbol };
 
 interface EngineEvent {
-  kind: 'upstream-failure' | 'closed' | 'listener-error' | 'stopped-accepting' | 'drained';
+  kind:
+    'upstream-failure' | 'closed' | 'listener-error' | 'accepting-again' | 'stopped-accepting' | 'drained';
   reason?: string;
   peer?: string;
   ms?: number;
@@ -160,10 +162,11 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
         else logger.debug(fields(event), 'connection closed');
         break;
       case 'listener-error':
-        logger.error(
-          { err: event.reason },
-          'proxy listener error: could not accept a connection (accepting again in 100 ms)',
-        );
+        // the engine reports the start of an episode, not every retry (every 100 ms)
+        logAcceptFailing(logger, event.reason ?? 'unknown');
+        break;
+      case 'accepting-again':
+        logAcceptingAgain(logger, event.ms ?? 0);
         break;
       case 'stopped-accepting':
         events.emit('stopped-accepting');

@@ -37,6 +37,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 
 import type { HostPort } from '../cli/options.ts';
+import { AcceptTrouble, isOutOfResources } from './accept-trouble.ts';
 import type { SocketName, TcpHandle, TcpServerHandle, WriteRequest } from './tcp-handles.ts';
 import {
   UV_EOF,
@@ -137,6 +138,8 @@ interface ProxyState {
   readonly connections: Set<Connection>;
   readonly connecting: Set<Connection>;
   readonly events: EventEmitter;
+  /** out of descriptors: logged once per episode, not per failed accept */
+  readonly acceptTrouble: AcceptTrouble;
   /** every socket not in bulk mode reads into this one buffer (see the top of this file) */
   readonly sharedRead: Buffer;
   /**
@@ -195,7 +198,14 @@ class Connection {
     const error = v6
       ? handle.connect6(request, target.host, target.port)
       : handle.connect(request, target.host, target.port);
-    if (error !== 0) return this.failUpstream(`upstream connect ${errorName(error)}`);
+    if (error !== 0) {
+      const name = errorName(error);
+      if (!isOutOfResources(name)) return this.failUpstream(`upstream connect ${name}`);
+      // the client took the last descriptor: it is reset, and the upstream is not blamed
+      this.state.acceptTrouble.failed(name);
+      return this.fail(`no descriptor for the upstream socket: ${name}`);
+    }
+    if (this.state.acceptTrouble.failing) this.state.acceptTrouble.recovered();
     this.state.connecting.add(this);
     this.startReading(this.client);
   }
@@ -391,6 +401,7 @@ export function createProxy(options: ProxyOptions): Proxy {
     connections: new Set(),
     connecting: new Set(),
     events: new EventEmitter(),
+    acceptTrouble: new AcceptTrouble(logger),
     spareWrite: newWriteRequest(),
     sharedRead: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
   };
@@ -411,8 +422,10 @@ export function createProxy(options: ProxyOptions): Proxy {
 
   function accept(status: number, clientHandle: TcpHandle | undefined): void {
     if (status < 0 || !clientHandle) {
-      // EMFILE and the like: the listener stays up, open connections keep flowing
-      logger.error({ err: errorName(status) }, 'proxy listener error: could not accept a connection');
+      // EMFILE and the like: the listener stays up, open connections keep flowing. libuv has
+      // already closed the clients waiting in the backlog (its reserve-descriptor trick), so it
+      // does not spin on a listener that stays readable.
+      state.acceptTrouble.failed(errorName(status));
       return;
     }
     counters.opened++;

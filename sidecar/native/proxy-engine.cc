@@ -84,6 +84,7 @@ enum EventKind {
   kEventListenerError,
   kEventStoppedAccepting,
   kEventDrained,
+  kEventAcceptingAgain,
 };
 
 const char* EventName(EventKind kind) {
@@ -93,6 +94,7 @@ const char* EventName(EventKind kind) {
     case kEventListenerError: return "listener-error";
     case kEventStoppedAccepting: return "stopped-accepting";
     case kEventDrained: return "drained";
+    case kEventAcceptingAgain: return "accepting-again";
   }
   return "unknown";
 }
@@ -207,6 +209,12 @@ struct Engine {
   size_t queuedCount = 0;
   int64_t acceptPausedUntil = 0;
   bool acceptPaused = false;
+  // out of file descriptors (or kernel memory) since acceptFailingSinceMs: reported once when it
+  // starts and once when a connection gets through again, not on every retry
+  bool acceptFailing = false;
+  int64_t acceptFailingSinceMs = 0;
+  // the next connection's upstream socket, made before its client is accepted (OnAcceptable)
+  int nextUpstreamFd = -1;
   bool stoppedAccepting = false;
 };
 
@@ -578,7 +586,33 @@ Connection* NewConnection(Engine* engine) {
   return connection;
 }
 
-void StartConnection(Engine* engine, int clientFd) {
+void SetListenerInterest(Engine* engine, bool on);
+
+// Out of descriptors (EMFILE, ENFILE) or socket memory: stops accepting for a moment (the backlog
+// holds new clients) instead of spinning on a listener that stays readable; open connections keep
+// flowing. An episode is reported when it starts and when the backlog is empty again, so a
+// process that hovers at its limit does not log every connection that gets through.
+void PauseAccepting(Engine* engine, int error) {
+  int64_t now = NowMs(CLOCK_MONOTONIC);
+  if (!engine->acceptFailing) {
+    engine->acceptFailing = true;
+    engine->acceptFailingSinceMs = now;
+    PostSimple(engine, kEventListenerError, ErrnoName(error));
+  }
+  engine->acceptPaused = true;
+  engine->acceptPausedUntil = now + kAcceptPauseMs;
+  SetListenerInterest(engine, false);
+}
+
+void AcceptingAgain(Engine* engine) {
+  engine->acceptFailing = false;
+  Event* event = new Event();
+  event->kind = kEventAcceptingAgain;
+  event->ms = static_cast<double>(NowMs(CLOCK_MONOTONIC) - engine->acceptFailingSinceMs);
+  Post(engine, event);
+}
+
+void StartConnection(Engine* engine, int clientFd, int upstreamFd) {
   Connection* connection = NewConnection(engine);
   connection->client.connection = connection->upstream.connection = connection;
   connection->client.other = &connection->upstream;
@@ -593,11 +627,7 @@ void StartConnection(Engine* engine, int clientFd) {
   Store(engine, kOpen, Load(engine, kOpen) + 1);
   Store(engine, kOpened, Load(engine, kOpened) + 1);
 
-  int fd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    FailUpstream(engine, connection, "upstream socket " + ErrnoName(errno));
-    return;
-  }
+  int fd = upstreamFd;
   connection->upstream.fd = fd;
   int on = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
@@ -626,23 +656,37 @@ void SetListenerInterest(Engine* engine, bool on) {
   epoll_ctl(engine->epoll, EPOLL_CTL_MOD, engine->listener.load(), &event);
 }
 
+// The upstream socket is made before the client is accepted, so a client is only taken off the
+// backlog when both of its descriptors exist: at the descriptor limit new clients wait in the
+// backlog (and are served once descriptors free up) instead of being accepted and reset.
 void OnAcceptable(Engine* engine) {
   int listener = engine->listener.load();
   for (int i = 0; i < kAcceptsPerWake; i++) {
+    if (engine->nextUpstreamFd < 0) {
+      engine->nextUpstreamFd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (engine->nextUpstreamFd < 0) {
+        // After an accept nobody may be waiting: the listener is level-triggered and brings the
+        // loop back here if somebody is, and only then is it worth a pause and a log line.
+        if (i == 0) PauseAccepting(engine, errno);
+        return;
+      }
+    }
     // accepted sockets inherit TCP_NODELAY and keepalive from the listener
     int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      StartConnection(engine, fd);
+      int upstreamFd = engine->nextUpstreamFd;
+      engine->nextUpstreamFd = -1;
+      StartConnection(engine, fd, upstreamFd);
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-    // EMFILE and the like: stop accepting for a moment (the backlog holds new clients) instead
-    // of spinning on a listener that stays readable; open connections keep flowing
-    PostSimple(engine, kEventListenerError, ErrnoName(errno));
-    engine->acceptPaused = true;
-    engine->acceptPausedUntil = NowMs(CLOCK_MONOTONIC) + kAcceptPauseMs;
-    SetListenerInterest(engine, false);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      // the backlog is empty: every client that waited has been taken
+      if (engine->acceptFailing) AcceptingAgain(engine);
+      return;
+    }
+    // EMFILE and the like
+    PauseAccepting(engine, errno);
     return;
   }
 }
@@ -652,6 +696,8 @@ void StopAccepting(Engine* engine) {
   engine->stoppedAccepting = true;
   int listener = engine->listener.exchange(-1);
   if (listener >= 0) close(listener);
+  if (engine->nextUpstreamFd >= 0) close(engine->nextUpstreamFd);
+  engine->nextUpstreamFd = -1;
   engine->acceptPaused = false;
   PostSimple(engine, kEventStoppedAccepting);
 }
@@ -815,9 +861,12 @@ void CallJs(napi_env env, napi_value callback, void* /*context*/, void* data) {
       napi_create_string_utf8(env, event->peer.c_str(), NAPI_AUTO_LENGTH, &value);
       napi_set_named_property(env, object, "peer", value);
     }
-    if (event->kind == kEventClosed || event->kind == kEventUpstreamFailure) {
+    if (event->kind == kEventClosed || event->kind == kEventUpstreamFailure ||
+        event->kind == kEventAcceptingAgain) {
       napi_create_double(env, event->ms, &value);
       napi_set_named_property(env, object, "ms", value);
+    }
+    if (event->kind == kEventClosed || event->kind == kEventUpstreamFailure) {
       napi_create_double(env, event->bytesIn, &value);
       napi_set_named_property(env, object, "bytesIn", value);
       napi_create_double(env, event->bytesOut, &value);

@@ -1,53 +1,17 @@
 // Graceful termination of the real sidecar process (`node sidecar/main.ts`): after SIGTERM new
 // connections are refused, open ones keep working until they close (or --grace ends), then exit 0.
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { jest } from '@jest/globals';
-import { cleanups, connect, echoServer, roundTrip, runCleanups } from './sidecar-support.ts';
+import {
+  connect,
+  echoServer,
+  roundTrip,
+  runCleanups,
+  startSidecarProcess as startChild,
+} from './sidecar-support.ts';
 
 jest.setTimeout(30_000);
 
-const main = fileURLToPath(new URL('../../sidecar/main.ts', import.meta.url));
 afterEach(runCleanups);
-
-interface Child {
-  proc: ChildProcess;
-  lines: Record<string, unknown>[];
-  waitFor(msg: string): Promise<Record<string, unknown>>;
-  exited: Promise<number | null>;
-}
-
-function startChild(args: string[]): Child {
-  // process.execPath is the Node 24 that runs jest, which runs .ts directly
-  const proc = spawn(process.execPath, [main, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Record<string, unknown>[] = [];
-  const waiters: (() => void)[] = [];
-  let buffered = '';
-  proc.stdout!.on('data', (chunk: Buffer) => {
-    buffered += chunk.toString();
-    const parts = buffered.split('\n');
-    buffered = parts.pop()!;
-    for (const line of parts) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
-    waiters.splice(0).forEach((w) => w());
-  });
-  let stderr = '';
-  proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  cleanups.push(() => proc.kill('SIGKILL'));
-  const waitFor = async (msg: string) => {
-    for (;;) {
-      const found = lines.find((l) => l['msg'] === msg);
-      if (found) return found;
-      if (proc.exitCode !== null) throw new Error(`sidecar exited before "${msg}": ${stderr}`);
-      await new Promise<void>((resolve) => {
-        waiters.push(resolve);
-        proc.once('exit', () => resolve());
-      });
-    }
-  };
-  return { proc, lines, waitFor, exited };
-}
 
 async function start(grace: string) {
   const upstream = await echoServer();

@@ -210,7 +210,7 @@ struct Engine {
   int64_t acceptPausedUntil = 0;
   bool acceptPaused = false;
   // out of file descriptors (or kernel memory) since acceptFailingSinceMs: reported once when it
-  // starts and once when a connection gets through again, not on every retry
+  // starts and once the backlog is empty again, not on every retry (PauseAccepting)
   bool acceptFailing = false;
   int64_t acceptFailingSinceMs = 0;
   // the next connection's upstream socket, made before its client is accepted (OnAcceptable)

@@ -32,6 +32,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
@@ -656,6 +657,20 @@ void SetListenerInterest(Engine* engine, bool on) {
   epoll_ctl(engine->epoll, EPOLL_CTL_MOD, engine->listener.load(), &event);
 }
 
+bool Readable(int fd) {
+  pollfd entry{fd, POLLIN, 0};
+  return poll(&entry, 1, 0) > 0 && (entry.revents & POLLIN);
+}
+
+// Out of descriptors (or the like) for the next client. Linux reports EMFILE from accept before it
+// looks at the backlog, so the error alone does not say anybody is waiting: only if somebody is
+// is it worth a pause and a log line. If nobody is, every client that waited has been taken and
+// the episode is over; the listener is level-triggered and brings the loop back when one comes.
+void CannotAccept(Engine* engine, int listener, int error) {
+  if (Readable(listener)) PauseAccepting(engine, error);
+  else if (engine->acceptFailing) AcceptingAgain(engine);
+}
+
 // The upstream socket is made before the client is accepted, so a client is only taken off the
 // backlog when both of its descriptors exist: at the descriptor limit new clients wait in the
 // backlog (and are served once descriptors free up) instead of being accepted and reset.
@@ -665,9 +680,7 @@ void OnAcceptable(Engine* engine) {
     if (engine->nextUpstreamFd < 0) {
       engine->nextUpstreamFd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       if (engine->nextUpstreamFd < 0) {
-        // After an accept nobody may be waiting: the listener is level-triggered and brings the
-        // loop back here if somebody is, and only then is it worth a pause and a log line.
-        if (i == 0) PauseAccepting(engine, errno);
+        CannotAccept(engine, listener, errno);
         return;
       }
     }
@@ -685,8 +698,7 @@ void OnAcceptable(Engine* engine) {
       if (engine->acceptFailing) AcceptingAgain(engine);
       return;
     }
-    // EMFILE and the like
-    PauseAccepting(engine, errno);
+    CannotAccept(engine, listener, errno);
     return;
   }
 }

@@ -3,33 +3,17 @@
 import { jest } from '@jest/globals';
 import {
   connect,
-  echoServer,
   roundTrip,
   runCleanups,
   startSidecarProcess as startChild,
+  startSidecarToEcho,
 } from './sidecar-support.ts';
 
 jest.setTimeout(30_000);
 
 afterEach(runCleanups);
 
-async function start(grace: string) {
-  const upstream = await echoServer();
-  const child = startChild([
-    '--listen',
-    '127.0.0.1:0',
-    '--stats',
-    '127.0.0.1:0',
-    '--upstream',
-    `127.0.0.1:${upstream.port}`,
-    '--grace',
-    grace,
-  ]);
-  const serving = await child.waitFor('sidecar serving');
-  const listen = (serving['listen'] as { port: number }).port;
-  const stats = (serving['stats'] as { port: number }).port;
-  return { child, listen, stats };
-}
+const start = (grace: string) => startSidecarToEcho(['--grace', grace]);
 
 test('SIGTERM: open connections keep working until they close, new ones are refused, then exit 0', async () => {
   const { child, listen, stats } = await start('20');

@@ -90,3 +90,35 @@ export function startSidecarProcess(args: string[], wrapper: string[] = []): Sid
   };
   return { proc, lines, waitFor, exited };
 }
+
+export interface ServingSidecar {
+  child: SidecarProcess;
+  /** its `sidecar serving` log line */
+  serving: Record<string, unknown>;
+  listen: number;
+  stats: number;
+}
+
+/** The sidecar process on ephemeral loopback ports in front of a fresh echo server, once serving. */
+export async function startSidecarToEcho(
+  extraArgs: string[],
+  wrapper: string[] = [],
+): Promise<ServingSidecar> {
+  const upstream = await echoServer();
+  const args = [
+    '--listen',
+    '127.0.0.1:0',
+    '--stats',
+    '127.0.0.1:0',
+    '--upstream',
+    `127.0.0.1:${upstream.port}`,
+  ];
+  const child = startSidecarProcess([...args, ...extraArgs], wrapper);
+  const serving = await child.waitFor('sidecar serving');
+  return {
+    child,
+    serving,
+    listen: (serving['listen'] as { port: number }).port,
+    stats: (serving['stats'] as { port: number }).port,
+  };
+}

@@ -334,6 +334,23 @@ export async function iperfBulk(
   bidir: boolean,
   launch: Launcher,
 ): Promise<IperfResult> {
+  // iperf3's server takes a moment to wind up the previous test, and refuses a client meanwhile
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await iperfBulkOnce(port, bytes, bidir, launch);
+    } catch (error) {
+      if (attempt >= 10 || !String(error).includes('the server is busy')) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+  }
+}
+
+async function iperfBulkOnce(
+  port: number,
+  bytes: number,
+  bidir: boolean,
+  launch: Launcher,
+): Promise<IperfResult> {
   const [command, args] = launch('iperf3', [
     '--client',
     '127.0.0.1',

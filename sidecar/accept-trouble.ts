@@ -1,7 +1,7 @@
 // What both data paths say when the sidecar runs out of file descriptors (or socket memory) and
-// cannot take new clients: one error line when it starts and one info line when a client gets
-// through again. A proxy at its descriptor limit retries every moment; a line per retry would bury
-// everything else in the log.
+// cannot take new clients: one error line when it starts and one info line when it is over. A
+// proxy at its descriptor limit retries every moment; a line per retry would bury everything else
+// in the log.
 import type { Logger } from 'pino';
 
 /** errno names that say the process or the machine is out of descriptors or socket memory */

@@ -422,9 +422,9 @@ export function createProxy(options: ProxyOptions): Proxy {
 
   function accept(status: number, clientHandle: TcpHandle | undefined): void {
     if (status < 0 || !clientHandle) {
-      // EMFILE and the like: the listener stays up, open connections keep flowing. libuv has
-      // already closed the clients waiting in the backlog (its reserve-descriptor trick), so it
-      // does not spin on a listener that stays readable.
+      // EMFILE and the like: the listener stays up, open connections keep flowing. On EMFILE libuv
+      // first closes the clients waiting in the backlog with a reserve descriptor, silently, and
+      // calls back only when even that failed; either way it does not spin on the listener.
       state.acceptTrouble.failed(errorName(status));
       return;
     }

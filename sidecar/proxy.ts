@@ -205,7 +205,7 @@ class Connection {
       this.state.acceptTrouble.failed(name);
       return this.fail(`no descriptor for the upstream socket: ${name}`);
     }
-    if (this.state.acceptTrouble.failing) this.state.acceptTrouble.recovered();
+    this.state.acceptTrouble.recovered();
     this.state.connecting.add(this);
     this.startReading(this.client);
   }

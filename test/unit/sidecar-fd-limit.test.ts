@@ -5,6 +5,7 @@
 // and are served later; libuv (the js engine) closes them at once.
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { jest } from '@jest/globals';
 
 import { cleanups, runCleanups, startSidecarToEcho } from './sidecar-support.ts';
@@ -21,8 +22,6 @@ afterEach(runCleanups);
 const FILE_LIMITS = [64, 65];
 const OUT_OF_DESCRIPTORS =
   'proxy cannot take new connections: out of file descriptors or socket memory (open connections keep flowing; retrying)';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function client(port: number): net.Socket {
   const socket = net.connect(port, '127.0.0.1');
@@ -79,7 +78,7 @@ async function startLimited(engine: string, limit: number) {
     ['sh', '-c', `ulimit -n ${limit} && exec "$0" "$@"`],
   );
   expect(sidecar.serving['engine']).toBe(engine);
-  return { child: sidecar.child, listen: sidecar.listen, statsPort: sidecar.stats };
+  return sidecar;
 }
 
 interface AtLimit {
@@ -136,7 +135,7 @@ async function ticksInOneSecond(pid: number): Promise<number> {
 
 describe.each(FILE_LIMITS)('ulimit -n %i', (limit) => {
   test('native engine: open connections keep flowing, new clients wait in the backlog and are served once descriptors free up', async () => {
-    const { child, listen, statsPort } = await startLimited('native', limit);
+    const { child, listen, stats: statsPort } = await startLimited('native', limit);
     const { served, turnedAway } = await step(
       'filling up to the limit',
       child,
@@ -168,7 +167,7 @@ describe.each(FILE_LIMITS)('ulimit -n %i', (limit) => {
   });
 
   test('js engine: open connections keep flowing, new clients are closed at once, and are served again once descriptors free up', async () => {
-    const { child, listen, statsPort } = await startLimited('js', limit);
+    const { child, listen, stats: statsPort } = await startLimited('js', limit);
     const { served, turnedAway } = await step('filling up to the limit', child, fillToLimit(listen));
     expect(served.length).toBeGreaterThanOrEqual(5);
     // libuv closes clients it cannot take (the reserve-descriptor trick), or the proxy resets one

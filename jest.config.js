@@ -20,9 +20,7 @@ export default {
       ...common,
       displayName: 'integration',
       testMatch: ['<rootDir>/test/integration/**/*.test.ts'],
-      // Jest's 5 s default is for pure code. Here every test (and hook) talks to a real API server,
-      // and a loaded CI machine ran a 2 s test past 5 s. Tests that need longer still say so.
-      testTimeout: 60_000,
+      setupFilesAfterEnv: ['<rootDir>/test/jest/integration-timeout.ts'],
       globalSetup: '<rootDir>/test/jest/global-setup.ts',
       globalTeardown: '<rootDir>/test/jest/global-teardown.ts',
     },

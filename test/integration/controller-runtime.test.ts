@@ -454,9 +454,12 @@ describe('LeaderElector', () => {
     async () => {
       const leaseName = `runtime-${id}-handover`;
       // The leader's work takes 400 ms to wind down once told to stop; the Lease must stay held
-      // (nobody else leads) until it has.
-      const a = candidate('replica-a', leaseName, { windDownMs: 400 });
-      const b = candidate('replica-b', leaseName, { windDownMs: 400 });
+      // (nobody else leads) until it has. A 10 s lease (6 s renew deadline): a loaded machine
+      // does not cost the leader its term mid-test, and a handover well inside the lease duration
+      // can only come from the Lease being released.
+      const slow = { leaseDurationMs: 10_000, renewDeadlineMs: 6000, windDownMs: 400 };
+      const a = candidate('replica-a', leaseName, slow);
+      const b = candidate('replica-b', leaseName, slow);
       a.elector.start();
       b.elector.start();
       const leader = await waitFor('a leader', () => [a, b].find((c) => c.elector.isLeader()), 15_000);
@@ -470,7 +473,7 @@ describe('LeaderElector', () => {
       }
       const held = await readLease(leaseName);
       expect(held.spec?.holderIdentity).toBe(leader.elector.identity);
-      expect(held.spec?.leaseDurationSeconds).toBe(3);
+      expect(held.spec?.leaseDurationSeconds).toBe(10);
       expect(follower.elector.leader()).toBe(leader.elector.identity);
       expect(await counter(leader.registry, 'buildkit_fleet_leader_is_leader')).toBe(1);
       expect(await counter(follower.registry, 'buildkit_fleet_leader_is_leader')).toBe(0);

@@ -5,7 +5,7 @@
 export default class SummaryReporter {
   onRunComplete(_contexts, results) {
     const brokenFiles = results.testResults.filter(
-      (file) => file.testExecError !== undefined || (file.failureMessage && file.numFailingTests === 0),
+      (file) => Boolean(file.testExecError) || (Boolean(file.failureMessage) && file.numFailingTests === 0),
     ).length;
     let line = `jest: ${results.numPassedTests} passed, ${results.numFailedTests} failed, ${results.numPendingTests + results.numTodoTests} skipped`;
     if (brokenFiles > 0) line += `, ${brokenFiles} test file(s) failed outside their tests`;

@@ -1,35 +1,10 @@
-// The sidecar's native data path: one epoll loop on its own thread that accepts client
-// connections, connects each to the upstream and moves bytes both ways with plain read/send
-// through one shared buffer, the way HAProxy's TCP mode does. JavaScript keeps everything else
-// (flags, stats port, fence, logs); it reads the counters from a Float64Array this loop writes
-// and hears about rare events (an unreachable upstream, the listener closed, drained) through a
-// thread-safe function.
-//
-// Why native: the same rules in JavaScript over Node's TCP handles (sidecar/proxy.ts) spent
-// 12-16 us of user CPU per 1 KiB round trip and 38-50 us per connection in Node's callback
-// machinery, against HAProxy's 4-8 and 13-21, which left latency and connection churn about 10%
-// behind HAProxy. Here a round trip costs four system calls and no allocation.
-//
-// The rules are those of sidecar/proxy.ts:
-// - half-close: end of stream from one peer becomes a shutdown(SHUT_WR) towards the other once
-//   everything read before it is sent; the other direction keeps flowing;
-// - anything else (a read or send error, a reset, an unreachable upstream, the end of the grace
-//   period) resets both sides (SO_LINGER 0), so neither peer mistakes a failure for a clean end;
-// - backpressure: what the destination's kernel buffer does not take at once is kept in a
-//   per-direction buffer and the source is not read until it is sent, so the proxy holds at most
-//   one read per direction;
-// - the client is not read before the upstream is connected (its bytes wait in its kernel buffer).
-//
-// Thread safety: the loop thread owns every socket and connection. The JavaScript thread only
-// creates the listening socket (before the loop sees it), sets command bits and wakes the loop
-// through an eventfd, and reads the counters (8-byte aligned stores and loads, each atomic on
-// the platforms Node supports).
-#define NAPI_VERSION 8
-#include <node_api.h>
+// The epoll loop of the sidecar's native data path: accept, connect, pump, close, the counters
+// and the loop thread. What it does and the rules it keeps are in epoll-loop.h; nothing here
+// knows Node-API (napi-binding.cc is the addon around it).
+#include "epoll-loop.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -49,78 +24,7 @@
 #include <thread>
 #include <vector>
 
-namespace {
-
-constexpr size_t kReadBytes = 64 * 1024;
-constexpr size_t kIdleBuffersKept = 16;
-constexpr int kAcceptsPerWake = 64;
-constexpr int kReadsPerWake = 16;
-constexpr int kEventsPerWait = 256;
-constexpr int64_t kAcceptPauseMs = 100;
-
-// Layout of the counters the JavaScript side reads (Float64Array).
-enum Counter {
-  kOpen,
-  kOpened,
-  kClosed,
-  kBytesIn,
-  kBytesOut,
-  kLastActivityMs,
-  kUpstreamFailures,
-  kPendingBytes,
-  kBuffersInUse,
-  kBuffersIdle,
-  kCounterCount,
-};
-
-enum Command : uint32_t {
-  kStopAccepting = 1,
-  kDestroyAll = 2,
-  kExit = 4,
-};
-
-enum EventKind {
-  kEventUpstreamFailure,
-  kEventClosed,
-  kEventListenerError,
-  kEventStoppedAccepting,
-  kEventDrained,
-  kEventAcceptingAgain,
-};
-
-const char* EventName(EventKind kind) {
-  switch (kind) {
-    case kEventUpstreamFailure: return "upstream-failure";
-    case kEventClosed: return "closed";
-    case kEventListenerError: return "listener-error";
-    case kEventStoppedAccepting: return "stopped-accepting";
-    case kEventDrained: return "drained";
-    case kEventAcceptingAgain: return "accepting-again";
-  }
-  return "unknown";
-}
-
-struct Event {
-  EventKind kind;
-  std::string reason;
-  std::string peer;
-  double ms = 0;
-  double bytesIn = 0;
-  double bytesOut = 0;
-};
-
-int64_t NowMs(clockid_t clock) {
-  timespec ts;
-  clock_gettime(clock, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-std::string ErrnoName(int error) {
-  const char* name = strerrorname_np(error);
-  return name ? name : "E" + std::to_string(error);
-}
-
-struct Connection;
+namespace proxy_engine {
 
 struct Side {
   Connection* connection;
@@ -170,54 +74,28 @@ struct Connection {
   Connection* nextDead = nullptr;
 };
 
+std::string ErrnoName(int error) {
+  const char* name = strerrorname_np(error);
+  return name ? name : "E" + std::to_string(error);
+}
+
+namespace {
+
+constexpr size_t kIdleBuffersKept = 16;
+constexpr int kAcceptsPerWake = 64;
+constexpr int kReadsPerWake = 16;
+constexpr int kEventsPerWait = 256;
+constexpr int64_t kAcceptPauseMs = 100;
+
+int64_t NowMs(clockid_t clock) {
+  timespec ts;
+  clock_gettime(clock, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
 // Tags for the two epoll entries that are not sockets of a connection.
 char kListenerTag;
 char kWakeTag;
-
-struct Engine {
-  napi_threadsafe_function events = nullptr;
-  napi_ref countersRef = nullptr;
-  double* counters = nullptr;
-
-  sockaddr_storage upstream{};
-  socklen_t upstreamLength = 0;
-  int64_t connectTimeoutMs = 10000;
-  bool debug = false;
-
-  int epoll = -1;
-  int wake = -1;
-  std::atomic<int> listener{-1};
-  std::atomic<uint32_t> commands{0};
-  std::atomic<bool> watchDrain{false};
-  std::thread thread;
-  bool running = false;
-  bool joined = false;
-
-  // loop-thread state
-  char readBuffer[kReadBytes];
-  std::vector<char*> idleBuffers;
-  double buffersInUse = 0;
-  double pendingBytes = 0;
-  Connection* all = nullptr;
-  Connection* connectingHead = nullptr;
-  Connection* connectingTail = nullptr;
-  Connection* dead = nullptr;
-  // closed connections kept for reuse: never freed while the loop runs (see Tag)
-  Connection* spare = nullptr;
-  // sides still readable after their share of reads in one pass (Queue)
-  Side* queuedHead = nullptr;
-  Side* queuedTail = nullptr;
-  size_t queuedCount = 0;
-  int64_t acceptPausedUntil = 0;
-  bool acceptPaused = false;
-  // out of file descriptors (or kernel memory) since acceptFailingSinceMs: reported once when it
-  // starts and once the backlog is empty again, not on every retry (PauseAccepting)
-  bool acceptFailing = false;
-  int64_t acceptFailingSinceMs = 0;
-  // the next connection's upstream socket, made before its client is accepted (OnAcceptable)
-  int nextUpstreamFd = -1;
-  bool stoppedAccepting = false;
-};
 
 // The loop thread's stores to the counters: 8-byte stores the JavaScript thread may read at any
 // time. Release order keeps them in program order (on x86-64 they are plain moves).
@@ -232,7 +110,7 @@ double Load(Engine* engine, Counter counter) {
 }
 
 void Post(Engine* engine, Event* event) {
-  if (napi_call_threadsafe_function(engine->events, event, napi_tsfn_nonblocking) != napi_ok) delete event;
+  engine->post(engine, event);
 }
 
 void PostSimple(Engine* engine, EventKind kind, std::string reason = std::string()) {
@@ -728,16 +606,6 @@ void FreeDead(Engine* engine) {
   }
 }
 
-// Only once the loop has stopped and its epoll set is closed.
-void FreeSpares(Engine* engine) {
-  FreeDead(engine);
-  while (engine->spare) {
-    Connection* next = engine->spare->nextDead;
-    delete engine->spare;
-    engine->spare = next;
-  }
-}
-
 void Loop(Engine* engine) {
   epoll_event events[kEventsPerWait];
   for (;;) {
@@ -807,6 +675,77 @@ void ThreadMain(Engine* engine) {
   }
 }
 
+}  // namespace
+
+// ---- called from the JavaScript thread (epoll-loop.h) ---------------------------------------
+
+bool Open(Engine* engine, const char** failed, int* error) {
+  if ((engine->epoll = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+    *failed = "epoll_create1";
+  } else if ((engine->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+    *failed = "eventfd";
+  } else {
+    epoll_event wakeEvent{};
+    wakeEvent.events = EPOLLIN;
+    wakeEvent.data.ptr = &kWakeTag;
+    if (epoll_ctl(engine->epoll, EPOLL_CTL_ADD, engine->wake, &wakeEvent) == 0) return true;
+    *failed = "epoll_ctl";
+  }
+  *error = errno;
+  return false;
+}
+
+bool StartListening(Engine* engine, const sockaddr_storage& address, socklen_t length, int backlog,
+                    int keepAliveSeconds, int* port, const char** failed, int* error) {
+  int fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *failed = "socket";
+    *error = errno;
+    return false;
+  }
+  int on = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+  // inherited by every accepted socket (Linux copies the listener's options at accept)
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  int idle = keepAliveSeconds > 0 ? keepAliveSeconds : 15, interval = 1, probes = 10;
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0 || listen(fd, backlog) != 0) {
+    *failed = "listen";
+    *error = errno;
+    close(fd);
+    return false;
+  }
+  sockaddr_storage bound;
+  socklen_t boundLength = sizeof(bound);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &boundLength);
+  *port = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                             : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = &kListenerTag;
+  if (epoll_ctl(engine->epoll, EPOLL_CTL_ADD, fd, &event) != 0) {
+    *failed = "epoll_ctl";
+    *error = errno;
+    close(fd);
+    return false;
+  }
+  engine->listener.store(fd);
+
+  // the loop thread must not take the process's signals (SIGTERM is the JavaScript side's)
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  // a lambda, whose type is local to this file: std::thread(ThreadMain, engine) would make the
+  // addon export the thread's state type for Engine*, which is no longer file-local
+  engine->thread = std::thread([engine] { ThreadMain(engine); });
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  engine->running = true;
+  return true;
+}
+
 void Command(Engine* engine, uint32_t command) {
   engine->commands.fetch_or(command);
   uint64_t one = 1;
@@ -827,375 +766,14 @@ void Shutdown(Engine* engine) {
   engine->wake = engine->epoll = -1;
 }
 
-// ---- JavaScript side ------------------------------------------------------------------------
-
-#define CHECK(call)                                                      \
-  do {                                                                   \
-    if ((call) != napi_ok) {                                             \
-      const napi_extended_error_info* info = nullptr;                    \
-      napi_get_last_error_info(env, &info);                              \
-      bool pending = false;                                              \
-      napi_is_exception_pending(env, &pending);                          \
-      if (!pending) {                                                    \
-        napi_throw_error(env, nullptr,                                   \
-                         info && info->error_message ? info->error_message \
-                                                     : "native proxy: N-API call failed"); \
-      }                                                                  \
-      return nullptr;                                                    \
-    }                                                                    \
-  } while (0)
-
-napi_value ThrowErrno(napi_env env, const char* syscall, int error, const std::string& where) {
-  std::string code = ErrnoName(error);
-  std::string message = std::string(syscall) + " " + code + " " + where;
-  napi_value codeValue, messageValue, errorValue, syscallValue;
-  napi_create_string_utf8(env, code.c_str(), NAPI_AUTO_LENGTH, &codeValue);
-  napi_create_string_utf8(env, message.c_str(), NAPI_AUTO_LENGTH, &messageValue);
-  napi_create_error(env, codeValue, messageValue, &errorValue);
-  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscallValue);
-  napi_set_named_property(env, errorValue, "syscall", syscallValue);
-  napi_throw(env, errorValue);
-  return nullptr;
+// Only once the loop has stopped and its epoll set is closed.
+void FreeSpares(Engine* engine) {
+  FreeDead(engine);
+  while (engine->spare) {
+    Connection* next = engine->spare->nextDead;
+    delete engine->spare;
+    engine->spare = next;
+  }
 }
 
-void CallJs(napi_env env, napi_value callback, void* /*context*/, void* data) {
-  Event* event = static_cast<Event*>(data);
-  if (env != nullptr && callback != nullptr) {
-    napi_value object, value, undefined;
-    napi_create_object(env, &object);
-    napi_create_string_utf8(env, EventName(event->kind), NAPI_AUTO_LENGTH, &value);
-    napi_set_named_property(env, object, "kind", value);
-    if (!event->reason.empty()) {
-      napi_create_string_utf8(env, event->reason.c_str(), NAPI_AUTO_LENGTH, &value);
-      napi_set_named_property(env, object, "reason", value);
-    }
-    if (!event->peer.empty()) {
-      napi_create_string_utf8(env, event->peer.c_str(), NAPI_AUTO_LENGTH, &value);
-      napi_set_named_property(env, object, "peer", value);
-    }
-    if (event->kind == kEventClosed || event->kind == kEventUpstreamFailure ||
-        event->kind == kEventAcceptingAgain) {
-      napi_create_double(env, event->ms, &value);
-      napi_set_named_property(env, object, "ms", value);
-    }
-    if (event->kind == kEventClosed || event->kind == kEventUpstreamFailure) {
-      napi_create_double(env, event->bytesIn, &value);
-      napi_set_named_property(env, object, "bytesIn", value);
-      napi_create_double(env, event->bytesOut, &value);
-      napi_set_named_property(env, object, "bytesOut", value);
-    }
-    napi_get_undefined(env, &undefined);
-    // an exception thrown by the callback surfaces as an uncaught exception, like any callback's
-    napi_call_function(env, undefined, callback, 1, &object, nullptr);
-  }
-  delete event;
-}
-
-void DeleteEngine(Engine* engine) {
-  Shutdown(engine);
-  FreeSpares(engine);
-  delete engine;
-}
-
-// Gives up the thread-safe function once the loop thread is gone (nothing posts any more).
-// Never called while Node tears the function down itself: close() and the cleanup hook clear
-// `events` first, and Node finalizes the external inside that teardown (releasing then
-// deadlocks on the function's own mutex).
-void ReleaseEvents(Engine* engine) {
-  if (!engine->events) return;
-  // release, not abort: events still queued (say "stopped-accepting") are delivered
-  napi_release_threadsafe_function(engine->events, napi_tsfn_release);
-  engine->events = nullptr;
-}
-
-void CleanupHook(void* data) {
-  // the environment is going away (process exit, a worker ending): stop the thread first; Node
-  // closes the thread-safe function itself afterwards
-  Engine* engine = static_cast<Engine*>(data);
-  Shutdown(engine);
-  engine->events = nullptr;
-}
-
-void FinalizeEngine(napi_env env, void* data, void* /*hint*/) {
-  Engine* engine = static_cast<Engine*>(data);
-  napi_remove_env_cleanup_hook(env, CleanupHook, engine);
-  // the thread first: it may still post events
-  Shutdown(engine);
-  ReleaseEvents(engine);
-  if (engine->countersRef) napi_delete_reference(env, engine->countersRef);
-  DeleteEngine(engine);
-}
-
-Engine* GetEngine(napi_env env, napi_value value) {
-  void* data = nullptr;
-  if (napi_get_value_external(env, value, &data) != napi_ok || data == nullptr) {
-    napi_throw_type_error(env, nullptr, "native proxy: not an engine");
-    return nullptr;
-  }
-  return static_cast<Engine*>(data);
-}
-
-// Unpacks a call whose first argument is the engine: fills argv (N at most) and returns the
-// engine, or nullptr with a JavaScript exception pending.
-template <size_t N>
-Engine* EngineCall(napi_env env, napi_callback_info info, napi_value (&argv)[N]) {
-  size_t argc = N;
-  if (napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr) != napi_ok || argc < 1) {
-    napi_throw_type_error(env, nullptr, "native proxy: the engine is missing");
-    return nullptr;
-  }
-  return GetEngine(env, argv[0]);
-}
-
-bool ParseAddress(const std::string& host, int port, sockaddr_storage* out, socklen_t* length) {
-  memset(out, 0, sizeof(*out));
-  auto* in = reinterpret_cast<sockaddr_in*>(out);
-  if (inet_pton(AF_INET, host.c_str(), &in->sin_addr) == 1) {
-    in->sin_family = AF_INET;
-    in->sin_port = htons(static_cast<uint16_t>(port));
-    *length = sizeof(sockaddr_in);
-    return true;
-  }
-  auto* in6 = reinterpret_cast<sockaddr_in6*>(out);
-  if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(static_cast<uint16_t>(port));
-    *length = sizeof(sockaddr_in6);
-    return true;
-  }
-  return false;
-}
-
-bool GetString(napi_env env, napi_value value, std::string* out) {
-  size_t length = 0;
-  if (napi_get_value_string_utf8(env, value, nullptr, 0, &length) != napi_ok) return false;
-  out->resize(length);
-  return napi_get_value_string_utf8(env, value, out->data(), length + 1, &length) == napi_ok;
-}
-
-// create(upstreamHost, upstreamPort, connectTimeoutMs, debug, counters: Float64Array, onEvent)
-napi_value Create(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 6) {
-    napi_throw_type_error(env, nullptr, "native proxy: create() takes 6 arguments");
-    return nullptr;
-  }
-  std::string host;
-  int32_t port = 0;
-  double timeout = 0;
-  bool debug = false;
-  if (!GetString(env, argv[0], &host)) {
-    napi_throw_type_error(env, nullptr, "native proxy: upstream host must be a string");
-    return nullptr;
-  }
-  CHECK(napi_get_value_int32(env, argv[1], &port));
-  CHECK(napi_get_value_double(env, argv[2], &timeout));
-  CHECK(napi_get_value_bool(env, argv[3], &debug));
-  bool isTyped = false;
-  CHECK(napi_is_typedarray(env, argv[4], &isTyped));
-  napi_typedarray_type type;
-  size_t length = 0;
-  void* data = nullptr;
-  if (isTyped) CHECK(napi_get_typedarray_info(env, argv[4], &type, &length, &data, nullptr, nullptr));
-  if (!isTyped || type != napi_float64_array || length < kCounterCount) {
-    napi_throw_type_error(env, nullptr, "native proxy: counters must be a Float64Array of 10");
-    return nullptr;
-  }
-
-  napi_valuetype callbackType;
-  CHECK(napi_typeof(env, argv[5], &callbackType));
-  if (callbackType != napi_function) {
-    napi_throw_type_error(env, nullptr, "native proxy: onEvent must be a function");
-    return nullptr;
-  }
-  sockaddr_storage upstream;
-  socklen_t upstreamLength = 0;
-  if (!ParseAddress(host, port, &upstream, &upstreamLength) || port <= 0 || port > 65535) {
-    napi_throw_type_error(env, nullptr, "native proxy: the upstream must be an IP address and a port");
-    return nullptr;
-  }
-  if (!(timeout >= 1)) timeout = 1;
-  if (timeout > 86400000) timeout = 86400000;  // a day: epoll_wait's timeout is an int of ms
-
-  // From here on every failure undoes what was made before it.
-  Engine* engine = new Engine();
-  engine->upstream = upstream;
-  engine->upstreamLength = upstreamLength;
-  engine->connectTimeoutMs = static_cast<int64_t>(timeout);
-  engine->debug = debug;
-  engine->counters = static_cast<double*>(data);
-  const char* failed = nullptr;
-  int error = 0;
-  napi_value name, external = nullptr;
-  // the Float64Array's backing store does not move; the reference keeps it alive
-  if (napi_create_reference(env, argv[4], 1, &engine->countersRef) != napi_ok) {
-    failed = "napi_create_reference";
-  } else if ((engine->epoll = epoll_create1(EPOLL_CLOEXEC)) < 0) {
-    failed = "epoll_create1";
-    error = errno;
-  } else if ((engine->wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
-    failed = "eventfd";
-    error = errno;
-  } else {
-    epoll_event wakeEvent{};
-    wakeEvent.events = EPOLLIN;
-    wakeEvent.data.ptr = &kWakeTag;
-    if (epoll_ctl(engine->epoll, EPOLL_CTL_ADD, engine->wake, &wakeEvent) != 0) {
-      failed = "epoll_ctl";
-      error = errno;
-    } else if (napi_create_string_utf8(env, "buildkit-fleet native proxy", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-               napi_create_threadsafe_function(env, argv[5], nullptr, name, 0, 1, nullptr, nullptr, nullptr, CallJs,
-                                               &engine->events) != napi_ok) {
-      failed = "napi_create_threadsafe_function";
-    } else if (napi_unref_threadsafe_function(env, engine->events) != napi_ok ||
-               napi_create_external(env, engine, FinalizeEngine, nullptr, &external) != napi_ok) {
-      // the loop does not keep the process alive by itself: the JS side refs it while listening
-      failed = "napi_create_external";
-    }
-  }
-  if (failed) {
-    ReleaseEvents(engine);
-    if (engine->countersRef) napi_delete_reference(env, engine->countersRef);
-    DeleteEngine(engine);
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) return nullptr;
-    if (error) return ThrowErrno(env, failed, error, "(native proxy)");
-    napi_throw_error(env, nullptr, (std::string("native proxy: ") + failed + " failed").c_str());
-    return nullptr;
-  }
-  // owned by the external from here (FinalizeEngine)
-  if (napi_add_env_cleanup_hook(env, CleanupHook, engine) != napi_ok) {
-    napi_throw_error(env, nullptr, "native proxy: napi_add_env_cleanup_hook failed");
-    return nullptr;
-  }
-  return external;
-}
-
-// listen(engine, host, port, backlog, keepAliveSeconds) -> bound port
-napi_value Listen(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  Engine* engine = EngineCall(env, info, argv);
-  if (!engine) return nullptr;
-  std::string host;
-  int32_t port = 0, backlog = 0, keepAlive = 0;
-  GetString(env, argv[1], &host);
-  CHECK(napi_get_value_int32(env, argv[2], &port));
-  CHECK(napi_get_value_int32(env, argv[3], &backlog));
-  CHECK(napi_get_value_int32(env, argv[4], &keepAlive));
-  std::string where = host + ":" + std::to_string(port);
-  if (engine->running || engine->stoppedAccepting) {
-    napi_throw_error(env, nullptr, "proxy is already listening");
-    return nullptr;
-  }
-  sockaddr_storage address;
-  socklen_t length;
-  if (!ParseAddress(host, port, &address, &length)) {
-    napi_throw_type_error(env, nullptr, "native proxy: listen needs an IP address");
-    return nullptr;
-  }
-  int fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ThrowErrno(env, "socket", errno, where);
-  int on = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-  // inherited by every accepted socket (Linux copies the listener's options at accept)
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
-  int idle = keepAlive > 0 ? keepAlive : 15, interval = 1, probes = 10;
-  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
-  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), length) != 0 || listen(fd, backlog) != 0) {
-    int error = errno;
-    close(fd);
-    return ThrowErrno(env, "listen", error, where);
-  }
-  sockaddr_storage bound;
-  socklen_t boundLength = sizeof(bound);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &boundLength);
-  int boundPort = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                                                     : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  epoll_event event{};
-  event.events = EPOLLIN;
-  event.data.ptr = &kListenerTag;
-  if (epoll_ctl(engine->epoll, EPOLL_CTL_ADD, fd, &event) != 0) {
-    int error = errno;
-    close(fd);
-    return ThrowErrno(env, "epoll_ctl", error, where);
-  }
-  engine->listener.store(fd);
-
-  // the loop thread must not take the process's signals (SIGTERM is the JavaScript side's)
-  sigset_t all, previous;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &previous);
-  engine->thread = std::thread(ThreadMain, engine);
-  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-  engine->running = true;
-  CHECK(napi_ref_threadsafe_function(env, engine->events));
-
-  napi_value result;
-  CHECK(napi_create_int32(env, boundPort, &result));
-  return result;
-}
-
-napi_value SendCommand(napi_env env, napi_callback_info info, uint32_t command) {
-  napi_value argv[1];
-  Engine* engine = EngineCall(env, info, argv);
-  if (!engine) return nullptr;
-  if (engine->running && !engine->joined) Command(engine, command);
-  return nullptr;
-}
-
-napi_value StopAcceptingJs(napi_env env, napi_callback_info info) {
-  return SendCommand(env, info, kStopAccepting);
-}
-
-napi_value DestroyAllJs(napi_env env, napi_callback_info info) {
-  return SendCommand(env, info, kDestroyAll);
-}
-
-// watchDrain(engine, on): while on, open reaching 0 posts a "drained" event
-napi_value WatchDrain(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  Engine* engine = EngineCall(env, info, argv);
-  if (!engine) return nullptr;
-  bool on = false;
-  CHECK(napi_get_value_bool(env, argv[1], &on));
-  engine->watchDrain.store(on);
-  return nullptr;
-}
-
-// close(engine): resets open connections, stops the loop thread and lets the process exit
-napi_value CloseJs(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  Engine* engine = EngineCall(env, info, argv);
-  if (!engine) return nullptr;
-  Shutdown(engine);
-  ReleaseEvents(engine);
-  return nullptr;
-}
-
-}  // namespace
-
-NAPI_MODULE_INIT() {
-  napi_value counterCount;
-  struct {
-    const char* name;
-    napi_callback callback;
-  } functions[] = {
-      {"create", Create},         {"listen", Listen},         {"stopAccepting", StopAcceptingJs},
-      {"destroyAll", DestroyAllJs}, {"watchDrain", WatchDrain}, {"close", CloseJs},
-  };
-  for (auto& function : functions) {
-    napi_value value;
-    if (napi_create_function(env, function.name, NAPI_AUTO_LENGTH, function.callback, nullptr, &value) != napi_ok)
-      return nullptr;
-    if (napi_set_named_property(env, exports, function.name, value) != napi_ok) return nullptr;
-  }
-  napi_create_int32(env, kCounterCount, &counterCount);
-  napi_set_named_property(env, exports, "counterCount", counterCount);
-  return exports;
-}
+}  // namespace proxy_engine

@@ -1,0 +1,162 @@
+// The sidecar's native data path: one epoll loop on its own thread that accepts client
+// connections, connects each to the upstream and moves bytes both ways with plain read/send
+// through one shared buffer, the way HAProxy's TCP mode does. JavaScript keeps everything else
+// (flags, stats port, fence, logs); it reads the counters from a Float64Array this loop writes
+// and hears about rare events (an unreachable upstream, the listener closed, drained) through a
+// thread-safe function.
+//
+// This header and epoll-loop.cc are the loop, with no Node-API in them; napi-binding.cc makes it
+// an addon: it unpacks the JavaScript arguments, hands the loop's events (Engine::post) to the
+// thread-safe function and registers the module. scripts/build-native.ts builds both into
+// build/native/proxy-engine.node.
+//
+// Why native: the same rules in JavaScript over Node's TCP handles (sidecar/proxy.ts) spent
+// several times HAProxy's user CPU per round trip and per connection in Node's callback
+// machinery, which left latency and connection churn behind HAProxy (README.md has the
+// measurements). Here a round trip costs four system calls and no allocation.
+//
+// The rules are those of sidecar/proxy.ts:
+// - half-close: end of stream from one peer becomes a shutdown(SHUT_WR) towards the other once
+//   everything read before it is sent; the other direction keeps flowing;
+// - anything else (a read or send error, a reset, an unreachable upstream, the end of the grace
+//   period) resets both sides (SO_LINGER 0), so neither peer mistakes a failure for a clean end;
+// - backpressure: what the destination's kernel buffer does not take at once is kept in a
+//   per-direction buffer and the source is not read until it is sent, so the proxy holds at most
+//   one read per direction;
+// - the client is not read before the upstream is connected (its bytes wait in its kernel buffer).
+//
+// Thread safety: the loop thread owns every socket and connection. The JavaScript thread only
+// creates the listening socket (before the loop sees it), sets command bits and wakes the loop
+// through an eventfd, and reads the counters (8-byte aligned stores and loads, each atomic on
+// the platforms Node supports). The functions declared at the end of this header are the ones
+// the JavaScript thread calls; everything else in epoll-loop.cc runs on the loop thread.
+#ifndef SIDECAR_NATIVE_EPOLL_LOOP_H_
+#define SIDECAR_NATIVE_EPOLL_LOOP_H_
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace proxy_engine {
+
+constexpr size_t kReadBytes = 64 * 1024;
+
+// Layout of the counters the JavaScript side reads (Float64Array).
+enum Counter {
+  kOpen,
+  kOpened,
+  kClosed,
+  kBytesIn,
+  kBytesOut,
+  kLastActivityMs,
+  kUpstreamFailures,
+  kPendingBytes,
+  kBuffersInUse,
+  kBuffersIdle,
+  kCounterCount,
+};
+
+enum Command : uint32_t {
+  kStopAccepting = 1,
+  kDestroyAll = 2,
+  kExit = 4,
+};
+
+enum EventKind {
+  kEventUpstreamFailure,
+  kEventClosed,
+  kEventListenerError,
+  kEventStoppedAccepting,
+  kEventDrained,
+  kEventAcceptingAgain,
+};
+
+struct Event {
+  EventKind kind;
+  std::string reason;
+  std::string peer;
+  double ms = 0;
+  double bytesIn = 0;
+  double bytesOut = 0;
+};
+
+// both defined in epoll-loop.cc: only the loop looks inside them
+struct Side;
+struct Connection;
+
+struct Engine {
+  // How the loop's events reach the JavaScript side, called on the loop thread: set by whoever
+  // makes the engine, and from then on it owns the event (it deletes one it cannot deliver).
+  void (*post)(Engine* engine, Event* event) = nullptr;
+  double* counters = nullptr;
+
+  sockaddr_storage upstream{};
+  socklen_t upstreamLength = 0;
+  int64_t connectTimeoutMs = 10000;
+  bool debug = false;
+
+  int epoll = -1;
+  int wake = -1;
+  std::atomic<int> listener{-1};
+  std::atomic<uint32_t> commands{0};
+  std::atomic<bool> watchDrain{false};
+  std::thread thread;
+  bool running = false;
+  bool joined = false;
+
+  // loop-thread state
+  char readBuffer[kReadBytes];
+  std::vector<char*> idleBuffers;
+  double buffersInUse = 0;
+  double pendingBytes = 0;
+  Connection* all = nullptr;
+  Connection* connectingHead = nullptr;
+  Connection* connectingTail = nullptr;
+  Connection* dead = nullptr;
+  // closed connections kept for reuse: never freed while the loop runs (see Tag)
+  Connection* spare = nullptr;
+  // sides still readable after their share of reads in one pass (Queue)
+  Side* queuedHead = nullptr;
+  Side* queuedTail = nullptr;
+  size_t queuedCount = 0;
+  int64_t acceptPausedUntil = 0;
+  bool acceptPaused = false;
+  // out of file descriptors (or kernel memory) since acceptFailingSinceMs: reported once when it
+  // starts and once the backlog is empty again, not on every retry (PauseAccepting)
+  bool acceptFailing = false;
+  int64_t acceptFailingSinceMs = 0;
+  // the next connection's upstream socket, made before its client is accepted (OnAcceptable)
+  int nextUpstreamFd = -1;
+  bool stoppedAccepting = false;
+};
+
+// errno as its name (ECONNREFUSED), the way events and errors report it
+std::string ErrnoName(int error);
+
+// Makes the epoll set and the eventfd that wakes the loop. Returns false with *failed naming the
+// system call and *error its errno; what was made before is closed by Shutdown.
+bool Open(Engine* engine, const char** failed, int* error);
+
+// Listens on `address` (with the socket options accepted sockets inherit), adds the listener to
+// the epoll set and starts the loop thread; *port is the bound port. Returns false with *failed
+// naming the step ("socket", "listen" for bind or listen, "epoll_ctl") and *error its errno.
+bool StartListening(Engine* engine, const sockaddr_storage& address, socklen_t length, int backlog,
+                    int keepAliveSeconds, int* port, const char** failed, int* error);
+
+// Sets command bits for the loop thread and wakes it.
+void Command(Engine* engine, uint32_t command);
+
+// Stops the loop (resetting open connections) and waits for its thread; idempotent.
+void Shutdown(Engine* engine);
+
+// Frees the pooled connections. Only once the loop has stopped and its epoll set is closed.
+void FreeSpares(Engine* engine);
+
+}  // namespace proxy_engine
+
+#endif  // SIDECAR_NATIVE_EPOLL_LOOP_H_

@@ -3,9 +3,9 @@
 // both current (rotation). `--once` does one pass and exits (a Helm hook Job, or a CI step).
 import { Registry } from 'prom-client';
 
-import { loadKubeConfig } from '../cli/common.ts';
-import { createLogger } from '../cli/logger.ts';
-import type { ParsedOptions } from '../cli/options.ts';
+import { loadKubeConfig } from '../kube/load-kube-config.ts';
+import { createLogger } from '../telemetry/logger.ts';
+import type { ParsedOptions } from '../flags/options.ts';
 import { certConfigFromOptions, startCertSource } from './options.ts';
 
 // the lifecycle without the server: no mode choice, no file reloading

@@ -6,8 +6,8 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 
-import { UsageError } from '../cli/errors.ts';
-import type { ParsedOptions } from '../cli/options.ts';
+import { UsageError } from '../flags/errors.ts';
+import type { ParsedOptions } from '../flags/options.ts';
 import { DAY_MS, requireDuration } from './duration.ts';
 import { startFileReloader } from './file-reloader.ts';
 import { errorMessage } from './parse.ts';

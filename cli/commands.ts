@@ -3,9 +3,9 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
-import { StartupError, UsageError } from './errors.ts';
-import type { OptionSpecs, ParsedOptions } from './options.ts';
-import { optionsHelp, parseOptions } from './options.ts';
+import { StartupError, UsageError } from '../flags/errors.ts';
+import type { OptionSpecs, ParsedOptions } from '../flags/options.ts';
+import { optionsHelp, parseOptions } from '../flags/options.ts';
 // Only the flags are loaded up front; a command's code (and its dependencies: client-node,
 // express, node-forge, ...) is imported when it runs, so the sidecar does not carry the
 // controller's libraries in memory and the reverse.

@@ -14,7 +14,7 @@ import type { V1Pod, V1Service } from '@kubernetes/client-node';
 import type { Phase } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import type { DesiredCondition } from './conditions.ts';
-import { SPEC_HASH_ANNOTATION } from './annotations.ts';
+import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
 
 export interface BuildkitObservation {
   buildkit: Buildkit;

@@ -4,14 +4,14 @@
 import type { V1ConfigMap } from '@kubernetes/client-node';
 
 import type { BuildkitTemplate } from '../api/types.generated.ts';
-import { defaultTemplateSpec } from '../webhook/template-defaults.ts';
+import { defaultTemplateSpec } from '../api/defaults.ts';
 import {
   MANAGED_BY_LABEL,
   MANAGED_BY_VALUE,
   NAME_LABEL,
   NAME_LABEL_VALUE,
   TEMPLATE_LABEL,
-} from './annotations.ts';
+} from '../api/labels.ts';
 import {
   labelValueForName,
   scriptsConfigMapName,

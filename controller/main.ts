@@ -9,12 +9,12 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
 
 import { BUILDKIT, BUILDKIT_TEMPLATE } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
-import { loadKubeConfig } from '../cli/common.ts';
-import { readServerVersion } from '../cli/server-version.ts';
-import { createLogger } from '../cli/logger.ts';
-import { startMetricsServer } from '../cli/metrics-server.ts';
-import type { ParsedOptions } from '../cli/options.ts';
-import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE } from './annotations.ts';
+import { loadKubeConfig } from '../kube/load-kube-config.ts';
+import { readServerVersion } from '../kube/server-version.ts';
+import { createLogger } from '../telemetry/logger.ts';
+import { startMetricsServer } from '../telemetry/metrics-server.ts';
+import type { ParsedOptions } from '../flags/options.ts';
+import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE } from '../api/labels.ts';
 import { kubeEventRecorder } from './events.ts';
 import { labelValueForName } from './meta.ts';
 import { buildkitReconciler } from './reconcile-buildkit.ts';
@@ -28,9 +28,9 @@ import {
   configMapSource,
   podSource,
   serviceSource,
-} from './runtime/index.ts';
-import type { Scope } from './runtime/sources.ts';
-import { featuresFromVersionInfo } from './server-features.ts';
+} from '../kube/index.ts';
+import type { Scope } from '../kube/sources.ts';
+import { featuresFromVersionInfo } from '../kube/server-features.ts';
 
 export { CONTROLLER_OPTIONS } from './options.ts';
 import type { CONTROLLER_OPTIONS } from './options.ts';

@@ -16,7 +16,7 @@ import type {
 } from '@kubernetes/client-node';
 
 import type { Buildkit, BuildkitTemplate, BuildkitTemplateSpec } from '../api/types.generated.ts';
-import { defaultTemplateSpec } from '../webhook/template-defaults.ts';
+import { defaultTemplateSpec } from '../api/defaults.ts';
 import {
   APPARMOR_ANNOTATION_PREFIX,
   AUTOSCALE_ENABLED,
@@ -32,7 +32,7 @@ import {
   SPEC_HASH_ANNOTATION,
   TARGET_PORT_ANNOTATION,
   TEMPLATE_LABEL,
-} from './annotations.ts';
+} from '../api/labels.ts';
 import { TOML_KEY } from './configmaps.ts';
 import {
   BuildError,
@@ -45,9 +45,9 @@ import {
   tomlConfigMapName,
 } from './meta.ts';
 import { PRESTOP_SCRIPT_KEY, prestopScript } from './prestop.ts';
-import type { MergedResources } from './resources.ts';
-import { mergeResources } from './resources.ts';
-import type { ServerFeatures } from './server-features.ts';
+import type { MergedResources } from '../api/resources.ts';
+import { mergeResources } from '../api/resources.ts';
+import type { ServerFeatures } from '../kube/server-features.ts';
 
 /** seatgeek's container name; the AppArmor annotation key and `kubectl logs -c` depend on it. */
 export const CONTAINER_NAME = 'buildkit';

@@ -6,14 +6,14 @@ import type { Logger } from 'pino';
 
 import { BUILDKIT, GROUP, VERSION } from '../api/group.ts';
 import type { Buildkit, BuildkitStatus, BuildkitTemplate } from '../api/types.generated.ts';
-import { SPEC_HASH_ANNOTATION } from './annotations.ts';
+import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
 import { planBuildkit } from './buildkit-plan.ts';
 import { mergeConditions, sameConditions } from './conditions.ts';
 import type { EventRecorder } from './events.ts';
 import { BuildError, serviceNameFor } from './meta.ts';
 import { buildService, renderPod } from './pod-builder.ts';
 import { mergePatch } from './reconcile-template.ts';
-import type { ServerFeatures } from './server-features.ts';
+import type { ServerFeatures } from '../kube/server-features.ts';
 
 export type ReconcileResult = 'done' | 'retry' | { requeueAfter: number };
 

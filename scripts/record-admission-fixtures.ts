@@ -1,5 +1,5 @@
 // Records the AdmissionReviews a real kube-apiserver sends, as unit-test fixtures
-// (test/fixtures/admission/*.json). Needs a running cluster: npm run cluster:up, then
+// (test/unit/webhook/fixtures/admission/*.json). Needs a running cluster: npm run cluster:up, then
 //   node scripts/record-admission-fixtures.ts .local/cluster/kubeconfig
 import { execFile } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -28,7 +28,7 @@ if (!kubeconfig) {
   process.exit(2);
 }
 const kubectlBin = process.argv[3] ?? 'kubectl';
-const outDir = new URL('../test/fixtures/admission/', import.meta.url);
+const outDir = new URL('../test/unit/webhook/fixtures/admission/', import.meta.url);
 mkdirSync(outDir, { recursive: true });
 
 const kc = new KubeConfig();

@@ -5,9 +5,9 @@ import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { createLogger } from '../cli/logger.ts';
+import { createLogger } from '../telemetry/logger.ts';
 
-import { parseOptions } from '../cli/options.ts';
+import { parseOptions } from '../flags/options.ts';
 import { CONTROLLER_OPTIONS, startController } from '../controller/main.ts';
 import { WEBHOOK_OPTIONS, startWebhook } from '../webhook/main.ts';
 
@@ -20,7 +20,7 @@ const run = promisify(execFile);
 const say = (line: string) => process.stdout.write(`[start] ${line}\n`);
 
 async function clusterRunning(): Promise<boolean> {
-  const child = spawn(process.execPath, [`${root}test/cluster/cli.ts`, 'status'], { stdio: 'ignore' });
+  const child = spawn(process.execPath, [`${root}hack/cli.ts`, 'status'], { stdio: 'ignore' });
   const [code] = (await once(child, 'exit')) as [number];
   return code === 0;
 }
@@ -34,7 +34,7 @@ if (await clusterRunning()) {
   say('reusing the running local cluster');
 } else {
   say('starting a local cluster (the first run builds Kubernetes: about 6 minutes)');
-  const up = spawn(process.execPath, [`${root}test/cluster/cli.ts`, 'up', '--nodes', '1'], {
+  const up = spawn(process.execPath, [`${root}hack/cli.ts`, 'up', '--nodes', '1'], {
     stdio: 'inherit',
   });
   const [code] = (await once(up, 'exit')) as [number];

@@ -2,7 +2,7 @@
 // the native one (native-proxy.ts) is the fast one, the JavaScript one needs nothing built.
 import type { Logger } from 'pino';
 
-import { UsageError } from '../cli/errors.ts';
+import { UsageError } from '../flags/errors.ts';
 import { createNativeProxy, loadNativeEngine } from './native-proxy.ts';
 import type { Proxy, ProxyOptions } from './proxy.ts';
 import { createProxy } from './proxy.ts';

@@ -12,10 +12,10 @@ import { setFlagsFromString } from 'node:v8';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 
-import { UsageError } from '../cli/errors.ts';
-import { createLogger } from '../cli/logger.ts';
-import type { HostPort, ParsedOptions } from '../cli/options.ts';
-import { optionsHelp, parseOptions } from '../cli/options.ts';
+import { UsageError } from '../flags/errors.ts';
+import { createLogger } from '../telemetry/logger.ts';
+import type { HostPort, ParsedOptions } from '../flags/options.ts';
+import { optionsHelp, parseOptions } from '../flags/options.ts';
 import { readTokenFile } from './auth.ts';
 import { createFenceControl } from './fence.ts';
 import type { Proxy } from './proxy.ts';

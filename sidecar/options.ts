@@ -1,6 +1,6 @@
 // The flags of `buildkit-fleet sidecar`, apart from the code that runs it: the CLI lists and parses
 // every command's flags but loads only the command it runs (each component's dependencies cost memory).
-import { COMMON_OPTIONS } from '../cli/common-options.ts';
+import { COMMON_OPTIONS } from '../flags/common-options.ts';
 
 export const SIDECAR_OPTIONS = {
   listen: {

@@ -36,7 +36,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 
-import type { HostPort } from '../cli/options.ts';
+import type { HostPort } from '../flags/options.ts';
 import { AcceptTrouble, isOutOfResources } from './accept-trouble.ts';
 import type { SocketName, TcpHandle, TcpServerHandle, WriteRequest } from './tcp-handles.ts';
 import {

@@ -16,12 +16,12 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { readdirSync } from 'node:fs';
 
-import type { HostPort } from '../cli/options.ts';
+import type { HostPort } from '../flags/options.ts';
 import { authorize } from './auth.ts';
 import type { FenceControl, FenceState } from './fence.ts';
 import type { ProxyCounters } from './proxy.ts';
 import { checkUpstream } from './proxy.ts';
-import { listenOn } from '../cli/listen.ts';
+import { listenOn } from '../telemetry/listen.ts';
 import type { MetricsText } from './metrics-text.ts';
 import { createMetricsText } from './metrics-text.ts';
 

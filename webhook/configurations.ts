@@ -8,7 +8,7 @@ import type {
 } from '@kubernetes/client-node';
 
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
-import { AUTOSCALE_ENABLED, AUTOSCALE_LABEL } from '../controller/annotations.ts';
+import { AUTOSCALE_ENABLED, AUTOSCALE_LABEL } from '../api/labels.ts';
 import { DEFAULT_PLATFORM_NAMESPACE, SYSTEM_NAMESPACES } from './pod-injection.ts';
 
 export const ROUTES = {

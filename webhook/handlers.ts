@@ -5,14 +5,14 @@ import type { V1Pod } from '@kubernetes/client-node';
 
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
-import { INJECT_ANNOTATION, INJECT_DISABLED } from '../controller/annotations.ts';
-import type { ServerFeatures } from '../controller/server-features.ts';
+import { INJECT_ANNOTATION, INJECT_DISABLED } from '../api/labels.ts';
+import type { ServerFeatures } from '../kube/server-features.ts';
 import type { AdmissionRequest, AdmissionResponse } from './admission.ts';
 import { allow, allowWithPatch, deny, denyInvalid } from './admission.ts';
 import { validateBuildkitCreate, validateBuildkitUpdate } from './buildkit-validation.ts';
 import type { InjectionConfig } from './pod-injection.ts';
 import { injectSidecar, keepBehindSidecar } from './pod-injection.ts';
-import { templateDefaultsPatch } from './template-defaults.ts';
+import { templateDefaultsPatch } from '../api/defaults.ts';
 import type { Verdict } from './template-validation.ts';
 import { validateTemplate } from './template-validation.ts';
 

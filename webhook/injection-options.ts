@@ -1,7 +1,7 @@
 // The webhook's sidecar-injection flags and their checks (part of WEBHOOK_OPTIONS). Pure: the
 // environment comes in as an argument, bad values are UsageErrors (exit 2).
-import { UsageError } from '../cli/errors.ts';
-import type { ParsedOptions } from '../cli/options.ts';
+import { UsageError } from '../flags/errors.ts';
+import type { ParsedOptions } from '../flags/options.ts';
 import { checkRequirements } from './resources.ts';
 import type { InjectionConfig } from './pod-injection.ts';
 import { DEFAULT_PLATFORM_NAMESPACE } from './pod-injection.ts';

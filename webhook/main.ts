@@ -5,12 +5,12 @@ import type { Logger } from 'pino';
 import { createCa, createServingCert } from '../certs/index.ts';
 import { certConfigFromOptions, startCertSource } from '../certs/options.ts';
 import type { CertSource } from '../certs/rotator.ts';
-import { loadKubeConfig } from '../cli/common.ts';
-import { readServerVersion } from '../cli/server-version.ts';
-import { UsageError } from '../cli/errors.ts';
-import { createLogger } from '../cli/logger.ts';
-import type { ParsedOptions } from '../cli/options.ts';
-import { featuresFromVersionInfo } from '../controller/server-features.ts';
+import { loadKubeConfig } from '../kube/load-kube-config.ts';
+import { readServerVersion } from '../kube/server-version.ts';
+import { UsageError } from '../flags/errors.ts';
+import { createLogger } from '../telemetry/logger.ts';
+import type { ParsedOptions } from '../flags/options.ts';
+import { featuresFromVersionInfo } from '../kube/server-features.ts';
 import { createApp } from './app.ts';
 import { ROUTES, mutatingWebhookConfiguration, validatingWebhookConfiguration } from './configurations.ts';
 import {

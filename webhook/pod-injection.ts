@@ -47,8 +47,8 @@ import {
   INJECT_DISABLED,
   SIDECAR_INJECTED_ANNOTATION,
   TARGET_PORT_ANNOTATION,
-} from '../controller/annotations.ts';
-import type { ServerFeatures } from '../controller/server-features.ts';
+} from '../api/labels.ts';
+import type { ServerFeatures } from '../kube/server-features.ts';
 import { SIDECAR_ENV } from '../sidecar/process-settings.ts';
 
 export const SIDECAR_CONTAINER_NAME = 'buildkit-fleet-sidecar';

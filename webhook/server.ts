@@ -3,7 +3,7 @@
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { RequestListener } from 'node:http';
-import { listenOn } from '../cli/listen.ts';
+import { listenOn } from '../telemetry/listen.ts';
 
 export interface TlsMaterial {
   certPem: string;

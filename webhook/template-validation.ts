@@ -4,7 +4,7 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 
 import { TEMPLATE_NAME_MAX_LENGTH } from '../api/group.ts';
 import type { BuildkitTemplate } from '../api/types.generated.ts';
-import { parseDuration, formatDuration } from './duration.ts';
+import { parseDuration, formatDuration } from '../api/duration.ts';
 import type { FieldError } from './field-errors.ts';
 import { invalid } from './field-errors.ts';
 import { validateKeyMap } from './kube-names.ts';

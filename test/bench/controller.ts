@@ -8,11 +8,11 @@ import { CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node
 import type { V1Pod } from '@kubernetes/client-node';
 
 import { CONTROLLER_ENV, CONTROLLER_NODE_OPTIONS } from '../../controller/options.ts';
-import { startCluster } from '../cluster/cluster.ts';
-import { freePort } from '../cluster/ports.ts';
+import { startCluster } from '../../hack/cluster.ts';
+import { freePort } from '../../hack/ports.ts';
 import { renderPod, buildService } from '../../controller/pod-builder.ts';
-import { featuresFromVersionInfo } from '../../controller/server-features.ts';
-import { defaultTemplateSpec } from '../../webhook/template-defaults.ts';
+import { featuresFromVersionInfo } from '../../kube/server-features.ts';
+import { defaultTemplateSpec } from '../../api/defaults.ts';
 import { sleep, table, writeResult } from './lib.ts';
 
 const COUNT = Number(process.env['BENCH_BUILDKITS'] ?? 500);

@@ -1,7 +1,7 @@
 // Child process of the webhook benchmark: serves either the real webhook or a bare HTTPS server
 // that answers every POST with a fixed, precomputed AdmissionReview (the baseline). Prints its port.
 import https from 'node:https';
-import { createLogger } from '../../cli/logger.ts';
+import { createLogger } from '../../telemetry/logger.ts';
 
 import { createApp } from '../../webhook/app.ts';
 import { ROUTES } from '../../webhook/configurations.ts';

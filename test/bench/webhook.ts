@@ -18,7 +18,10 @@ const RATE = 500; // reviews/s for the latency measurement
 const CONCURRENCY = 16; // in-flight requests for the throughput measurement
 
 const review = readFileSync(
-  new URL('../fixtures/admission/seed-template-create.validate-buildkittemplates.json', import.meta.url),
+  new URL(
+    '../unit/webhook/fixtures/admission/seed-template-create.validate-buildkittemplates.json',
+    import.meta.url,
+  ),
 );
 const node = process.execPath;
 

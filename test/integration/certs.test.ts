@@ -31,10 +31,10 @@ import { createWebhookMetrics } from '../../webhook/metrics.ts';
 import type { WebhookMetrics } from '../../webhook/metrics.ts';
 import { createWebhookServer } from '../../webhook/server.ts';
 import type { WebhookServer } from '../../webhook/server.ts';
-import { testCluster } from '../cluster/testenv.ts';
-import { installCrds } from './support/crds.ts';
-import { startTcpRelay } from './support/tcp-relay.ts';
-import { waitFor } from './support/wait.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { installCrds } from '../support/crds.ts';
+import { startTcpRelay } from '../support/tcp-relay.ts';
+import { waitFor } from '../support/wait.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;

@@ -9,12 +9,12 @@ import readline from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { CoreV1Api } from '@kubernetes/client-node';
-import { killClusterProcess, startCluster, type LocalCluster } from '../cluster/cluster.ts';
-import { isRunning } from '../cluster/proc.ts';
-import { readState, type ClusterState } from '../cluster/state.ts';
-import { testCluster } from '../cluster/testenv.ts';
+import { killClusterProcess, startCluster, type LocalCluster } from '../../hack/cluster.ts';
+import { isRunning } from '../../hack/proc.ts';
+import { readState, type ClusterState } from '../../hack/state.ts';
+import { testCluster } from '../../hack/testenv.ts';
 
-const HOLD = fileURLToPath(new URL('../cluster/hold.ts', import.meta.url));
+const HOLD = fileURLToPath(new URL('../../hack/hold.ts', import.meta.url));
 
 // Pids of every live process whose command line mentions `text` (all cluster processes name
 // their cluster dir in some flag).

@@ -16,16 +16,16 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 
-import { Informer } from '../../controller/runtime/informer.ts';
-import type { InformerHandlers } from '../../controller/runtime/informer.ts';
-import { LeaderElector } from '../../controller/runtime/leader.ts';
-import type { LeaderElectorOptions } from '../../controller/runtime/leader.ts';
-import { buildkitSource, buildkitTemplateSource, configMapSource } from '../../controller/runtime/sources.ts';
-import { testCluster } from '../cluster/testenv.ts';
-import { installCrds } from './support/crds.ts';
-import { startTcpRelay } from './support/tcp-relay.ts';
-import type { WaitOptions } from './support/wait.ts';
-import { waitFor as waitForWith } from './support/wait.ts';
+import { Informer } from '../../kube/informer.ts';
+import type { InformerHandlers } from '../../kube/informer.ts';
+import { LeaderElector } from '../../kube/leader.ts';
+import type { LeaderElectorOptions } from '../../kube/leader.ts';
+import { buildkitSource, buildkitTemplateSource, configMapSource } from '../../kube/sources.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { installCrds } from '../support/crds.ts';
+import { startTcpRelay } from '../support/tcp-relay.ts';
+import type { WaitOptions } from '../support/wait.ts';
+import { waitFor as waitForWith } from '../support/wait.ts';
 
 /** This file polls fast and waits less: watch events arrive within milliseconds. */
 const waitFor = <T>(

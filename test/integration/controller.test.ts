@@ -4,13 +4,13 @@ import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 
-import { parseOptions } from '../../cli/options.ts';
+import { parseOptions } from '../../flags/options.ts';
 import type { RunningController } from '../../controller/main.ts';
 import { CONTROLLER_OPTIONS, startController } from '../../controller/main.ts';
-import { testCluster } from '../cluster/testenv.ts';
-import { installCrds } from './support/crds.ts';
-import { seatgeekExamples } from './support/seeds.ts';
-import { waitFor } from './support/wait.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { installCrds } from '../support/crds.ts';
+import { seatgeekExamples } from '../support/examples.ts';
+import { waitFor } from '../support/wait.ts';
 
 /** Probes here read through kubectl, which can fail while objects are being replaced: retry. */
 const eventually = <T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 60_000) =>

@@ -1,9 +1,9 @@
 // The CRDs on a real API server, through kubectl as a user runs it.
 import { CustomObjectsApi } from '@kubernetes/client-node';
 
-import { testCluster } from '../cluster/testenv.ts';
-import { CRD_NAMES, installCrds } from './support/crds.ts';
-import { seatgeekExamples } from './support/seeds.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { CRD_NAMES, installCrds } from '../support/crds.ts';
+import { seatgeekExamples } from '../support/examples.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;

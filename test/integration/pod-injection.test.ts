@@ -4,12 +4,12 @@
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { parse } from 'yaml';
 
-import { SIDECAR_INJECTED_ANNOTATION } from '../../controller/annotations.ts';
+import { SIDECAR_INJECTED_ANNOTATION } from '../../api/labels.ts';
 import { SIDECAR_ENV } from '../../sidecar/process-settings.ts';
-import { testCluster } from '../cluster/testenv.ts';
-import { waitFor } from './support/wait.ts';
-import type { LocalWebhook } from './support/webhook.ts';
-import { startLocalWebhook } from './support/webhook.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { waitFor } from '../support/wait.ts';
+import type { LocalWebhook } from '../support/local-webhook.ts';
+import { startLocalWebhook } from '../support/local-webhook.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;

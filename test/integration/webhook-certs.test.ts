@@ -11,7 +11,7 @@ import { AdmissionregistrationV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { pino } from 'pino';
 
 import { createCa, createServingCert } from '../../certs/index.ts';
-import { parseOptions } from '../../cli/options.ts';
+import { parseOptions } from '../../flags/options.ts';
 import {
   mutatingWebhookConfiguration,
   validatingWebhookConfiguration,
@@ -19,9 +19,9 @@ import {
 import { applyWebhookConfigurations, deleteWebhookConfigurations } from '../../webhook/kube.ts';
 import type { RunningWebhook } from '../../webhook/main.ts';
 import { WEBHOOK_OPTIONS, startWebhook } from '../../webhook/main.ts';
-import { freePort } from '../cluster/ports.ts';
-import { testCluster } from '../cluster/testenv.ts';
-import { installCrds } from './support/crds.ts';
+import { freePort } from '../../hack/ports.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { installCrds } from '../support/crds.ts';
 
 const cluster = testCluster();
 const { kubectl } = cluster;

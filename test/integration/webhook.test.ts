@@ -2,10 +2,10 @@
 import { AdmissionregistrationV1Api } from '@kubernetes/client-node';
 
 import type { RunningWebhook } from '../../webhook/main.ts';
-import { testCluster } from '../cluster/testenv.ts';
-import { installCrds } from './support/crds.ts';
-import { seatgeekExamples } from './support/seeds.ts';
-import { startLocalWebhook } from './support/webhook.ts';
+import { testCluster } from '../../hack/testenv.ts';
+import { installCrds } from '../support/crds.ts';
+import { seatgeekExamples } from '../support/examples.ts';
+import { startLocalWebhook } from '../support/local-webhook.ts';
 
 const cluster = testCluster();
 const kubectl = cluster.kubectl;

@@ -1,8 +1,8 @@
 // Starts the one local cluster the whole integration project shares (1 hollow node, so pods
 // get scheduled and run), and hands it to test files through environment variables, which
-// jest's workers inherit (see test/cluster/testenv.ts). global-teardown.ts stops it.
-import type * as ClusterModule from '../cluster/cluster.ts';
-import type * as TestenvModule from '../cluster/testenv.ts';
+// jest's workers inherit (see hack/testenv.ts). global-teardown.ts stops it.
+import type * as ClusterModule from '../../hack/cluster.ts';
+import type * as TestenvModule from '../../hack/testenv.ts';
 
 export interface SharedClusterGlobal {
   __bkfCluster?: ClusterModule.LocalCluster;
@@ -10,7 +10,7 @@ export interface SharedClusterGlobal {
 
 // Jest compiles this file with ts-jest, whose tsconfig rewrites relative `.ts` import
 // specifiers to `.js`, but then lets Node resolve its imports without the moduleNameMapper, so a
-// static `import '../cluster/cluster.ts'` fails with "Cannot find module .../cluster.js".
+// static `import '../../hack/cluster.ts'` fails with "Cannot find module .../cluster.js".
 // Absolute file URLs are not rewritten, and Node 24 runs the harness's .ts modules as they are
 // (type stripping), exactly as `npm run cluster:up` does.
 async function load<T>(relative: string): Promise<T> {

@@ -1,0 +1,53 @@
+// The batched logger: a line shows up within about a second, and nothing is lost at exit.
+import { spawn } from 'node:child_process';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const loggerModule = new URL('../../../telemetry/logger.ts', import.meta.url).pathname;
+const dir = mkdtempSync(join(tmpdir(), 'bkf-logger-'));
+
+function runScript(body: string): {
+  lines: () => string[];
+  exited: Promise<number>;
+  stderr: () => string;
+  kill: () => void;
+} {
+  const file = join(dir, `${Math.random().toString(16).slice(2)}.ts`);
+  writeFileSync(
+    file,
+    `import { createLogger } from '${loggerModule}';\nconst logger = createLogger({ level: 'info', component: 'test' });\n${body}\n`,
+  );
+  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (err += d));
+  return {
+    lines: () => out.split('\n').filter(Boolean),
+    exited: new Promise((resolve) => child.on('exit', (code) => resolve(code ?? -1))),
+    stderr: () => err,
+    kill: () => child.kill('SIGKILL'),
+  };
+}
+
+test('a line is written within about a second while the process keeps running', async () => {
+  // timed from the moment the child has logged, not from its spawn: start-up (type stripping,
+  // loading pino) takes seconds when the test workers load the machine
+  const run = runScript(
+    "logger.info({ decision: 'allowed' }, 'admission review');\nprocess.stderr.write('logged\\n');\nsetTimeout(() => {}, 60_000);",
+  );
+  while (!run.stderr().includes('logged')) await new Promise((resolve) => setTimeout(resolve, 20));
+  await new Promise((resolve) => setTimeout(resolve, 1800));
+  expect(run.lines().map((l) => JSON.parse(l))).toEqual([
+    expect.objectContaining({ component: 'test', decision: 'allowed', msg: 'admission review' }),
+  ]);
+  run.kill();
+  await run.exited;
+}, 20_000);
+
+test('lines logged just before exit are not lost', async () => {
+  const run = runScript("for (let i = 0; i < 100; i++) logger.info({ i }, 'line');\nprocess.exitCode = 3;");
+  expect(await run.exited).toBe(3);
+  expect(run.lines()).toHaveLength(100);
+});

@@ -26,7 +26,7 @@ import type { V1ResourceRequirements } from '@kubernetes/client-node';
 import type { Quantity } from './quantity.ts';
 import { compareQuantities, parseQuantity } from './quantity.ts';
 import type { TemplateResources } from './types.generated.ts';
-import { byCodePoint } from '../controller/meta.ts';
+import { byCodePoint } from './order.ts';
 
 /** A quantity as stored: the CRD schemas accept numbers (`cpu: 8`) as well as strings. */
 type RawQuantity = string | number;

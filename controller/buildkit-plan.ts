@@ -11,6 +11,8 @@
 //   similar outside cause: it is deleted and replaced, with the controller's per-key backoff.
 import type { V1Pod, V1Service } from '@kubernetes/client-node';
 
+import type { ConditionReason } from '../api/conditions.ts';
+import { CONDITION, POD_DELETION_REASON, REASON } from '../api/conditions.ts';
 import type { Phase } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import type { DesiredCondition } from './conditions.ts';
@@ -29,7 +31,7 @@ export interface BuildkitObservation {
   /** spec-hash of the pod a fresh build would produce; undefined when it cannot be built */
   desiredSpecHash: string | undefined;
   /** why the pod cannot be built (BuildError), when it cannot */
-  buildError?: { reason: string; message: string };
+  buildError?: { reason: ConditionReason; message: string };
 }
 
 export interface BuildkitPlan {
@@ -47,26 +49,29 @@ const isTerminating = (pod: V1Pod) => Boolean(pod.metadata?.deletionTimestamp);
 const hasEnded = (pod: V1Pod) => pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded';
 const isReady = (pod: V1Pod) =>
   pod.status?.phase === 'Running' &&
-  (pod.status.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+  (pod.status.conditions ?? []).some((c) => c.type === CONDITION.Ready && c.status === 'True');
 const created = (pod: V1Pod) => new Date(pod.metadata?.creationTimestamp ?? 0).getTime();
 
-function podWaitReason(pod: V1Pod): { reason: string; message: string } {
+function podWaitReason(pod: V1Pod): { reason: ConditionReason; message: string } {
   const name = pod.metadata?.name ?? '(new pod)';
   if (pod.status?.phase !== 'Running') {
     const scheduled = pod.status?.conditions?.find((c) => c.type === 'PodScheduled');
     if (scheduled?.status === 'False') {
       return {
-        reason: 'PodUnschedulable',
+        reason: REASON.PodUnschedulable,
         message: `pod ${name} cannot be scheduled: ${scheduled.message ?? scheduled.reason ?? 'no reason given'}`,
       };
     }
     const waiting = pod.status?.containerStatuses?.find((c) => c.state?.waiting)?.state?.waiting;
     const detail = waiting ? `: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ''}` : '';
-    return { reason: 'PodPending', message: `pod ${name} is ${pod.status?.phase ?? 'Pending'}${detail}` };
+    return {
+      reason: REASON.PodPending,
+      message: `pod ${name} is ${pod.status?.phase ?? 'Pending'}${detail}`,
+    };
   }
   const notReady = pod.status?.containerStatuses?.filter((c) => !c.ready).map((c) => c.name) ?? [];
   return {
-    reason: 'ContainerNotReady',
+    reason: REASON.ContainerNotReady,
     message: `pod ${name} is running but ${notReady.length ? `container(s) ${notReady.join(', ')} not ready` : 'not ready'}`,
   };
 }
@@ -94,7 +99,8 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
       return created(a) - created(b) || (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? '');
     });
   const [current, ...extra] = active;
-  for (const pod of extra) deletePods.push({ name: pod.metadata!.name!, reason: 'ExtraPod' });
+  for (const pod of extra)
+    deletePods.push({ name: pod.metadata!.name!, reason: POD_DELETION_REASON.ExtraPod });
 
   const restartPolicy = o.template?.spec?.lifecycle?.restartPolicy ?? 'Always';
   const finalEnd = ended.find((p) => p.status?.reason === 'DeadlineExceeded' || restartPolicy !== 'Always');
@@ -104,16 +110,16 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
 
   if (!o.template) {
     conditions.push({
-      type: 'TemplateResolved',
+      type: CONDITION.TemplateResolved,
       status: 'False',
-      reason: 'TemplateNotFound',
+      reason: REASON.TemplateNotFound,
       message: `BuildkitTemplate "${name}" does not exist in this namespace; waiting for it`,
     });
   } else {
     conditions.push({
-      type: 'TemplateResolved',
+      type: CONDITION.TemplateResolved,
       status: 'True',
-      reason: 'TemplateFound',
+      reason: REASON.TemplateFound,
       message: `BuildkitTemplate "${name}"`,
     });
   }
@@ -122,55 +128,68 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
     if (isReady(current)) {
       phase = 'Running';
       ready = {
-        type: 'Ready',
+        type: CONDITION.Ready,
         status: 'True',
-        reason: 'Running',
+        reason: REASON.Running,
         message: `pod ${current.metadata?.name} is ready`,
       };
     } else {
-      ready = { type: 'Ready', status: 'False', ...podWaitReason(current) };
+      ready = { type: CONDITION.Ready, status: 'False', ...podWaitReason(current) };
     }
     // pods that ended while another runs are leftovers: clean them up
-    for (const pod of ended) deletePods.push({ name: pod.metadata!.name!, reason: 'EndedPod' });
+    for (const pod of ended)
+      deletePods.push({ name: pod.metadata!.name!, reason: POD_DELETION_REASON.EndedPod });
   } else if (finalEnd) {
     phase = 'Failed';
-    const reason = finalEnd.status?.reason === 'DeadlineExceeded' ? 'DeadlineExceeded' : 'PodFailed';
+    const reason =
+      finalEnd.status?.reason === 'DeadlineExceeded' ? REASON.DeadlineExceeded : REASON.PodFailed;
     ready = {
-      type: 'Ready',
+      type: CONDITION.Ready,
       status: 'False',
       reason,
-      message: `${endedMessage(finalEnd)}; not replaced (${reason === 'DeadlineExceeded' ? 'lifecycle.activeDeadlineSeconds is the instance lifetime' : `lifecycle.restartPolicy is ${restartPolicy}`})`,
+      message: `${endedMessage(finalEnd)}; not replaced (${reason === REASON.DeadlineExceeded ? 'lifecycle.activeDeadlineSeconds is the instance lifetime' : `lifecycle.restartPolicy is ${restartPolicy}`})`,
     };
   } else if (!o.template) {
     ready = {
-      type: 'Ready',
+      type: CONDITION.Ready,
       status: 'False',
-      reason: 'TemplateNotFound',
+      reason: REASON.TemplateNotFound,
       message: `BuildkitTemplate "${name}" not found`,
     };
   } else if (o.buildError) {
     phase = 'Failed';
-    ready = { type: 'Ready', status: 'False', reason: o.buildError.reason, message: o.buildError.message };
+    ready = {
+      type: CONDITION.Ready,
+      status: 'False',
+      reason: o.buildError.reason,
+      message: o.buildError.message,
+    };
   } else {
     createPod = true;
-    for (const pod of ended) deletePods.push({ name: pod.metadata!.name!, reason: 'ReplacedEndedPod' });
+    for (const pod of ended)
+      deletePods.push({ name: pod.metadata!.name!, reason: POD_DELETION_REASON.ReplacedEndedPod });
     ready = ended.length
       ? {
-          type: 'Ready',
+          type: CONDITION.Ready,
           status: 'False',
-          reason: 'PodFailed',
+          reason: REASON.PodFailed,
           message: `${endedMessage(ended[0]!)}; replacing it`,
         }
-      : { type: 'Ready', status: 'False', reason: 'PodCreating', message: 'creating the buildkitd pod' };
+      : {
+          type: CONDITION.Ready,
+          status: 'False',
+          reason: REASON.PodCreating,
+          message: 'creating the buildkitd pod',
+        };
   }
 
   const createService = !o.service && !o.serviceConflict && Boolean(o.template);
   if (o.serviceConflict) {
     phase = phase === 'Running' ? 'Pending' : phase;
     ready = {
-      type: 'Ready',
+      type: CONDITION.Ready,
       status: 'False',
-      reason: 'ServiceConflict',
+      reason: REASON.ServiceConflict,
       message: `a Service named like this Buildkit exists and belongs to something else; delete or rename it`,
     };
   }
@@ -181,15 +200,15 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
     conditions.push(
       running === o.desiredSpecHash
         ? {
-            type: 'TemplateCurrent',
+            type: CONDITION.TemplateCurrent,
             status: 'True',
-            reason: 'UpToDate',
+            reason: REASON.UpToDate,
             message: 'the pod runs the current template',
           }
         : {
-            type: 'TemplateCurrent',
+            type: CONDITION.TemplateCurrent,
             status: 'False',
-            reason: 'TemplateChanged',
+            reason: REASON.TemplateChanged,
             message:
               'the template changed since this pod was created; running pods are not restarted (builds would be killed): delete the pod or recreate the Buildkit to pick it up',
           },

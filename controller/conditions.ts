@@ -1,13 +1,14 @@
 // Status conditions in the Kubernetes convention: lastTransitionTime moves only when the status
 // of a condition changes, so `kubectl describe` shows how long something has been true.
+import type { ConditionReason, ConditionType } from '../api/conditions.ts';
 import type { Condition } from '../api/types.generated.ts';
 
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
 export interface DesiredCondition {
-  type: string;
+  type: ConditionType;
   status: ConditionStatus;
-  reason: string;
+  reason: ConditionReason;
   message: string;
 }
 

@@ -4,14 +4,16 @@ import { createHash } from 'node:crypto';
 
 import type { V1OwnerReference } from '@kubernetes/client-node';
 
+import type { ConditionReason } from '../api/conditions.ts';
+import { REASON } from '../api/conditions.ts';
 import { API_VERSION, BUILDKIT, BUILDKIT_TEMPLATE } from '../api/group.ts';
+import { byCodePoint } from '../api/order.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 
 /** The object cannot be built from this input (the controller reports it as a condition). */
 export class BuildError extends Error {
-  /** CamelCase, usable as a condition reason */
-  readonly reason: string;
-  constructor(reason: string, message: string) {
+  readonly reason: ConditionReason;
+  constructor(reason: ConditionReason, message: string) {
     super(message);
     this.name = 'BuildError';
     this.reason = reason;
@@ -23,7 +25,10 @@ function controllerReference(kind: string, object: Buildkit | BuildkitTemplate):
   const uid = object.metadata?.uid;
   if (!name || !uid) {
     // An owner reference without uid is refused by the API server; say why here instead.
-    throw new BuildError('MissingMetadata', `${kind} needs metadata.name and metadata.uid to own objects`);
+    throw new BuildError(
+      REASON.MissingMetadata,
+      `${kind} needs metadata.name and metadata.uid to own objects`,
+    );
   }
   // controller: only one controller per object, so nobody else adopts it; blockOwnerDeletion:
   // foreground deletion of the owner waits for it.
@@ -77,9 +82,6 @@ export function serviceNameFor(buildkitName: string): string {
 /** Kubernetes resource names of a template's ConfigMaps (seatgeek's names). */
 export const tomlConfigMapName = (templateName: string): string => `buildkit-${templateName}-toml`;
 export const scriptsConfigMapName = (templateName: string): string => `buildkit-${templateName}-scripts`;
-
-/** Code-point order: the same on every machine, unlike localeCompare. */
-export const byCodePoint = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
 
 /** A copy of `map` with sorted keys and without undefined values; undefined when empty. */
 export function sortedMap(

@@ -15,6 +15,7 @@ import type {
   V1VolumeMount,
 } from '@kubernetes/client-node';
 
+import { REASON } from '../api/conditions.ts';
 import type { Buildkit, BuildkitTemplate, BuildkitTemplateSpec } from '../api/types.generated.ts';
 import { defaultTemplateSpec } from '../api/defaults.ts';
 import {
@@ -37,7 +38,6 @@ import { TOML_KEY } from './configmaps.ts';
 import {
   BuildError,
   buildkitOwnerReference,
-  byCodePoint,
   labelValueForName,
   scriptsConfigMapName,
   serviceNameFor,
@@ -45,6 +45,7 @@ import {
   tomlConfigMapName,
 } from './meta.ts';
 import { PRESTOP_SCRIPT_KEY, prestopScript } from './prestop.ts';
+import { byCodePoint } from '../api/order.ts';
 import type { MergedResources } from '../api/resources.ts';
 import { mergeResources } from '../api/resources.ts';
 import type { ServerFeatures } from '../kube/server-features.ts';
@@ -244,13 +245,16 @@ function platformLabels(buildkitName: string, templateName: string): Record<stri
 function checkedTemplateName(template: BuildkitTemplate, buildkit: Buildkit): string {
   const wanted = buildkit.spec?.template;
   const actual = template.metadata?.name ?? wanted;
-  if (!actual) throw new BuildError('TemplateNotFound', 'Buildkit spec.template is empty');
+  if (!actual) throw new BuildError(REASON.TemplateNotFound, 'Buildkit spec.template is empty');
   if (wanted && actual !== wanted) {
-    throw new BuildError('TemplateMismatch', `Buildkit names template "${wanted}", got "${actual}"`);
+    throw new BuildError(REASON.TemplateMismatch, `Buildkit names template "${wanted}", got "${actual}"`);
   }
   const [ns, tns] = [buildkit.metadata?.namespace, template.metadata?.namespace];
   if (ns && tns && ns !== tns) {
-    throw new BuildError('TemplateMismatch', `template "${actual}" is in namespace "${tns}", not "${ns}"`);
+    throw new BuildError(
+      REASON.TemplateMismatch,
+      `template "${actual}" is in namespace "${tns}", not "${ns}"`,
+    );
   }
   return actual;
 }
@@ -321,7 +325,7 @@ function hostUsers(spec: BuildkitTemplateSpec, features: ServerFeatures): Pick<V
     ? 'keeps only with the UserNamespacesSupport feature gate, which is off by default before 1.33'
     : 'does not support (user namespaces need 1.33, or 1.25+ with the UserNamespacesSupport feature gate)';
   throw new BuildError(
-    'UnsupportedField',
+    REASON.UnsupportedField,
     `BuildkitTemplate spec.hostUsers is false (a user namespace), which Kubernetes ${major}.${minor} ${why}; ` +
       'the pod is not created rather than run in the host user namespace',
   );

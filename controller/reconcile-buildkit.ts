@@ -4,6 +4,8 @@ import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import type { KubeConfig, V1ObjectReference, V1Pod, V1Service } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
+import type { ConditionReason } from '../api/conditions.ts';
+import { CONDITION, EVENT_REASON, POD_DELETION_REASON } from '../api/conditions.ts';
 import { BUILDKIT, GROUP, VERSION } from '../api/group.ts';
 import type { Buildkit, BuildkitStatus, BuildkitTemplate } from '../api/types.generated.ts';
 import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
@@ -13,6 +15,7 @@ import type { EventRecorder } from './events.ts';
 import { BuildError, serviceNameFor } from './meta.ts';
 import { buildService, renderPod } from './pod-builder.ts';
 import { mergePatch } from './reconcile-template.ts';
+import { isConflict, isNotFound } from '../kube/errors.ts';
 import type { ServerFeatures } from '../kube/server-features.ts';
 
 export type ReconcileResult = 'done' | 'retry' | { requeueAfter: number };
@@ -29,8 +32,6 @@ export interface BuildkitReconcilerDeps {
   getService(namespace: string, name: string): V1Service | undefined;
   now?: () => Date;
 }
-
-const statusOf = (error: unknown) => (error as { code?: number }).code;
 
 /** Replacing pods that keep failing (evicted again and again) slows down: 10 s, 20 s, ... 5 min. */
 const REPLACE_BACKOFF_MS = 10_000;
@@ -66,7 +67,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     );
 
     let rendered: ReturnType<typeof renderPod> | undefined;
-    let buildError: { reason: string; message: string } | undefined;
+    let buildError: { reason: ConditionReason; message: string } | undefined;
     if (template) {
       try {
         rendered = renderPod(template, buildkit, deps.features);
@@ -88,9 +89,14 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     for (const victim of plan.deletePods) {
       try {
         await core.deleteNamespacedPod({ namespace, name: victim.name });
-        deps.events.record(ref, 'Normal', 'DeletedPod', `deleted pod ${victim.name}: ${victim.reason}`);
+        deps.events.record(
+          ref,
+          'Normal',
+          EVENT_REASON.DeletedPod,
+          `deleted pod ${victim.name}: ${victim.reason}`,
+        );
       } catch (error) {
-        if (statusOf(error) !== 404) throw error;
+        if (!isNotFound(error)) throw error;
       }
     }
     // A new Buildkit gets its Service and pod in one reconcile; one event says both, because on a
@@ -101,14 +107,14 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         await core.createNamespacedService({ namespace, body: buildService(template, buildkit) });
         createdService = `Service ${serviceName} (the stable endpoint)`;
       } catch (error) {
-        if (statusOf(error) !== 409) throw error;
+        if (!isConflict(error)) throw error;
       }
     }
     let result: ReconcileResult = 'done';
     const createdPods: string[] = [];
     if (plan.createPod && rendered) {
       const history = replacements.get(key);
-      const replacing = plan.deletePods.some((d) => d.reason === 'ReplacedEndedPod');
+      const replacing = plan.deletePods.some((d) => d.reason === POD_DELETION_REASON.ReplacedEndedPod);
       const wait =
         history && replacing
           ? Math.min(REPLACE_BACKOFF_MS * 2 ** (history.count - 1), REPLACE_BACKOFF_MAX_MS) -
@@ -129,19 +135,20 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         const created = await core.createNamespacedPod({ namespace, body: rendered.pod });
         createdPods.push(created.metadata!.name!);
         const what = [`pod ${created.metadata?.name}`, ...(createdService ? [createdService] : [])];
-        deps.events.record(ref, 'Normal', 'CreatedPod', `created ${what.join(' and ')}`);
+        deps.events.record(ref, 'Normal', EVENT_REASON.CreatedPod, `created ${what.join(' and ')}`);
         createdService = undefined;
         for (const c of rendered.resources.clamped) {
           deps.events.record(
             ref,
             'Warning',
-            'ResourcesClamped',
+            EVENT_REASON.ResourcesClamped,
             `${c.field}: requested ${c.requested}, granted ${c.granted} (${c.reason})`,
           );
         }
       }
     }
-    if (createdService) deps.events.record(ref, 'Normal', 'CreatedService', `created ${createdService}`);
+    if (createdService)
+      deps.events.record(ref, 'Normal', EVENT_REASON.CreatedService, `created ${createdService}`);
     if (plan.phase === 'Running') replacements.delete(key);
 
     // List what was just created too: the caches see it a moment later, and waiting for them
@@ -162,7 +169,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
           mergePatch,
         );
       } catch (error) {
-        if (statusOf(error) === 404) return 'done';
+        if (isNotFound(error)) return 'done';
         throw error;
       }
       // the first Pending is not news; reaching Running or Failed, or falling back, is
@@ -172,7 +179,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
           ref,
           plan.phase === 'Failed' ? 'Warning' : 'Normal',
           `Phase${plan.phase}`,
-          plan.conditions.find((c) => c.type === 'Ready')?.message ?? plan.phase,
+          plan.conditions.find((c) => c.type === CONDITION.Ready)?.message ?? plan.phase,
         );
       }
     }

@@ -6,8 +6,10 @@ import type { KubeConfig, V1ConfigMap } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { isDeepStrictEqual } from 'node:util';
 
+import { CONDITION, REASON } from '../api/conditions.ts';
 import { BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
 import type { BuildkitTemplate } from '../api/types.generated.ts';
+import { isConflict, isNotFound } from '../kube/errors.ts';
 import { mergeConditions, sameConditions } from './conditions.ts';
 import { templateConfigMaps } from './configmaps.ts';
 import type { ReconcileResult } from './reconcile-buildkit.ts';
@@ -19,8 +21,6 @@ export interface TemplateReconcilerDeps {
   getConfigMap(namespace: string, name: string): V1ConfigMap | undefined;
   now?: () => Date;
 }
-
-const statusOf = (error: unknown) => (error as { code?: number }).code;
 
 export function templateReconciler(deps: TemplateReconcilerDeps) {
   const core = deps.kc.makeApiClient(CoreV1Api);
@@ -59,7 +59,7 @@ export function templateReconciler(deps: TemplateReconcilerDeps) {
           );
         }
       } catch (error) {
-        if (statusOf(error) === 409 || statusOf(error) === 404) return 'retry'; // raced with the cache
+        if (isConflict(error) || isNotFound(error)) return 'retry'; // raced with the cache
         throw error;
       }
     }
@@ -67,9 +67,9 @@ export function templateReconciler(deps: TemplateReconcilerDeps) {
       template.status?.conditions,
       [
         {
-          type: 'Ready',
+          type: CONDITION.Ready,
           status: 'True',
-          reason: 'ConfigMapsReady',
+          reason: REASON.ConfigMapsReady,
           message: `ConfigMaps: ${
             Object.entries(desired)
               .filter(([, v]) => v)
@@ -98,7 +98,7 @@ export function templateReconciler(deps: TemplateReconcilerDeps) {
           mergePatch,
         );
       } catch (error) {
-        if (statusOf(error) === 404) return 'done';
+        if (isNotFound(error)) return 'done';
         throw error;
       }
     }

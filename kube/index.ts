@@ -5,7 +5,16 @@ export { ManualClock, realClock, sleep } from './clock.ts';
 export type { Clock, Timer } from './clock.ts';
 export { ExponentialBackoff, TokenBucket, WorkQueue, keyFields } from './queue.ts';
 export type { WorkQueueOptions, WorkResult, Worker } from './queue.ts';
-export { Informer, InformerStoppedError, errorStatus, kubeWatchFn } from './informer.ts';
+export { Informer, InformerStoppedError, kubeWatchFn } from './informer.ts';
+export {
+  apiErrorText,
+  errorMessage,
+  errorReason,
+  errorStatus,
+  isConflict,
+  isForbidden,
+  isNotFound,
+} from './errors.ts';
 export type { InformerHandlers, InformerOptions, ListWatchSource, WatchFn } from './informer.ts';
 export {
   buildkitSource,

@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Registry } from 'prom-client';
 
 import { realClock } from './clock.ts';
+import { errorMessage, errorReason } from './errors.ts';
 import type { Clock, Timer } from './clock.ts';
 
 /** What to list and watch. The list and the watch must select the same objects. */
@@ -145,30 +146,6 @@ function informerMetrics(registry: Registry): InformerMetrics {
   };
   metricsByRegistry.set(registry, metrics);
   return metrics;
-}
-
-/** HTTP status of a client-node error (ApiException has .code, Watch errors .statusCode). */
-export function errorStatus(error: unknown): number | undefined {
-  const e = error as { statusCode?: unknown; code?: unknown } | null | undefined;
-  const status = e?.statusCode ?? e?.code;
-  return typeof status === 'number' ? status : undefined;
-}
-
-/** A short, low-cardinality reason for metrics: http_503, ECONNREFUSED, TypeError, ... */
-function errorReason(error: unknown): string {
-  const status = errorStatus(error);
-  if (status !== undefined) return `http_${status}`;
-  const e = error as { code?: unknown; name?: unknown; cause?: { code?: unknown } } | null | undefined;
-  const code = e?.code ?? e?.cause?.code;
-  if (typeof code === 'string' && /^[A-Z_]+$/.test(code)) return code;
-  return typeof e?.name === 'string' ? e.name : 'error';
-}
-
-function errorMessage(error: unknown): string {
-  const e = error as { message?: unknown; cause?: { message?: unknown } } | null | undefined;
-  const message = typeof e?.message === 'string' ? e.message : String(error);
-  const cause = typeof e?.cause?.message === 'string' ? `: ${e.cause.message}` : '';
-  return message + cause;
 }
 
 const objectKey = (o: KubernetesObject): string => `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;

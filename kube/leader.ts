@@ -27,7 +27,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 
 import { realClock, sleep } from './clock.ts';
 import type { Clock } from './clock.ts';
-import { errorStatus } from './informer.ts';
+import { errorMessage, errorReason, isConflict, isNotFound } from './errors.ts';
 
 /** The Lease calls the elector makes; injectable for tests. */
 export interface LeaseClient {
@@ -149,18 +149,11 @@ function timeMs(value: Date | string | undefined): number | undefined {
 }
 
 function reasonOf(error: unknown): string {
-  const status = errorStatus(error);
-  if (status === 409) return 'conflict';
-  if (status !== undefined) return `http_${status}`;
-  const e = error as { name?: unknown; code?: unknown; cause?: { code?: unknown } } | null | undefined;
-  if (e?.name === 'TimeoutError') return 'timeout';
-  const code = e?.code ?? e?.cause?.code;
-  return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code : 'error';
-}
-
-function messageOf(error: unknown): string {
-  const e = error as { message?: unknown } | null | undefined;
-  return typeof e?.message === 'string' ? e.message : String(error);
+  if (isConflict(error)) return 'conflict';
+  if ((error as { name?: unknown } | null | undefined)?.name === 'TimeoutError') return 'timeout';
+  const reason = errorReason(error);
+  // error names (TypeError, ...) are not worth a label value of their own here
+  return /^(http_[0-9]+|[A-Z_]+)$/.test(reason) ? reason : 'error';
 }
 
 type AttemptResult = { ok: true } | { ok: false; heldBy?: string; error?: unknown };
@@ -237,7 +230,7 @@ export class LeaderElector {
     );
     this.running = this.campaign().catch((error: unknown) => {
       // Not expected (every step catches its errors); logged so it cannot go unnoticed.
-      this.logger.error({ lease: this.lease, err: messageOf(error) }, 'leader election loop failed');
+      this.logger.error({ lease: this.lease, err: errorMessage(error) }, 'leader election loop failed');
     });
   }
 
@@ -287,7 +280,7 @@ export class LeaderElector {
           },
           (error: unknown) => {
             this.logger.error(
-              { lease: this.lease, err: messageOf(error) },
+              { lease: this.lease, err: errorMessage(error) },
               'leading work failed; giving up leadership',
             );
           },
@@ -296,7 +289,7 @@ export class LeaderElector {
       }
     } catch (error) {
       this.logger.error(
-        { lease: this.lease, err: messageOf(error) },
+        { lease: this.lease, err: errorMessage(error) },
         'onStartedLeading threw; giving up leadership',
       );
       ended.abort();
@@ -311,7 +304,7 @@ export class LeaderElector {
     try {
       this.options.onStoppedLeading?.();
     } catch (error) {
-      this.logger.error({ lease: this.lease, err: messageOf(error) }, 'onStoppedLeading threw');
+      this.logger.error({ lease: this.lease, err: errorMessage(error) }, 'onStoppedLeading threw');
     }
     if (outcome === 'lost') {
       this.metrics.transitions.inc({ lease: this.lease, event: 'lost' });
@@ -351,7 +344,7 @@ export class LeaderElector {
             identity: this.identity,
             sinceRenewMs: sinceRenew,
             renewDeadlineMs: this.renewDeadlineMs,
-            err: result.error === undefined ? undefined : messageOf(result.error),
+            err: result.error === undefined ? undefined : errorMessage(result.error),
           },
           'stopped leading: could not renew the Lease within the renew deadline',
         );
@@ -368,7 +361,7 @@ export class LeaderElector {
       const reason = reasonOf(error);
       this.metrics.errors.inc({ lease: this.lease, reason });
       this.logger[this.leading ? 'warn' : 'debug'](
-        { lease: this.lease, identity: this.identity, reason, err: messageOf(error) },
+        { lease: this.lease, identity: this.identity, reason, err: errorMessage(error) },
         this.leading ? 'Lease renewal failed' : 'Lease acquisition failed',
       );
       return { ok: false, error };
@@ -390,7 +383,7 @@ export class LeaderElector {
         this.observe(this.current, this.clock.now());
         return { ok: true };
       } catch (error) {
-        if (errorStatus(error) !== 409) throw error;
+        if (!isConflict(error)) throw error;
         this.metrics.errors.inc({ lease: this.lease, reason: 'conflict' });
         // Somebody else wrote: fall through and judge the Lease as it is now.
       }
@@ -400,7 +393,7 @@ export class LeaderElector {
     try {
       lease = await call(this.client.get(this.namespace, this.name));
     } catch (error) {
-      if (errorStatus(error) !== 404) throw error;
+      if (!isNotFound(error)) throw error;
       const body: V1Lease = {
         apiVersion: 'coordination.k8s.io/v1',
         kind: 'Lease',
@@ -417,7 +410,7 @@ export class LeaderElector {
         this.current = await call(this.client.create(this.namespace, body));
       } catch (createError) {
         // Another replica created it between our read and our create.
-        if (errorStatus(createError) === 409) return { ok: false };
+        if (isConflict(createError)) return { ok: false };
         throw createError;
       }
       this.observe(this.current, this.clock.now());
@@ -453,7 +446,7 @@ export class LeaderElector {
     try {
       this.current = await call(this.client.replace(this.namespace, this.name, this.withSpec(lease, next)));
     } catch (error) {
-      if (errorStatus(error) === 409) {
+      if (isConflict(error)) {
         this.metrics.errors.inc({ lease: this.lease, reason: 'conflict' });
         return { ok: false };
       }
@@ -517,7 +510,7 @@ export class LeaderElector {
       try {
         this.options.onNewLeader?.(record.holder);
       } catch (error) {
-        this.logger.error({ lease: this.lease, err: messageOf(error) }, 'onNewLeader threw');
+        this.logger.error({ lease: this.lease, err: errorMessage(error) }, 'onNewLeader threw');
       }
     }
   }
@@ -546,7 +539,7 @@ export class LeaderElector {
         this.logger.info({ lease: this.lease, identity: this.identity }, 'released the Lease');
         return;
       } catch (error) {
-        if (errorStatus(error) === 409) {
+        if (isConflict(error)) {
           // Changed since our last write: release only if it is still ours.
           try {
             this.current = await withTimeout(
@@ -560,7 +553,7 @@ export class LeaderElector {
           }
         }
         this.logger.warn(
-          { lease: this.lease, identity: this.identity, reason: reasonOf(error), err: messageOf(error) },
+          { lease: this.lease, identity: this.identity, reason: reasonOf(error), err: errorMessage(error) },
           'could not release the Lease; others take over once it expires',
         );
         return;

@@ -1,8 +1,11 @@
 // Validation of Buildkit: seatgeek's rules (template exists, requireOwner, spec immutable) plus
 // key and resource checks. Resources above the template maximum are allowed and clamped by the
-// controller, as in seatgeek, but the user is told with an admission warning.
+// controller, as in seatgeek, but the user is told with an admission warning. The warning comes
+// from the very function that sizes the pod (api/resources.ts), so it says what the pod gets.
 import { isDeepStrictEqual } from 'node:util';
 
+import type { ClampedResource } from '../api/resources.ts';
+import { mergeResources, ResourceQuantityError } from '../api/resources.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import type { FieldError } from './field-errors.ts';
 import { forbidden, required } from './field-errors.ts';
@@ -42,14 +45,32 @@ export function validateBuildkitCreate(buildkit: Buildkit, template: BuildkitTem
   errors.push(...validateKeyMap('spec.labels', spec?.labels, 'labels'));
   errors.push(...validateKeyMap('spec.annotations', spec?.annotations, 'annotations'));
 
-  const resources = checkRequirements('spec.resources', spec?.resources, template?.spec?.resources?.maximum);
+  const resources = checkRequirements('spec.resources', spec?.resources, undefined);
   errors.push(...resources.errors);
-  for (const over of resources.aboveMaximum) {
-    warnings.push(
-      `${over.field} ${over.value} exceeds BuildkitTemplate "${templateName}" maximum ${over.maximum}; the pod gets ${over.maximum}`,
-    );
-  }
+  if (template && resources.errors.length === 0) warnings.push(...clampWarnings(buildkit, template));
   return { errors, warnings };
+}
+
+/** One warning per value of the Buildkit's own that the pod will get lowered. */
+function clampWarnings(buildkit: Buildkit, template: BuildkitTemplate): string[] {
+  let clamped: ClampedResource[];
+  try {
+    ({ clamped } = mergeResources(template.spec?.resources, buildkit.spec?.resources));
+  } catch (error) {
+    // a bad quantity in the template was refused when the template was admitted; nothing to add
+    if (error instanceof ResourceQuantityError) return [];
+    throw error;
+  }
+  const templateName = template.metadata?.name ?? '';
+  return clamped
+    .filter((c) => c.source === 'instance')
+    .map((c) => {
+      const bound =
+        c.reason === 'maximum'
+          ? `BuildkitTemplate "${templateName}" maximum ${c.granted}`
+          : `its ${c.field.replace('requests.', '')} limit ${c.granted}`;
+      return `spec.resources.${c.field} ${c.requested} exceeds ${bound}; the pod gets ${c.granted}`;
+    });
 }
 
 /** The spec fields that differ, e.g. ["spec.template", "spec.resources"]. */

@@ -9,9 +9,8 @@ import type {
 
 import { BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
 import type { BuildkitTemplate } from '../api/types.generated.ts';
+import { errorStatus } from '../kube/errors.ts';
 import type { TemplateReader } from './handlers.ts';
-
-const statusOf = (error: unknown): number | undefined => (error as { code?: number }).code;
 
 export function liveTemplateReader(kc: KubeConfig): TemplateReader {
   const api = kc.makeApiClient(CustomObjectsApi);
@@ -25,9 +24,9 @@ export function liveTemplateReader(kc: KubeConfig): TemplateReader {
         name,
       })) as BuildkitTemplate;
     } catch (error) {
-      if (statusOf(error) === 404) return undefined;
+      if (errorStatus(error) === 404) return undefined;
       throw new Error(
-        `API server answered ${statusOf(error) ?? 'no status'}: ${(error as Error).message.split('\n')[0]}`,
+        `API server answered ${errorStatus(error) ?? 'no status'}: ${(error as Error).message.split('\n')[0]}`,
         { cause: error },
       );
     }
@@ -47,7 +46,7 @@ async function upsert<T extends { metadata?: { name?: string; resourceVersion?: 
   for (let attempt = 0; ; attempt++) {
     try {
       const existing = await ops.read(name).catch((e) => {
-        if (statusOf(e) === 404) return undefined;
+        if (errorStatus(e) === 404) return undefined;
         throw e;
       });
       if (!existing) {
@@ -60,7 +59,7 @@ async function upsert<T extends { metadata?: { name?: string; resourceVersion?: 
       });
       return;
     } catch (error) {
-      const code = statusOf(error);
+      const code = errorStatus(error);
       // 409: someone changed it (or created it) between our read and write; read again.
       if (code !== 409 || attempt >= 4) throw error;
     }
@@ -88,7 +87,7 @@ export async function applyWebhookConfigurations(
 export async function deleteWebhookConfigurations(kc: KubeConfig, name: string): Promise<void> {
   const api = kc.makeApiClient(AdmissionregistrationV1Api);
   const ignoreMissing = (e: unknown) => {
-    if (statusOf(e) !== 404) throw e;
+    if (errorStatus(e) !== 404) throw e;
   };
   await api.deleteMutatingWebhookConfiguration({ name }).catch(ignoreMissing);
   await api.deleteValidatingWebhookConfiguration({ name }).catch(ignoreMissing);

@@ -3,6 +3,8 @@ import type { V1Pod } from '@kubernetes/client-node';
 import type { BuildkitObservation } from '../../../controller/buildkit-plan.ts';
 import { planBuildkit } from '../../../controller/buildkit-plan.ts';
 import { mergeConditions, sameConditions } from '../../../controller/conditions.ts';
+import type { DesiredCondition } from '../../../controller/conditions.ts';
+import { CONDITION, REASON } from '../../../api/conditions.ts';
 import { buildkit, service, template } from '../../support/controller-objects.ts';
 
 function pod(
@@ -163,11 +165,13 @@ test('an IPv6 service address is bracketed', () => {
 describe('conditions', () => {
   const t0 = new Date('2026-01-01T00:00:00Z');
   const t1 = new Date('2026-01-01T00:05:00Z');
-  const desired = [{ type: 'Ready', status: 'False' as const, reason: 'PodPending', message: 'waiting' }];
+  const desired: DesiredCondition[] = [
+    { type: CONDITION.Ready, status: 'False', reason: REASON.PodPending, message: 'waiting' },
+  ];
 
   test('transition time moves only when the status changes', () => {
     const first = mergeConditions(undefined, desired, 1, t0);
-    const sameStatus = mergeConditions(first, [{ ...desired[0]!, reason: 'ContainerNotReady' }], 2, t1);
+    const sameStatus = mergeConditions(first, [{ ...desired[0]!, reason: REASON.ContainerNotReady }], 2, t1);
     expect(sameStatus[0]).toMatchObject({
       lastTransitionTime: t0.toISOString(),
       reason: 'ContainerNotReady',

@@ -1,3 +1,5 @@
+import { buildPod } from '../../../controller/pod-builder.ts';
+import { serverFeatures } from '../../../kube/server-features.ts';
 import type { BuildkitTemplate } from '../../../api/types.generated.ts';
 import { BadReviewError, parseAdmissionReview } from '../../../webhook/admission.ts';
 import { changedSpecFields } from '../../../webhook/buildkit-validation.ts';
@@ -209,6 +211,31 @@ describe('Buildkit validation', () => {
     expect(r.warnings).toEqual([
       'spec.resources.limits.memory 32Gi exceeds BuildkitTemplate "builders" maximum 16Gi; the pod gets 16Gi',
     ]);
+  });
+
+  test('each warning says what the pod really gets: the same clamp sizes the pod', async () => {
+    // The template's default limit lowers the instance's request (a clamp the maximum alone does
+    // not show); the maximum lowers the instance's limit.
+    const template: BuildkitTemplate = {
+      metadata: { name: 'sized', namespace: 'ci', uid: 'u-t' },
+      spec: { resources: { default: { limits: { cpu: '2' } }, maximum: { memory: '4Gi' } } },
+    };
+    templates.set('ci/sized', template);
+    const resources = { requests: { cpu: '3' }, limits: { memory: '6Gi' } };
+    const r = await check({ template: 'sized', resources });
+    expect(r.allowed).toBe(true);
+    expect(r.warnings).toEqual([
+      'spec.resources.limits.memory 6Gi exceeds BuildkitTemplate "sized" maximum 4Gi; the pod gets 4Gi',
+      'spec.resources.requests.cpu 3 exceeds its cpu limit 2; the pod gets 2',
+    ]);
+    const pod = buildPod(
+      template,
+      { metadata: { name: 'bk', namespace: 'ci', uid: 'u-b' }, spec: { template: 'sized', resources } },
+      serverFeatures({ major: 1, minor: 31 }),
+    );
+    const buildkitd = pod.spec!.containers[0]!.resources!;
+    expect(buildkitd.limits).toMatchObject({ memory: '4Gi', cpu: '2' });
+    expect(buildkitd.requests).toMatchObject({ cpu: '2' });
   });
 
   test('invalid quantities, requests above limits and bad label keys are refused', async () => {

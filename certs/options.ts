@@ -14,8 +14,8 @@ import { errorMessage } from './parse.ts';
 import type { CertSource, SelfManagedCertsOptions } from './rotator.ts';
 import { rotatorPolicy, startSelfManagedCerts } from './rotator.ts';
 
-export { CERT_OPTIONS } from './cert-options.ts';
-import type { CERT_OPTIONS } from './cert-options.ts';
+export { CERT_OPTIONS } from '../flags/cert-options.ts';
+import type { CERT_OPTIONS } from '../flags/cert-options.ts';
 
 export type CertOptions = ParsedOptions<typeof CERT_OPTIONS>;
 

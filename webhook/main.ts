@@ -2,9 +2,8 @@
 // certificate for 127.0.0.1 and registers itself with the cluster, removing the registration on exit.
 import type { Logger } from 'pino';
 
-import { createCa, createServingCert } from '../certs/index.ts';
-import { certConfigFromOptions, startCertSource } from '../certs/options.ts';
-import type { CertSource } from '../certs/rotator.ts';
+import type { CertSource } from '../certs/index.ts';
+import { certConfigFromOptions, createCa, createServingCert, startCertSource } from '../certs/index.ts';
 import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { readServerVersion } from '../kube/server-version.ts';
 import { UsageError } from '../flags/errors.ts';

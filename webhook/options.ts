@@ -1,6 +1,6 @@
 // The flags of `buildkit-fleet webhook`, apart from the code that runs it: the CLI lists and parses
 // every command's flags but loads only the command it runs (each component's dependencies cost memory).
-import { CERT_OPTIONS } from '../certs/cert-options.ts';
+import { CERT_OPTIONS } from '../flags/cert-options.ts';
 import { COMMON_OPTIONS } from '../flags/common-options.ts';
 import { INJECTION_OPTIONS } from './injection-options.ts';
 

@@ -5,6 +5,7 @@ import { Registry } from 'prom-client';
 
 import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { createLogger } from '../telemetry/logger.ts';
+import { shutdownSignal } from '../telemetry/shutdown.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { certConfigFromOptions, startCertSource } from './options.ts';
 
@@ -29,14 +30,7 @@ export async function runCertsCommand(options: CertsCommandOptions): Promise<num
     logger.info('certificate Secret and caBundle are in place');
     return 0;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      logger.info({ signal }, 'stopping');
-      resolve();
-    };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-  });
+  logger.info({ signal: await shutdownSignal() }, 'stopping');
   await source.stop();
   return 0;
 }

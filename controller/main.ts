@@ -12,6 +12,7 @@ import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { readServerVersion } from '../kube/server-version.ts';
 import { createLogger } from '../telemetry/logger.ts';
+import { shutdownSignal } from '../telemetry/shutdown.ts';
 import { startMetricsServer } from '../telemetry/metrics-server.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE } from '../api/labels.ts';
@@ -215,15 +216,9 @@ export async function startController(
 
 export async function runControllerCommand(options: ControllerOptions): Promise<number> {
   const logger = createLogger({ level: options['log-level'], component: 'controller' });
+  const signalled = shutdownSignal();
   const controller = await startController(options, logger);
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      logger.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
-  });
+  logger.info({ signal: await signalled }, 'shutting down');
   await controller.stop();
   return 0;
 }

@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 
 import { UsageError } from '../flags/errors.ts';
 import { createLogger } from '../telemetry/logger.ts';
+import { shutdownSignal } from '../telemetry/shutdown.ts';
 import type { HostPort, ParsedOptions } from '../flags/options.ts';
 import { optionsHelp, parseOptions } from '../flags/options.ts';
 import { readTokenFile } from './auth.ts';
@@ -189,10 +190,7 @@ export async function runSidecarCommand(options: SidecarOptions): Promise<number
   // The handlers come first: once "sidecar serving" is logged, clients are served (the native
   // data path needs nothing from this thread), and a SIGTERM before the handlers existed would
   // kill the process with its connections. One during start-up stops right after it.
-  const signalled = new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', resolve);
-    process.once('SIGINT', resolve);
-  });
+  const signalled = shutdownSignal();
   const running = await startSidecar(options, logger);
   const signal = await signalled;
   logger.info({ signal, open: running.proxy.counters.open }, 'shutting down');

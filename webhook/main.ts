@@ -8,6 +8,7 @@ import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { readServerVersion } from '../kube/server-version.ts';
 import { UsageError } from '../flags/errors.ts';
 import { createLogger } from '../telemetry/logger.ts';
+import { shutdownSignal } from '../telemetry/shutdown.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { featuresFromVersionInfo } from '../kube/server-features.ts';
 import { createApp } from './app.ts';
@@ -191,14 +192,9 @@ export async function startWebhook(
 
 export async function runWebhookCommand(options: WebhookOptions, explicitListen: boolean): Promise<number> {
   const logger = createLogger({ level: options['log-level'], component: 'webhook' });
+  const signalled = shutdownSignal();
   const running = await startWebhook(options, logger, explicitListen);
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      logger.info({ signal }, 'shutting down');
-      running.stop().then(resolve, resolve);
-    };
-    process.once('SIGTERM', onSignal);
-    process.once('SIGINT', onSignal);
-  });
+  logger.info({ signal: await signalled }, 'shutting down');
+  await running.stop().catch(() => undefined);
   return 0;
 }

@@ -1,5 +1,5 @@
 // The buildkitd Pod and Service of a Buildkit, as pure functions of the template, the instance and
-// what the API server supports. Behaviour follows seatgeek's BuildPod (reference section 3.4); the
+// what the API server supports. Behaviour follows seatgeek/buildkit-operator's BuildPod; the
 // differences are marked "seatgeek:" below.
 import { createHash } from 'node:crypto';
 

@@ -2,7 +2,7 @@
 //
 // etcd + kube-apiserver always; with nodes >= 1 also kube-controller-manager, kube-scheduler and
 // N kubemark hollow nodes (a real kubelet with a fake container runtime), so pods get scheduled
-// and reach Running. See DESIGN.md "The local control plane".
+// and reach Running. See docs/architecture.md ("The local cluster").
 //
 // Lifecycle guarantees:
 // - every process gets free loopback ports; a port taken between picking and binding is retried

@@ -1,5 +1,5 @@
 // Command lines of the control-plane processes. Pure functions so the flags can be unit tested
-// and read in one place; see DESIGN.md "The local control plane" for why each flag is there.
+// and read in one place; see docs/architecture.md ("The local cluster") for why each flag is there.
 import { LOOPBACK } from './ports.ts';
 
 export const SERVICE_CLUSTER_IP_RANGE = '10.96.0.0/12';

@@ -7,8 +7,20 @@
 # KUBEBUILDER_ASSETS, when set, names a folder that may already hold some of the binaries
 # (envtest's folder usually has etcd, kube-apiserver and kubectl): those are not built, and
 # whatever it lacks is built or fetched into the cache as usual.
+# With --test it also installs what the test suite needs besides the cluster (`npm test` runs it
+# that way, so a fresh Debian machine needs nothing but `npm ci && npm test`): g++ for the
+# sidecar's native data path (and builds it when it is missing), busybox for the preStop script
+# tests (busybox sh is the shell of the moby/buildkit images).
 # Progress goes to stderr as "[prereqs] ..." lines; hack/binaries.ts streams them.
 set -euo pipefail
+
+FOR_TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) FOR_TESTS=1 ;;
+    *) printf '[prereqs] ERROR: unknown argument %s (only --test)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 K8S_VERSION=1.20.2
 CACHE_ROOT="${BUILDKIT_FLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/buildkit-fleet}"
@@ -216,6 +228,14 @@ if command -v flock >/dev/null; then
   # With the lock held, build dirs in the temp folder are leftovers of killed runs.
   find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'bkf-k8s-build.*' -type d -exec rm -rf {} + 2>/dev/null || true
 fi
+ensure_test_tools() {
+  command -v g++ >/dev/null || apt_install g++
+  command -v busybox >/dev/null || apt_install busybox
+  # npm ci skips the addon where g++ was missing; the tests require it
+  node "$(dirname "$0")/../scripts/build-native.ts" >&2
+}
+
+if [ "$FOR_TESTS" = 1 ]; then ensure_test_tools; fi
 ensure_etcd
 ensure_kubectl_helm
 build_k8s

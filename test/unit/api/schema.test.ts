@@ -89,7 +89,7 @@ describe('BuildkitTemplate schema', () => {
   const spec = buildkitTemplateSchema.properties!.spec!;
 
   test('has every seatgeek/buildkit-operator field with the same type', () => {
-    // reference/seatgeek-buildkit-operator.md section 1.1
+    // the BuildkitTemplateSpec fields of seatgeek/buildkit-operator v1alpha1 and their JSON types
     const seatgeek: Record<string, string> = {
       podLabels: 'object',
       podAnnotations: 'object',

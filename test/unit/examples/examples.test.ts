@@ -1,13 +1,40 @@
-// examples/ hands users the seed documents' examples; they must stay exactly as written there.
-import { readFileSync } from 'node:fs';
+// examples/ hands users seatgeek/buildkit-operator's README examples as written there; the
+// integration tests apply them unchanged to a real API server. Here: they fit together and build.
+import { parse } from 'yaml';
 
-import { seatgeekExamples } from '../../support/examples.ts';
+import type { Buildkit, BuildkitTemplate } from '../../../api/types.generated.ts';
+import { defaultTemplateSpec } from '../../../api/defaults.ts';
+import { buildPod } from '../../../controller/pod-builder.ts';
+import { serverFeatures } from '../../../kube/server-features.ts';
+import { readExample, seatgeekExamples } from '../../support/examples.ts';
 
-const example = (name: string): string =>
-  readFileSync(new URL(`../../../examples/${name}`, import.meta.url), 'utf8').replace(/^#.*\n/, '');
+const { template: templateYaml, instance: instanceYaml } = seatgeekExamples();
+const template = parse(templateYaml) as BuildkitTemplate;
+const instance = parse(instanceYaml) as Buildkit;
+const namespace = parse(readExample('namespace.yaml')) as { kind: string; metadata: { name: string } };
 
-test('examples/ holds the seatgeek README examples unchanged', () => {
-  const { template, instance } = seatgeekExamples();
-  expect(example('buildkittemplate.yaml')).toBe(template);
-  expect(example('buildkit.yaml')).toBe(instance);
+test('the examples are a BuildkitTemplate and a Buildkit of it, in the example namespace', () => {
+  expect(template).toMatchObject({ apiVersion: 'buildkit.seatgeek.io/v1alpha1', kind: 'BuildkitTemplate' });
+  expect(instance).toMatchObject({ apiVersion: 'buildkit.seatgeek.io/v1alpha1', kind: 'Buildkit' });
+  expect(instance.spec.template).toBe(template.metadata?.name);
+  expect(namespace.kind).toBe('Namespace');
+  expect(template.metadata?.namespace).toBe(namespace.metadata.name);
+  expect(instance.metadata?.namespace).toBe(namespace.metadata.name);
+});
+
+test('the defaulted example template builds a rootless buildkitd pod on the default port', () => {
+  const defaulted = {
+    ...template,
+    metadata: { ...template.metadata, uid: 't' },
+    spec: defaultTemplateSpec(template.spec),
+  };
+  const pod = buildPod(
+    defaulted,
+    { ...instance, metadata: { ...instance.metadata, uid: 'b' } },
+    serverFeatures({ major: 1, minor: 31 }),
+  );
+  const buildkitd = pod.spec!.containers[0]!;
+  expect(buildkitd.image).toBe('moby/buildkit:rootless');
+  expect(buildkitd.ports).toEqual([expect.objectContaining({ containerPort: 1234 })]);
+  expect(pod.spec!.nodeSelector).toEqual({ 'kubernetes.io/arch': 'arm64', 'kubernetes.io/os': 'linux' });
 });

@@ -40,7 +40,7 @@ test('etcd listens on the given loopback ports only, peer port included', () => 
   loopbackOnly(args);
 });
 
-test('kube-apiserver: the DESIGN.md flags, our ports and files, no insecure port', () => {
+test('kube-apiserver: the documented flags, our ports and files, no insecure port', () => {
   const args = apiserverArgs({
     etcdPort: 1111,
     securePort: 6443,

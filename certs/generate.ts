@@ -5,10 +5,10 @@
 // Pepr and cert-manager issue by default, so every client the apiserver might use accepts it.
 //
 // forge builds, encodes and parses the certificates. Two RSA private-key operations go to node:crypto
-// (OpenSSL) because forge's pure-JS bignum code is too slow for them: key generation (~3 s in pure JS;
-// forge itself only delegates to node:crypto unless forge.options.usePureJavaScript is set, a global any
-// module can flip) and signing (~40 ms per signature in Node and ~3 s under Jest's vm sandbox, where the
-// bignum inner loop's global lookups are slow, against ~1 ms natively).
+// (OpenSSL) because forge's pure-JS bignum code is too slow for them: key generation takes seconds in
+// pure JS (forge itself only delegates to node:crypto unless forge.options.usePureJavaScript is set, a
+// global any module can flip), and signing is orders of magnitude slower than native, worst under Jest's
+// vm sandbox, where the bignum inner loop's global lookups are slow.
 import {
   X509Certificate,
   createPrivateKey,

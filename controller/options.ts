@@ -62,14 +62,12 @@ export const CONTROLLER_OPTIONS = {
 
 /**
  * How to run the controller's Node.js process (the image and chart set these; the benchmark uses
- * them). Without a cap V8 grows the heap far beyond what is live (214 MB total for 84 MB used
- * with 500 Buildkits, 300+ MB RSS). A 1 MB semi-space and a 128 MB old-generation cap keep the
- * heap near its live size; without the optimizing compilers (--no-opt --no-maglev) the process
- * maps 10 MB less code, and the controller, which waits on the API server far more than it
- * computes, spends about 25% more CPU. Measured with 500 Buildkits: peak RSS 118 MB instead of
- * 146 MB with the heap settings alone. The cap leaves room for about 4,000 Buildkits (about
- * 20 KB each in the caches, over the libraries' ~36 MB); raise it for more. MALLOC_ARENA_MAX
- * bounds glibc's per-thread allocation arenas.
+ * them). Without a cap V8 grows the heap far beyond what is live. A small semi-space and a 128 MB
+ * old-generation cap keep the heap near its live size; without the optimizing compilers
+ * (--no-opt --no-maglev) the process maps less code, at some CPU cost that a controller, which
+ * waits on the API server far more than it computes, can afford. The cap leaves room for
+ * thousands of Buildkits; raise it for more (docs/benchmarks.md has the measurements).
+ * MALLOC_ARENA_MAX bounds glibc's per-thread allocation arenas.
  */
 export const CONTROLLER_NODE_OPTIONS =
   '--max-semi-space-size=1 --max-old-space-size=128 --no-opt --no-maglev';

@@ -1,8 +1,7 @@
 // A minimal writer of the Prometheus text exposition format, version 0.0.4
 // (https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format), for the
-// sidecar. Without prom-client the sidecar's RSS is about 6.5 MiB lower (65 instead of 71 MiB with
-// 1,000 idle connections and its process settings), and it runs in every buildkitd pod under a
-// memory budget; all it needs is a few counters and gauges whose values are read from live state
+// sidecar. Without prom-client the sidecar's RSS is measurably lower (docs/benchmarks.md), and it
+// runs in every buildkitd pod under a memory budget; all it needs is a few counters and gauges whose values are read from live state
 // when scraped. The controller and the webhook keep prom-client.
 //
 // The output is what prom-client's Registry#metrics() writes for the same metrics: per family a

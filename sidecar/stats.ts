@@ -70,8 +70,8 @@ export function snapshot(source: StatsSource): StatsSnapshot {
 
 /**
  * Metrics read from the live counters at scrape time, so the data path does no metric work.
- * Written by the small text-format writer in metrics-text.ts, not prom-client, which cost the
- * sidecar about 6.5 MiB of RSS.
+ * Written by the small text-format writer in metrics-text.ts, not prom-client, which costs the
+ * sidecar memory in every pod.
  */
 export function createSidecarMetrics(source: StatsSource): MetricsText {
   const metrics = createMetricsText();

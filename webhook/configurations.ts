@@ -9,7 +9,7 @@ import type {
 
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
 import { AUTOSCALE_ENABLED, AUTOSCALE_LABEL } from '../api/labels.ts';
-import { DEFAULT_PLATFORM_NAMESPACE, SYSTEM_NAMESPACES } from './pod-injection.ts';
+import { DEFAULT_PLATFORM_NAMESPACE, SYSTEM_NAMESPACES } from '../api/namespaces.ts';
 
 export const ROUTES = {
   mutateTemplate: '/mutate/buildkittemplates',

@@ -3,8 +3,8 @@
 import { UsageError } from '../flags/errors.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { checkRequirements } from './resources.ts';
-import type { InjectionConfig } from './pod-injection.ts';
-import { DEFAULT_PLATFORM_NAMESPACE } from './pod-injection.ts';
+import { DEFAULT_PLATFORM_NAMESPACE } from '../api/namespaces.ts';
+import type { InjectionConfig } from './pod-injection/index.ts';
 
 /** The sidecar image in --local mode, where pods run on hollow nodes and no image is pulled. */
 export const LOCAL_SIDECAR_IMAGE = 'buildkit-fleet:local';

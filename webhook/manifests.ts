@@ -4,7 +4,7 @@
 import { stringify } from 'yaml';
 
 import { mutatingWebhookConfiguration, validatingWebhookConfiguration } from './configurations.ts';
-import { DEFAULT_PLATFORM_NAMESPACE } from './pod-injection.ts';
+import { DEFAULT_PLATFORM_NAMESPACE } from '../api/namespaces.ts';
 
 export const DEFAULT_SERVICE = {
   name: 'buildkit-fleet-webhook',

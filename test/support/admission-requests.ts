@@ -6,7 +6,7 @@ import https from 'node:https';
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 
 import type { AdmissionRequest } from '../../webhook/admission.ts';
-import type { InjectionConfig } from '../../webhook/pod-injection.ts';
+import type { InjectionConfig } from '../../webhook/pod-injection/index.ts';
 
 export function recorded(name: string): { apiVersion: string; kind: string; request: AdmissionRequest } {
   return JSON.parse(

@@ -1,10 +1,11 @@
-// Sidecar injection (webhook/pod-injection.ts): golden files of both shapes, idempotency, every
+// Sidecar injection (webhook/pod-injection/): golden files of both shapes, idempotency, every
 // skip and refusal reason, probe rewrites, the --addr forms and the postStart wait program.
 //
 //   UPDATE_GOLDEN=1 npm run test:unit -- test/unit/webhook/pod-injection.test.ts
 //
 // rewrites test/unit/webhook/golden/injected/*.yaml instead of comparing; review the diff like code.
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { promisify } from 'node:util';
 
@@ -21,13 +22,13 @@ import {
 import { buildPod } from '../../../controller/pod-builder.ts';
 import type { ServerFeatures } from '../../../kube/server-features.ts';
 import { serverFeatures } from '../../../kube/server-features.ts';
-import type { InjectionDecision } from '../../../webhook/pod-injection.ts';
+import type { InjectionDecision } from '../../../webhook/pod-injection/index.ts';
 import {
   SIDECAR_CONTAINER_NAME,
   WAIT_FOR_LISTEN_SCRIPT,
   injectSidecar,
   keepBehindSidecar,
-} from '../../../webhook/pod-injection.ts';
+} from '../../../webhook/pod-injection/index.ts';
 import { goldenDir } from '../../support/golden.ts';
 
 const { expectGolden } = goldenDir(new URL('./golden/', import.meta.url));
@@ -545,28 +546,50 @@ describe('refusals name the problem', () => {
 
 describe('the postStart wait program', () => {
   const exec = promisify(execFile);
-  const wait = (port: number, seconds: number) =>
-    exec(process.execPath, ['-e', WAIT_FOR_LISTEN_SCRIPT, String(port), String(seconds)]).then(
+  /** Runs the hook exactly as the injected pod has it, with this test's node for `node`. */
+  const wait = (port: number, seconds: number) => {
+    const pod = injected(
+      buildkitdPod({ args: ['--addr', `tcp://0.0.0.0:${port}`], ports: [{ containerPort: port }] }),
+    );
+    const [node, ...args] = sidecarOf(pod).lifecycle!.postStart!.exec!.command!;
+    expect(node).toBe('node');
+    args[args.length - 1] = String(seconds);
+    return exec(process.execPath, args).then(
       () => 0,
       (error: { code?: number }) => error.code ?? -1,
     );
+  };
 
-  test('returns 0 as soon as something listens on the port, without connecting to it', async () => {
-    const server = net.createServer();
-    let connections = 0;
-    server.on('connection', (s) => {
-      connections++;
-      s.destroy();
-    });
-    await new Promise<void>((resolve) => server.listen(0, '0.0.0.0', resolve));
-    const port = (server.address() as net.AddressInfo).port;
-    try {
-      expect(await wait(port, 5)).toBe(0);
-      expect(connections).toBe(0);
-    } finally {
-      server.close();
-    }
+  test('the pod runs the asset webhook/assets/wait-for-listen.js.txt, without its final newline', () => {
+    const asset = readFileSync(
+      new URL('../../../webhook/assets/wait-for-listen.js.txt', import.meta.url),
+      'utf8',
+    );
+    expect(`${WAIT_FOR_LISTEN_SCRIPT}\n`).toBe(asset);
+    expect(sidecarOf(injected(buildkitdPod())).lifecycle!.postStart!.exec!.command![2]).toBe(
+      WAIT_FOR_LISTEN_SCRIPT,
+    );
   });
+
+  test.each(['0.0.0.0', '127.0.0.1'])(
+    'returns 0 as soon as something listens on the port (%s), without connecting to it',
+    async (host) => {
+      const server = net.createServer();
+      let connections = 0;
+      server.on('connection', (s) => {
+        connections++;
+        s.destroy();
+      });
+      await new Promise<void>((resolve) => server.listen(0, host, resolve));
+      const port = (server.address() as net.AddressInfo).port;
+      try {
+        expect(await wait(port, 5)).toBe(0);
+        expect(connections).toBe(0);
+      } finally {
+        server.close();
+      }
+    },
+  );
 
   test('fails after its timeout when nothing listens (the kubelet then restarts the container)', async () => {
     const server = net.createServer();

@@ -1,6 +1,6 @@
-// The preStop drain script, generated and then run for real with /bin/sh against real TCP
-// connections (it reads this machine's /proc/net/tcp). UPDATE_GOLDEN=1 rewrites the golden copy
-// of the script in test/unit/controller/golden/prestop/.
+// The preStop drain script, rendered from controller/assets/buildkit-prestop.sh and then run for
+// real with /bin/sh against real TCP connections (it reads this machine's /proc/net/tcp).
+// UPDATE_GOLDEN=1 rewrites the golden copy of the script in test/unit/controller/golden/prestop/.
 import type { ChildProcess } from 'node:child_process';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,6 +21,29 @@ const shells = ['sh', 'dash', 'bash', 'busybox'].filter(
 describe('prestopScript', () => {
   test('the default script is reviewed in test/unit/controller/golden/prestop/buildkit-prestop.sh', () => {
     expectGolden('prestop/buildkit-prestop.sh', prestopScript(1234));
+  });
+
+  test('the asset has exactly the placeholders prestop.ts fills, and none is left over', () => {
+    const asset = readFileSync(
+      new URL('../../../controller/assets/buildkit-prestop.sh', import.meta.url),
+      'utf8',
+    );
+    const names = new Set([...asset.matchAll(/\{\{([A-Z_]+)\}\}/g)].map((m) => m[1]));
+    expect([...names].sort()).toEqual([
+      'DEFAULT_PORT',
+      'HEARTBEAT_CHECKS',
+      'INTERVAL_MS',
+      'INTERVAL_SECONDS',
+      'INTERVAL_US',
+      'QUIET_SECONDS',
+      'REQUIRED_CHECKS',
+    ]);
+    for (const script of [
+      prestopScript(1234),
+      prestopScript(65535, { quietSeconds: 7, intervalMs: 60_000 }),
+    ]) {
+      expect(script).not.toMatch(/\{\{|\}\}\}/);
+    }
   });
 
   test('the port and timing are parameters', () => {

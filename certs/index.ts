@@ -19,16 +19,10 @@ export type { CertDescription } from './inspect.ts';
 export { CertificateError } from './parse.ts';
 
 // Lifecycle: decisions, Secret storage, caBundle injection, rotation and file reload.
-export {
-  DEFAULT_VALIDITY,
-  SECRET_KEYS,
-  decide,
-  decisionKind,
-  inspectSecret,
-  servingProblem,
-  validatePolicy,
-} from './decide.ts';
-export type { CertPolicy, CertSecretData, Decision, RepairProblem, RotateStep } from './decide.ts';
+export { DEFAULT_VALIDITY, decide, decisionKind, validatePolicy } from './rotation-policy.ts';
+export type { CertPolicy, Decision, RotateStep } from './rotation-policy.ts';
+export { SECRET_KEYS, inspectSecret, servingProblem } from './secret-inspection.ts';
+export type { CertSecretData, RepairProblem } from './secret-inspection.ts';
 export { formatCertDuration, parseCertDuration } from './duration.ts';
 export { applyDecision, planCertificates, unservableReason } from './material.ts';
 export type { CertFactory, Plan, PlanOptions } from './material.ts';

@@ -2,16 +2,10 @@
 // generation and serial numbers of the certificate factory, which tests may replace.
 import { createCa, createServingCert } from './generate.ts';
 import type { CertKeyPair, CreateCaOptions, CreateServingCertOptions } from './generate.ts';
-import {
-  SECRET_KEYS,
-  decide,
-  decisionKind,
-  droppablePrevious,
-  inspectSecret,
-  parseCert,
-  servingProblem,
-} from './decide.ts';
-import type { CertPolicy, CertSecretData, Decision, ParsedCert, SecretView } from './decide.ts';
+import { decide, decisionKind, droppablePrevious } from './rotation-policy.ts';
+import type { CertPolicy, Decision } from './rotation-policy.ts';
+import { SECRET_KEYS, inspectSecret, parseCert, servingProblem } from './secret-inspection.ts';
+import type { CertSecretData, ParsedCert, SecretView } from './secret-inspection.ts';
 import { isCaCertificate } from './parse.ts';
 
 export interface CertFactory {

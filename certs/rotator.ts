@@ -27,15 +27,10 @@ import type {
   WebhookTargets,
 } from './ca-bundle.ts';
 import { createCaBundleInjector } from './ca-bundle.ts';
-import {
-  DEFAULT_VALIDITY,
-  SECRET_KEYS,
-  decisionKind,
-  inspectSecret,
-  pemBlocks,
-  validatePolicy,
-} from './decide.ts';
-import type { CertPolicy, CertSecretData, Decision } from './decide.ts';
+import { DEFAULT_VALIDITY, decisionKind, validatePolicy } from './rotation-policy.ts';
+import type { CertPolicy, Decision } from './rotation-policy.ts';
+import { SECRET_KEYS, inspectSecret, pemBlocks } from './secret-inspection.ts';
+import type { CertSecretData } from './secret-inspection.ts';
 import { DAY_MS, formatCertDuration } from './duration.ts';
 import { serviceDnsNames } from './generate.ts';
 import type { CertFactory } from './material.ts';

@@ -7,7 +7,7 @@
 import { CoreV1Api } from '@kubernetes/client-node';
 import type { KubeConfig, V1Secret } from '@kubernetes/client-node';
 
-import type { CertSecretData } from './decide.ts';
+import type { CertSecretData } from './secret-inspection.ts';
 
 export const SECRET_TYPE_TLS = 'kubernetes.io/tls';
 

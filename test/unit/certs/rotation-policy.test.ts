@@ -1,4 +1,4 @@
-// decide.ts and material.ts: every state of the certificate Secret gets the right decision with a
+// rotation-policy.ts and material.ts: every state of the certificate Secret gets the right decision with a
 // reason, and whatever planning produces is something the API server and OpenSSL accept.
 import { createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
 import forge from 'node-forge';
@@ -18,7 +18,7 @@ import {
 } from '../../../certs/index.ts';
 import type { CertKeyPair, CertPolicy, CertSecretData, Decision } from '../../../certs/index.ts';
 import { applyDecision } from '../../../certs/material.ts';
-import { inspectSecret } from '../../../certs/decide.ts';
+import { inspectSecret } from '../../../certs/secret-inspection.ts';
 
 const DAY = 24 * 60 * 60 * 1000;
 const NOW = new Date('2030-06-15T12:00:00Z');

@@ -18,8 +18,8 @@ async function load<T>(relative: string): Promise<T> {
 }
 
 export default async function globalSetup(): Promise<void> {
-  const { startCluster } = await load<typeof ClusterModule>('../cluster/cluster.ts');
-  const { ENV } = await load<typeof TestenvModule>('../cluster/testenv.ts');
+  const { startCluster } = await load<typeof ClusterModule>('../../hack/cluster.ts');
+  const { ENV } = await load<typeof TestenvModule>('../../hack/testenv.ts');
   process.stderr.write('\n');
   const cluster = await startCluster({ nodes: 1 });
   // globalThis is shared with globalTeardown (same process), not with the test workers.

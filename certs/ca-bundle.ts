@@ -3,17 +3,22 @@
 // the manifest says (usually nothing), which makes every review fail TLS until it is restored.
 // A periodic check restores it; a watch restores it within moments.
 //
-// RBAC: get and patch on the named configurations (list and watch too for a label selector or for
-// the watch; without them only the periodic check by name runs).
+// RBAC: get and patch on the named configurations; list for a label selector; list and watch for
+// the watch (an informer: it lists, then watches from the list's resourceVersion). Both verbs can
+// be limited to the named configurations (resourceNames): the watch selects each by a
+// `metadata.name=` field selector, which Kubernetes authorizes against resourceNames. Without list
+// or watch only the periodic check by name runs.
 import { AdmissionregistrationV1Api } from '@kubernetes/client-node';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig, KubernetesListObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 
+import { apiErrorText, errorStatus, isNotFound } from '../kube/errors.ts';
+import { kubeWatchFn } from '../kube/informer.ts';
+import type { WatchFn } from '../kube/informer.ts';
 import { certMetrics } from './metrics.ts';
-import { apiErrorText } from './secret-store.ts';
-import type { KeptWatch, WatchFn } from './watch.ts';
-import { keepWatching, kubeWatchFn } from './watch.ts';
+import type { KeptWatch, WatchEventType, WatchSelector } from './watch.ts';
+import { keepWatching } from './watch.ts';
 
 export type WebhookKind = 'mutating' | 'validating';
 export const WEBHOOK_KINDS: readonly WebhookKind[] = ['mutating', 'validating'];
@@ -54,7 +59,15 @@ export interface WebhookConfigClient {
   get(kind: WebhookKind, name: string): Promise<WebhookConfigObject | undefined>;
   list(kind: WebhookKind, labelSelector: string): Promise<WebhookConfigObject[]>;
   patch(kind: WebhookKind, name: string, ops: JsonPatchOp[]): Promise<void>;
-  watch?: WatchFn;
+  /** The watch's API calls; without them only the periodic check runs. */
+  watcher?: WebhookConfigWatcher;
+}
+
+/** What the watch (a kube/ Informer per configuration name and per label selector) calls. */
+export interface WebhookConfigWatcher {
+  /** By a `metadata.name=` field selector or a label selector, with the list's resourceVersion. */
+  list(kind: WebhookKind, selector: WatchSelector): Promise<KubernetesListObject<WebhookConfigObject>>;
+  watch: WatchFn;
 }
 
 export const bundleBase64 = (pem: string): string => Buffer.from(pem, 'utf8').toString('base64');
@@ -74,19 +87,14 @@ export function caBundlePatch(config: WebhookConfigObject, desired: string): Jso
   return ops;
 }
 
-function statusOf(error: unknown): number | undefined {
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'number' ? code : undefined;
-}
-
 export function kubeWebhookConfigClient(kc: KubeConfig): WebhookConfigClient {
   const api = kc.makeApiClient(AdmissionregistrationV1Api);
   const wrap = async <T>(verb: string, kind: WebhookKind, name: string, call: () => Promise<T>) => {
     try {
       return await call();
     } catch (error) {
-      const status = statusOf(error);
-      if (status === 404 && verb === 'get') return undefined;
+      const status = errorStatus(error);
+      if (isNotFound(error) && verb === 'get') return undefined;
       const hint =
         status === 403
           ? ` (RBAC: the service account needs "${verb}" on ${RESOURCES[kind]}${name ? ` named ${name}` : ''})`
@@ -121,7 +129,14 @@ export function kubeWebhookConfigClient(kc: KubeConfig): WebhookConfigClient {
           : api.patchValidatingWebhookConfiguration({ name, body: ops }),
       );
     },
-    watch: kubeWatchFn(kc),
+    // Unwrapped: the informer reads client-node's errors itself (a 403 stops the watch).
+    watcher: {
+      list: (kind, selector) =>
+        kind === 'mutating'
+          ? api.listMutatingWebhookConfiguration(selector)
+          : api.listValidatingWebhookConfiguration(selector),
+      watch: kubeWatchFn(kc),
+    },
   };
 }
 
@@ -337,10 +352,10 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
     timer.unref();
   };
 
-  const onEvent = (type: string, object: unknown) => {
+  const onEvent = (type: WatchEventType, object: WebhookConfigObject) => {
     if (type !== 'ADDED' && type !== 'MODIFIED') return;
-    if (desired === undefined || caBundlePatch(object as WebhookConfigObject, desired).length === 0) return;
-    const name = (object as WebhookConfigObject).metadata?.name;
+    if (desired === undefined || caBundlePatch(object, desired).length === 0) return;
+    const name = object.metadata?.name;
     if (debounce) return;
     debounce = setTimeout(() => {
       debounce = undefined;
@@ -349,19 +364,20 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
     debounce.unref();
   };
 
-  const startWatches = (watchFn: WatchFn) => {
+  const startWatches = (watcher: WebhookConfigWatcher) => {
     for (const kind of WEBHOOK_KINDS) {
       const path = `/apis/admissionregistration.k8s.io/v1/${RESOURCES[kind]}`;
-      const queries: Record<string, string>[] = names.map((n) => ({ fieldSelector: `metadata.name=${n}` }));
-      if (targets.labelSelector) queries.push({ labelSelector: targets.labelSelector });
-      for (const query of queries) {
+      const selectors: WatchSelector[] = names.map((n) => ({ fieldSelector: `metadata.name=${n}` }));
+      if (targets.labelSelector) selectors.push({ labelSelector: targets.labelSelector });
+      for (const selector of selectors) {
         watches.push(
-          keepWatching({
-            watch: watchFn,
+          keepWatching<WebhookConfigObject>({
             path,
-            query,
-            what: `${RESOURCES[kind]} ${Object.values(query).join(',')}`,
+            selector,
+            calls: { list: (s) => watcher.list(kind, s), watch: watcher.watch },
+            what: `${RESOURCES[kind]} ${selector.fieldSelector ?? selector.labelSelector}`,
             logger,
+            ...(options.registry ? { registry: options.registry } : {}),
             onEvent,
             onForbidden: () => metrics.errors.inc({ reason: 'ca_bundle_watch_forbidden' }),
           }),
@@ -376,13 +392,13 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
       if (source) throw new Error('caBundle injector already started');
       source = next;
       schedule();
-      if (options.watch !== false && client.watch) startWatches(client.watch);
+      if (options.watch !== false && client.watcher) startWatches(client.watcher);
     },
     stop() {
       stopped = true;
       if (timer) clearTimeout(timer);
       if (debounce) clearTimeout(debounce);
-      for (const w of watches) w.stop();
+      for (const w of watches.splice(0)) void w.stop();
     },
   };
 }

@@ -31,6 +31,7 @@ export {
   SecretAccessError,
   SecretConflictError,
   kubeSecretStore,
+  kubeSecretWatchCalls,
   memorySecretStore,
   reconcileSecret,
 } from './secret-store.ts';
@@ -46,9 +47,12 @@ export type {
   CaBundleInjector,
   CaBundleSyncReport,
   WebhookConfigClient,
+  WebhookConfigWatcher,
   WebhookKind,
   WebhookTargets,
 } from './ca-bundle.ts';
+export { keepWatching } from './watch.ts';
+export type { KeepWatchingOptions, KeptWatch, WatchCalls, WatchEventType, WatchSelector } from './watch.ts';
 export { certMetrics } from './metrics.ts';
 export type { CertMetrics } from './metrics.ts';
 export {

@@ -16,7 +16,7 @@
 // -> (overlap) caBundle [new]. Replicas re-read the Secret at least every checkInterval, which must be
 // at most half the overlap, so every replica serves from the new CA before the old one is dropped.
 import { X509Certificate } from 'node:crypto';
-import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig, V1Secret } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 
@@ -38,10 +38,16 @@ import { planCertificates, unservableReason } from './material.ts';
 import { certMetrics } from './metrics.ts';
 import type { CertMetrics } from './metrics.ts';
 import { CertificateError } from './parse.ts';
-import { SECRET_TYPE_TLS, SecretAccessError, kubeSecretStore, reconcileSecret } from './secret-store.ts';
+import {
+  SECRET_TYPE_TLS,
+  SecretAccessError,
+  kubeSecretStore,
+  kubeSecretWatchCalls,
+  reconcileSecret,
+} from './secret-store.ts';
 import type { SecretStore, StoredSecret } from './secret-store.ts';
-import type { KeptWatch, WatchFn } from './watch.ts';
-import { keepWatching, kubeWatchFn } from './watch.ts';
+import type { KeptWatch, WatchCalls } from './watch.ts';
+import { keepWatching } from './watch.ts';
 
 /** What the HTTPS server needs; caBundlePem is what clients (the API server) trust. */
 export interface ServingMaterial {
@@ -103,7 +109,8 @@ export interface SelfManagedCertsOptions {
   /** Replace the API for tests. */
   store?: SecretStore;
   webhookClient?: WebhookConfigClient;
-  watchFn?: WatchFn;
+  /** The Secret watch's list and watch; default the kubeConfig's (unless the store is replaced). */
+  secretWatchCalls?: WatchCalls<V1Secret>;
   now?: () => Date;
   factory?: CertFactory;
 }
@@ -413,18 +420,31 @@ export async function startSelfManagedCerts(options: SelfManagedCertsOptions): P
 
   // The caBundle keeper re-reads the Secret, so a replica also picks up another replica's change there.
   injector?.start(() => refresh('Secret re-read'));
-  if (options.watch !== false && (options.watchFn || options.kubeConfig) && !options.store) {
-    const watchFn = options.watchFn ?? kubeWatchFn(options.kubeConfig!);
+  const secretWatchCalls =
+    options.secretWatchCalls ??
+    (options.kubeConfig && !options.store
+      ? kubeSecretWatchCalls(options.kubeConfig, options.namespace)
+      : undefined);
+  if (options.watch !== false && secretWatchCalls) {
     let debounce: NodeJS.Timeout | undefined;
-    secretWatch = keepWatching({
-      watch: watchFn,
+    secretWatch = keepWatching<V1Secret>({
       path: `/api/v1/namespaces/${options.namespace}/secrets`,
-      query: { fieldSelector: `metadata.name=${options.secretName}` },
+      selector: { fieldSelector: `metadata.name=${options.secretName}` },
+      calls: secretWatchCalls,
       what: `Secret ${secret}`,
       logger,
+      ...(options.registry ? { registry: options.registry } : {}),
+      // Only the version is read; the keys stay out of the informer's cache.
+      transform: ({ metadata }) => ({
+        metadata: {
+          name: metadata?.name,
+          namespace: metadata?.namespace,
+          resourceVersion: metadata?.resourceVersion,
+        },
+      }),
       onEvent: (type, object) => {
-        const version = (object as { metadata?: { resourceVersion?: string } }).metadata?.resourceVersion;
-        if (type === 'BOOKMARK' || (type !== 'DELETED' && version === lastVersion) || debounce) return;
+        const version = object.metadata?.resourceVersion;
+        if ((type !== 'DELETED' && version === lastVersion) || debounce) return;
         debounce = setTimeout(() => {
           debounce = undefined;
           if (!stopped) check(`watch: Secret ${type.toLowerCase()}`).catch(() => undefined);
@@ -447,8 +467,8 @@ export async function startSelfManagedCerts(options: SelfManagedCertsOptions): P
     async stop() {
       stopped = true;
       if (timer) clearTimeout(timer);
-      secretWatch?.stop();
       injector?.stop();
+      await secretWatch?.stop();
       await chain;
     },
   };

@@ -3,11 +3,17 @@
 // a losing create or a stale update re-reads and decides again on what the winner wrote.
 //
 // RBAC this needs in the Secret's namespace: get and update on the one Secret (resourceNames),
-// create on secrets (create cannot be limited by name); watch/list on it for prompt hot reload.
+// create on secrets (create cannot be limited by name); list and watch on it for prompt hot reload
+// (the watch is an informer: it lists, then watches from the list's resourceVersion; both select
+// the Secret by a `metadata.name=` field selector, which Kubernetes authorizes against
+// resourceNames, so both can be limited to the one Secret too).
 import { CoreV1Api } from '@kubernetes/client-node';
 import type { KubeConfig, V1Secret } from '@kubernetes/client-node';
 
+import { apiErrorText, errorStatus, isNotFound } from '../kube/errors.ts';
+import { kubeWatchFn } from '../kube/informer.ts';
 import type { CertSecretData } from './secret-inspection.ts';
+import type { WatchCalls } from './watch.ts';
 
 export const SECRET_TYPE_TLS = 'kubernetes.io/tls';
 
@@ -57,25 +63,6 @@ export class SecretAccessError extends Error {
   }
 }
 
-const statusOf = (error: unknown): number | undefined => {
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'number' ? code : undefined;
-};
-
-/** First line of an API error: client-node puts the whole response body in the message. */
-export function apiErrorText(error: unknown): string {
-  const body = (error as { body?: unknown }).body;
-  if (typeof body === 'string') {
-    try {
-      const message = (JSON.parse(body) as { message?: unknown }).message;
-      if (typeof message === 'string') return message;
-    } catch {
-      // not JSON; fall through to the message
-    }
-  }
-  return (error instanceof Error ? error.message : String(error)).split('\n')[0]!;
-}
-
 export function encodeData(data: CertSecretData): Record<string, string> {
   return Object.fromEntries(
     Object.entries(data).map(([k, v]) => [k, Buffer.from(v, 'utf8').toString('base64')]),
@@ -100,7 +87,7 @@ export function kubeSecretStore(kc: KubeConfig, options: KubeSecretStoreOptions)
   const { namespace, name } = options;
   const ref = `${namespace}/${name}`;
   const fail = (verb: string, error: unknown): never => {
-    const status = statusOf(error);
+    const status = errorStatus(error);
     if (status === 409) throw new SecretConflictError(`${verb} Secret ${ref}: ${apiErrorText(error)}`);
     const hint =
       status === 403
@@ -126,7 +113,7 @@ export function kubeSecretStore(kc: KubeConfig, options: KubeSecretStoreOptions)
       try {
         return toStored(await api.readNamespacedSecret({ name, namespace }));
       } catch (error) {
-        if (statusOf(error) === 404) return undefined;
+        if (isNotFound(error)) return undefined;
         return fail('get', error);
       }
     },
@@ -169,10 +156,19 @@ export function kubeSecretStore(kc: KubeConfig, options: KubeSecretStoreOptions)
         return toStored(await api.replaceNamespacedSecret({ name, namespace, body }));
       } catch (error) {
         // 404: deleted since we read it; deciding again will create it.
-        if (statusOf(error) === 404) throw new SecretConflictError(`Secret ${ref} was deleted meanwhile`);
+        if (isNotFound(error)) throw new SecretConflictError(`Secret ${ref} was deleted meanwhile`);
         return fail('update', error);
       }
     },
+  };
+}
+
+/** The API calls of the rotator's Secret watch: secrets in `namespace`, by the watch's selector. */
+export function kubeSecretWatchCalls(kc: KubeConfig, namespace: string): WatchCalls<V1Secret> {
+  const api = kc.makeApiClient(CoreV1Api);
+  return {
+    list: (selector) => api.listNamespacedSecret({ namespace, ...selector }),
+    watch: kubeWatchFn(kc),
   };
 }
 

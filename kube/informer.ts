@@ -3,7 +3,8 @@
 // client-node 2.x relists on 410 Gone and reconnects after its 30 s client timeout, but on any
 // other error (API server restarting, connection reset, 5xx, a CRD not installed yet) it fires
 // 'error' and stops for good, with a cache that silently goes stale. Here every such error
-// restarts it with exponential backoff; the restart resumes from the last resourceVersion (and
+// restarts it with exponential backoff (except a 403 when the caller asked, with onForbidden,
+// to stop on it instead); the restart resumes from the last resourceVersion (and
 // relists through the 410 path when that is too old), so the cache diffs instead of replaying
 // everything as new.
 //
@@ -17,7 +18,7 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, Registry } from 'prom-client';
 
 import { realClock } from './clock.ts';
-import { errorMessage, errorReason } from './errors.ts';
+import { errorMessage, errorReason, isForbidden } from './errors.ts';
 import type { Clock, Timer } from './clock.ts';
 
 /** What to list and watch. The list and the watch must select the same objects. */
@@ -73,6 +74,14 @@ export interface InformerOptions<T extends KubernetesObject> {
   restartMaxMs?: number;
   clock?: Clock;
   watch?: WatchFn;
+  /**
+   * When set, a 403 from the list or the watch (RBAC forbids it) stops the informer for good
+   * instead of restarting it, and this is called once with the error; the cache keeps what it
+   * held. For callers for which the watch is only a shortcut (they also poll) and a permission
+   * that is missing now will not appear by itself. The informer does not log the 403 as a
+   * failure: the callback knows what it means. Without it a 403 is restarted like any failure.
+   */
+  onForbidden?: (error: unknown) => void;
 }
 
 export class InformerStoppedError extends Error {
@@ -166,6 +175,7 @@ export class Informer<T extends KubernetesObject> {
   private readonly restartBaseMs: number;
   private readonly restartMaxMs: number;
   private readonly watchFn: WatchFn;
+  private readonly onForbidden: ((error: unknown) => void) | undefined;
   private readonly inner: ListWatch<T>;
   private readonly handlers: InformerHandlers<T>[] = [];
   /** What handlers last saw of each object, so updates can carry the old state. */
@@ -189,6 +199,7 @@ export class Informer<T extends KubernetesObject> {
     this.restartBaseMs = options.restartBaseMs ?? 1000;
     this.restartMaxMs = options.restartMaxMs ?? 30_000;
     this.watchFn = options.watch ?? kubeWatchFn(options.kubeConfig);
+    this.onForbidden = options.onForbidden;
 
     // ListWatch takes a Watch; this one routes through our guards (and an injected WatchFn).
     const open = (path: string, query: Record<string, string>, cb: WatchCallback, done: DoneCallback) =>
@@ -373,6 +384,7 @@ export class Informer<T extends KubernetesObject> {
 
   private failed(error: unknown): void {
     if (this.stopped) return;
+    if (this.onForbidden && isForbidden(error)) return this.forbidden(this.onForbidden, error);
     this.failures++;
     const delayMs = Math.min(this.restartMaxMs, this.restartBaseMs * 2 ** Math.min(this.failures - 1, 30));
     const reason = errorReason(error);
@@ -386,6 +398,19 @@ export class Informer<T extends KubernetesObject> {
       this.restartTimer = undefined;
       if (!this.stopped) this.runInner();
     }, delayMs);
+  }
+
+  private forbidden(onForbidden: (error: unknown) => void, error: unknown): void {
+    this.logger.debug(
+      { informer: this.name, reason: errorReason(error), err: errorMessage(error) },
+      'list/watch forbidden; stopping (onForbidden)',
+    );
+    void this.stop();
+    try {
+      onForbidden(error);
+    } catch (e) {
+      this.logger.error({ informer: this.name, err: errorMessage(e) }, 'onForbidden callback threw');
+    }
   }
 
   private markSynced(): void {

@@ -1,6 +1,8 @@
 // The smaller pieces of the certificate lifecycle: the caBundle patch and keeper (with a fake API
-// and a fake watch), the self-healing watch, the Secret conflict loop, durations and CLI options.
+// and a fake list+watch), the watches on the shared informer (reconnect, restart, give up on 403)
+// and the rotator's Secret watch, the Secret conflict loop, durations and CLI options.
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { KubernetesListObject, KubernetesObject, V1Secret } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import type { Operation } from 'fast-json-patch';
 import { pino } from 'pino';
@@ -17,11 +19,12 @@ import {
   memorySecretStore,
   parseCertDuration,
   reconcileSecret,
+  startSelfManagedCerts,
 } from '../../../certs/index.ts';
 import type { WebhookConfigClient, WebhookKind } from '../../../certs/index.ts';
 import type { WebhookConfigObject } from '../../../certs/ca-bundle.ts';
 import { keepWatching } from '../../../certs/watch.ts';
-import type { WatchFn } from '../../../certs/watch.ts';
+import type { WatchCalls, WatchSelector } from '../../../certs/watch.ts';
 import { UsageError } from '../../../flags/errors.ts';
 import { optionsHelp, parseOptions } from '../../../flags/options.ts';
 
@@ -72,6 +75,64 @@ function fakeClient(
     },
   };
   return { client, objects, forbidden, calls };
+}
+
+interface FakeWatch {
+  path: string;
+  query: Record<string, unknown>;
+  emit(type: string, object: unknown): void;
+  end(error?: unknown): void;
+  aborted: boolean;
+  /** Ended (by the test, or aborted). */
+  closed: boolean;
+}
+
+/**
+ * The API calls behind a watch (a list and the informer's WatchFn): lists answer from `list`,
+ * watches are recorded and driven by the test.
+ */
+function fakeWatchApi<T extends KubernetesObject>(
+  list: (selector: WatchSelector) => KubernetesListObject<T> | Promise<KubernetesListObject<T>>,
+) {
+  const watches: FakeWatch[] = [];
+  const lists: WatchSelector[] = [];
+  const calls: WatchCalls<T> = {
+    list: async (selector) => {
+      lists.push(selector);
+      return list(selector);
+    },
+    watch: async (path, query, onEvent, onDone) => {
+      const w: FakeWatch = {
+        path,
+        query,
+        aborted: false,
+        closed: false,
+        emit: (type, object) => onEvent(type, object, { type, object }),
+        end: (error) => {
+          if (w.closed) return;
+          w.closed = true;
+          onDone(error ?? null);
+        },
+      };
+      watches.push(w);
+      return {
+        abort: () => {
+          w.aborted = true;
+          w.end(Object.assign(new Error('aborted'), { name: 'AbortError' }));
+        },
+      };
+    },
+  };
+  return { calls, watches, lists };
+}
+
+const httpError = (statusCode: number) => Object.assign(new Error(`HTTP ${statusCode}`), { statusCode });
+const FORBIDDEN_LINE = 'watch forbidden by RBAC; relying on the periodic check';
+
+async function until(what: string, condition: () => boolean, timeoutMs = 2000) {
+  for (const start = Date.now(); !condition(); await sleep(5)) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+  }
 }
 
 async function metric(registry: Registry, name: string, labels: Record<string, string> = {}) {
@@ -189,19 +250,42 @@ describe('caBundle injector', () => {
   });
 
   test('a watch event showing a reset caBundle restores it from the source', async () => {
-    const { client, objects } = fakeClient({
-      mutating: [config('a', undefined)],
-      validating: [config('a', undefined)],
+    const { client, objects } = fakeClient(
+      {
+        mutating: [config('a', undefined), config('b', undefined)],
+        validating: [config('a', undefined)],
+      },
+      { 'team=ci': ['b'] },
+    );
+    let version = 1;
+    const versioned = (o: WebhookConfigObject) => ({
+      ...structuredClone(o),
+      metadata: { ...o.metadata, resourceVersion: String(++version) },
     });
-    const events: ((type: string, object: unknown) => void)[] = [];
-    client.watch = (async (_path, _query, onEvent) => {
-      events.push(onEvent);
-      return { abort() {} };
-    }) satisfies WatchFn;
+    const apis = new Map<WebhookKind, ReturnType<typeof fakeWatchApi<WebhookConfigObject>>>();
+    for (const kind of ['mutating', 'validating'] as const) {
+      const api = fakeWatchApi<WebhookConfigObject>((selector) => ({
+        metadata: { resourceVersion: String(version) },
+        items: [...objects[kind].values()]
+          .filter((o) =>
+            selector.fieldSelector
+              ? selector.fieldSelector === `metadata.name=${o.metadata!.name}`
+              : o.metadata!.name === 'b',
+          )
+          .map(versioned),
+      }));
+      apis.set(kind, api);
+    }
+    client.watcher = {
+      list: (kind, selector) => apis.get(kind)!.calls.list(selector),
+      watch: (path, ...rest) =>
+        apis.get(path.includes('/mutating') ? 'mutating' : 'validating')!.calls.watch(path, ...rest),
+    };
+    const { logger, lines } = capture();
     const injector = createCaBundleInjector({
-      targets: { names: ['a'] },
+      targets: { names: ['a'], labelSelector: 'team=ci' },
       client,
-      logger: pino({ level: 'silent' }),
+      logger,
       intervalMs: 3_600_000,
     });
     await injector.sync(PEM);
@@ -210,54 +294,249 @@ describe('caBundle injector', () => {
       asked++;
       return PEM;
     });
+    const mutating = apis.get('mutating')!;
     try {
-      expect(events).toHaveLength(2);
-      // Our own patch comes back as an event holding the right bundle: nothing to do.
-      events[0]!('MODIFIED', objects.mutating.get('a'));
+      // One informer per kind and selector: by name and by label, each listing then watching.
+      await until('four watches', () => [...apis.values()].every((api) => api.watches.length === 2));
+      for (const [kind, api] of apis) {
+        expect(api.lists).toEqual([{ fieldSelector: 'metadata.name=a' }, { labelSelector: 'team=ci' }]);
+        expect(api.watches.map((w) => [w.path, w.query['fieldSelector'], w.query['labelSelector']])).toEqual([
+          [
+            `/apis/admissionregistration.k8s.io/v1/${kind}webhookconfigurations`,
+            'metadata.name=a',
+            undefined,
+          ],
+          [`/apis/admissionregistration.k8s.io/v1/${kind}webhookconfigurations`, undefined, 'team=ci'],
+        ]);
+      }
+      // The lists and our own patch coming back as an event hold the right bundle: nothing to do.
+      mutating.watches[0]!.emit('MODIFIED', versioned(objects.mutating.get('a')!));
       await sleep(200);
       expect(asked).toBe(0);
       // Someone (helm upgrade) resets it.
       objects.mutating.get('a')!.webhooks![0]!.clientConfig = {};
-      events[0]!('MODIFIED', objects.mutating.get('a'));
-      for (let i = 0; i < 50 && objects.mutating.get('a')!.webhooks![0]!.clientConfig!.caBundle !== B64; i++)
-        await sleep(20);
+      mutating.watches[0]!.emit('MODIFIED', versioned(objects.mutating.get('a')!));
+      await until(
+        'caBundle restored',
+        () => objects.mutating.get('a')!.webhooks![0]!.clientConfig!.caBundle === B64,
+      );
       expect(asked).toBe(1);
-      expect(objects.mutating.get('a')!.webhooks![0]!.clientConfig!.caBundle).toBe(B64);
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          msg: 'caBundle patched',
+          trigger: 'watch: a changed',
+          reason: 'caBundle was empty',
+        }),
+      );
+      // Also through the label selector's watch, after that watch ended and came back.
+      mutating.watches[1]!.end(null);
+      await until('the label watch to reconnect', () => mutating.watches.length === 3);
+      objects.mutating.get('b')!.webhooks![0]!.clientConfig = {};
+      mutating.watches[2]!.emit('MODIFIED', versioned(objects.mutating.get('b')!));
+      await until(
+        'caBundle restored',
+        () => objects.mutating.get('b')!.webhooks![0]!.clientConfig!.caBundle === B64,
+      );
+      expect(asked).toBe(2);
+    } finally {
+      injector.stop();
+    }
+    await until('every watch to be closed', () =>
+      [...apis.values()].every((api) => api.watches.every((w) => w.closed)),
+    );
+  });
+
+  test('RBAC forbidding the watch: logged once per watch at warn, counted, not retried', async () => {
+    const { client } = fakeClient({
+      mutating: [config('a', undefined)],
+      validating: [config('a', undefined)],
+    });
+    const api = fakeWatchApi<WebhookConfigObject>(() => ({ metadata: { resourceVersion: '1' }, items: [] }));
+    client.watcher = { list: (_kind, selector) => api.calls.list(selector), watch: api.calls.watch };
+    const registry = new Registry();
+    const { logger, lines } = capture();
+    const injector = createCaBundleInjector({
+      targets: { names: ['a'] },
+      client,
+      logger,
+      registry,
+      intervalMs: 3_600_000,
+    });
+    injector.start(async () => PEM);
+    try {
+      await until('two watches', () => api.watches.length === 2);
+      for (const w of api.watches) w.end(httpError(403));
+      await sleep(100);
+      expect(api.watches).toHaveLength(2);
+      expect(api.lists).toHaveLength(2);
+      expect(lines.filter((l) => l['msg'] === FORBIDDEN_LINE)).toEqual([
+        expect.objectContaining({
+          level: 40,
+          watch: 'mutatingwebhookconfigurations metadata.name=a',
+          status: 403,
+        }),
+        expect.objectContaining({
+          level: 40,
+          watch: 'validatingwebhookconfigurations metadata.name=a',
+          status: 403,
+        }),
+      ]);
+      expect(
+        await metric(registry, 'buildkit_fleet_certs_errors_total', { reason: 'ca_bundle_watch_forbidden' }),
+      ).toBe(2);
     } finally {
       injector.stop();
     }
   });
 });
 
-describe('keepWatching', () => {
-  test('reconnects when the watch ends and gives up only on 403', async () => {
-    const dones: ((error: unknown) => void)[] = [];
-    const watch: WatchFn = async (_p, _q, _e, onDone) => {
-      dones.push(onDone);
-      return { abort() {} };
-    };
+describe('keepWatching (on the shared informer)', () => {
+  type Obj = { metadata: { name: string; resourceVersion: string } };
+  const obj = (name: string, resourceVersion: string): Obj => ({ metadata: { name, resourceVersion } });
+
+  test('lists, watches from the list\u2019s version, reconnects when the watch ends, restarts after errors, gives up only on 403', async () => {
+    const api = fakeWatchApi<Obj>(() => ({ metadata: { resourceVersion: '10' }, items: [obj('a', '5')] }));
+    const events: string[] = [];
     let forbidden = 0;
-    const kept = keepWatching({
-      watch,
-      path: '/x',
-      query: {},
-      what: 'x',
-      logger: pino({ level: 'silent' }),
-      onEvent: () => undefined,
+    const { logger, lines } = capture();
+    const kept = keepWatching<Obj>({
+      path: '/api/v1/namespaces/ns/secrets',
+      selector: { fieldSelector: 'metadata.name=a' },
+      calls: api.calls,
+      what: 'Secret ns/a',
+      logger,
+      restartBaseMs: 10,
+      onEvent: (type, o) => events.push(`${type} ${o.metadata.name} ${o.metadata.resourceVersion}`),
       onForbidden: () => forbidden++,
     });
     try {
-      await sleep(10);
-      expect(dones).toHaveLength(1);
-      dones[0]!(null); // the server's timeout: reconnect at once
-      await sleep(20);
-      expect(dones).toHaveLength(2);
-      dones[1]!(Object.assign(new Error('Forbidden'), { statusCode: 403 }));
-      await sleep(50);
-      expect(dones).toHaveLength(2);
+      await until('the watch', () => api.watches.length === 1);
+      expect(api.lists).toEqual([{ fieldSelector: 'metadata.name=a' }]);
+      expect(api.watches[0]).toMatchObject({
+        path: '/api/v1/namespaces/ns/secrets',
+        query: { fieldSelector: 'metadata.name=a', resourceVersion: '10' },
+      });
+      api.watches[0]!.emit('MODIFIED', obj('a', '11'));
+      api.watches[0]!.end(null); // the server's timeout: reconnect at once, from where it was
+      await until('a reconnect', () => api.watches.length === 2);
+      expect(api.watches[1]!.query).toMatchObject({ resourceVersion: '11' });
+      api.watches[1]!.end(httpError(500)); // a failure: restarted after a backoff
+      await until('a restart', () => api.watches.length === 3);
+      expect(api.watches[2]!.query).toMatchObject({ resourceVersion: '11' });
+      api.watches[2]!.emit('DELETED', obj('a', '12'));
+      api.watches[2]!.end(httpError(403));
+      await sleep(100);
+      expect(api.watches).toHaveLength(3);
+      expect(api.lists).toHaveLength(1);
       expect(forbidden).toBe(1);
+      expect(events).toEqual(['ADDED a 5', 'MODIFIED a 11', 'DELETED a 12']);
+      expect(lines.filter((l) => l['msg'] === FORBIDDEN_LINE)).toEqual([
+        expect.objectContaining({ level: 40, watch: 'Secret ns/a', status: 403 }),
+      ]);
     } finally {
-      kept.stop();
+      await kept.stop();
+    }
+  });
+
+  test('a failing list is retried; a 403 on the list gives up at once', async () => {
+    let failLists = 2;
+    const api = fakeWatchApi<Obj>(() => {
+      if (failLists-- > 0)
+        throw Object.assign(new TypeError('fetch failed'), { cause: { code: 'ECONNREFUSED' } });
+      return { metadata: { resourceVersion: '1' }, items: [] };
+    });
+    const options = {
+      path: '/x',
+      selector: { labelSelector: 'app=x' },
+      what: 'x',
+      logger: pino({ level: 'silent' }),
+      restartBaseMs: 10,
+      onEvent: () => undefined,
+    };
+    const kept = keepWatching<Obj>({ ...options, calls: api.calls });
+    try {
+      await until('the watch after two failed lists', () => api.watches.length === 1);
+      expect(api.lists).toHaveLength(3);
+      expect(api.watches[0]!.query).toMatchObject({ labelSelector: 'app=x', resourceVersion: '1' });
+    } finally {
+      await kept.stop();
+    }
+
+    const refused = fakeWatchApi<Obj>(() => {
+      throw Object.assign(new Error('HTTP-Code: 403'), { code: 403 }); // what a typed client-node API throws
+    });
+    let forbidden = 0;
+    const gaveUp = keepWatching<Obj>({ ...options, calls: refused.calls, onForbidden: () => forbidden++ });
+    try {
+      await sleep(100);
+      expect(forbidden).toBe(1);
+      expect(refused.lists).toHaveLength(1);
+      expect(refused.watches).toHaveLength(0);
+    } finally {
+      await gaveUp.stop();
+    }
+  });
+});
+
+describe('the rotator\u2019s Secret watch', () => {
+  test('a change by someone else triggers a check; our own write does not; 403 gives up and is counted', async () => {
+    const store = memorySecretStore();
+    const secretOf = (): V1Secret => ({
+      metadata: { name: 'tls', namespace: 'ns', resourceVersion: store.snapshot()?.resourceVersion ?? '' },
+      data: { 'tls.key': 'c2VjcmV0' },
+    });
+    const api = fakeWatchApi<V1Secret>(() => ({ metadata: { resourceVersion: '100' }, items: [secretOf()] }));
+    const registry = new Registry();
+    const { logger, lines } = capture();
+    const rotator = await startSelfManagedCerts({
+      namespace: 'ns',
+      secretName: 'tls',
+      serviceName: 'webhook',
+      webhookConfigurations: false,
+      store,
+      secretWatchCalls: api.calls,
+      logger,
+      registry,
+    });
+    const watchChecks = () => lines.filter((l) => String(l['trigger']).startsWith('watch: '));
+    try {
+      await until('the watch', () => api.watches.length === 1);
+      expect(api.lists).toEqual([{ fieldSelector: 'metadata.name=tls' }]);
+      expect(api.watches[0]).toMatchObject({
+        path: '/api/v1/namespaces/ns/secrets',
+        query: { fieldSelector: 'metadata.name=tls' },
+      });
+      // The list shows the version this replica wrote at start: nothing to do.
+      await sleep(200);
+      expect(watchChecks()).toEqual([]);
+      // Someone deletes the Secret: the check right after the event writes it again.
+      store.put(undefined);
+      api.watches[0]!.emit('DELETED', secretOf());
+      await until('the Secret to be created again and served', () =>
+        watchChecks().some((l) => l['msg'] === 'serving certificate replaced'),
+      );
+      expect(watchChecks()).toEqual([
+        expect.objectContaining({ msg: 'serving certificate replaced', trigger: 'watch: Secret deleted' }),
+      ]);
+      // at start and after the deletion
+      expect(lines.filter((l) => l['msg'] === 'certificate Secret created')).toHaveLength(2);
+      expect(store.snapshot()).toBeDefined();
+      const checks = watchChecks().length;
+      // Our own write coming back: the version is the one we hold.
+      api.watches[0]!.emit('ADDED', secretOf());
+      await sleep(200);
+      expect(watchChecks()).toHaveLength(checks);
+      api.watches[0]!.end(httpError(403));
+      await sleep(100);
+      expect(api.watches).toHaveLength(1);
+      expect(lines.filter((l) => l['msg'] === FORBIDDEN_LINE)).toEqual([
+        expect.objectContaining({ level: 40, watch: 'Secret memory/certs', status: 403 }),
+      ]);
+      expect(
+        await metric(registry, 'buildkit_fleet_certs_errors_total', { reason: 'secret_watch_forbidden' }),
+      ).toBe(1);
+    } finally {
+      await rotator.stop();
     }
   });
 });

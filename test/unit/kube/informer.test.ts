@@ -1,7 +1,7 @@
 // The informer's own logic around client-node's ListWatch, on a fake list and watch and a
 // hand-moved clock: restart with growing backoff after failures client-node gives up on, resume
 // from the last resourceVersion, relist on 410, stop racing a list, handlers that throw, late
-// handlers, resync.
+// handlers, resync, stopping on a 403 when asked (onForbidden).
 import { KubeConfig } from '@kubernetes/client-node';
 import type { KubernetesListObject, V1ConfigMap } from '@kubernetes/client-node';
 import { pino } from 'pino';
@@ -264,4 +264,63 @@ test('events converted by the source (fromWatch) land in the cache in the list s
   await clock.advance(0);
   api.lastWatch().emit('ADDED', cm('a', '11'));
   expect(i.get('ns', 'a')?.data).toEqual({ converted: 'yes' });
+});
+
+describe('onForbidden', () => {
+  test('a 403 on the watch stops the informer and calls onForbidden once; no restart', async () => {
+    api.lists.push(listOf('10', cm('a', '5')));
+    const forbidden: unknown[] = [];
+    const { i, events } = informer({ onForbidden: (e) => forbidden.push(e), restartBaseMs: 100 });
+    i.start();
+    await clock.advance(0);
+    const error = Object.assign(new Error('Forbidden'), { statusCode: 403 });
+    api.lastWatch().end(error);
+    await clock.advance(60_000);
+    expect(forbidden).toEqual([error]);
+    expect(api.watches).toHaveLength(1);
+    expect(api.listCalls).toBe(1);
+    expect(restarts()).toEqual([]);
+    expect(lines).toContainEqual(expect.objectContaining({ msg: 'informer stopped' }));
+    // The cache keeps what it had.
+    expect(events).toEqual(['add a']);
+    expect(i.get('ns', 'a')).toBeDefined();
+  });
+
+  test('a 403 on the list: stopped before it synced, waiters are told', async () => {
+    api.lists.push(() => Promise.reject(status(403)));
+    let forbidden = 0;
+    const { i } = informer({ onForbidden: () => forbidden++ });
+    i.start();
+    const sync = i.waitForSync();
+    await clock.advance(0);
+    await expect(sync).rejects.toThrow('stopped');
+    await clock.advance(60_000);
+    expect(forbidden).toBe(1);
+    expect(api.listCalls).toBe(1);
+    expect(api.watches).toHaveLength(0);
+    expect(restarts()).toEqual([]);
+  });
+
+  test('other failures still restart; without onForbidden a 403 restarts too', async () => {
+    api.lists.push(
+      () => Promise.reject(status(500)),
+      listOf('10'),
+      () => Promise.reject(status(403)),
+      listOf('10'),
+    );
+    let forbidden = 0;
+    const { i } = informer({ onForbidden: () => forbidden++, restartBaseMs: 100 });
+    i.start();
+    await clock.advance(100);
+    expect(api.listCalls).toBe(2);
+    expect(i.hasSynced()).toBe(true);
+    expect(forbidden).toBe(0);
+
+    const { i: plain } = informer({ restartBaseMs: 100 });
+    plain.start();
+    await clock.advance(100);
+    expect(api.listCalls).toBe(4);
+    expect(plain.hasSynced()).toBe(true);
+    expect(restarts().map((l) => l['reason'])).toEqual(['http_500', 'http_403']);
+  });
 });

@@ -1,4 +1,4 @@
-// Turns a decision (decide.ts) into the Secret data to write. Deterministic apart from the key
+// Turns a decision (rotation-policy.ts) into the Secret data to write. Deterministic apart from the key
 // generation and serial numbers of the certificate factory, which tests may replace.
 import { createCa, createServingCert } from './generate.ts';
 import type { CertKeyPair, CreateCaOptions, CreateServingCertOptions } from './generate.ts';

@@ -8,7 +8,7 @@
 // A check (at start, every checkInterval, on a Secret watch event, or checkNow()):
 //   1. read the Secret; if it has a usable CA, make sure caBundle holds its ca.crt (this also tells
 //      whether a pending next CA is published yet)
-//   2. plan (decide.ts + material.ts) until the data needs nothing; a CA switch waits until the next CA
+//   2. plan (rotation-policy.ts + material.ts) until the data needs nothing; a CA switch waits until the next CA
 //      is in every caBundle
 //   3. write it (create-if-absent / update with resourceVersion; on 409 re-read and plan again)
 //   4. publish the written ca.crt in caBundle, then serve the new certificate (onChange)

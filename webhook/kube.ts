@@ -9,7 +9,7 @@ import type {
 
 import { BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
 import type { BuildkitTemplate } from '../api/types.generated.ts';
-import { errorStatus } from '../kube/errors.ts';
+import { apiErrorText, errorStatus, isConflict, isNotFound } from '../kube/errors.ts';
 import type { TemplateReader } from './handlers.ts';
 
 export function liveTemplateReader(kc: KubeConfig): TemplateReader {
@@ -24,11 +24,10 @@ export function liveTemplateReader(kc: KubeConfig): TemplateReader {
         name,
       })) as BuildkitTemplate;
     } catch (error) {
-      if (errorStatus(error) === 404) return undefined;
-      throw new Error(
-        `API server answered ${errorStatus(error) ?? 'no status'}: ${(error as Error).message.split('\n')[0]}`,
-        { cause: error },
-      );
+      if (isNotFound(error)) return undefined;
+      throw new Error(`API server answered ${errorStatus(error) ?? 'no status'}: ${apiErrorText(error)}`, {
+        cause: error,
+      });
     }
   };
 }
@@ -46,7 +45,7 @@ async function upsert<T extends { metadata?: { name?: string; resourceVersion?: 
   for (let attempt = 0; ; attempt++) {
     try {
       const existing = await ops.read(name).catch((e) => {
-        if (errorStatus(e) === 404) return undefined;
+        if (isNotFound(e)) return undefined;
         throw e;
       });
       if (!existing) {
@@ -59,9 +58,8 @@ async function upsert<T extends { metadata?: { name?: string; resourceVersion?: 
       });
       return;
     } catch (error) {
-      const code = errorStatus(error);
-      // 409: someone changed it (or created it) between our read and write; read again.
-      if (code !== 409 || attempt >= 4) throw error;
+      // a conflict: someone changed it (or created it) between our read and write; read again
+      if (!isConflict(error) || attempt >= 4) throw error;
     }
   }
 }
@@ -87,7 +85,7 @@ export async function applyWebhookConfigurations(
 export async function deleteWebhookConfigurations(kc: KubeConfig, name: string): Promise<void> {
   const api = kc.makeApiClient(AdmissionregistrationV1Api);
   const ignoreMissing = (e: unknown) => {
-    if (errorStatus(e) !== 404) throw e;
+    if (!isNotFound(e)) throw e;
   };
   await api.deleteMutatingWebhookConfiguration({ name }).catch(ignoreMissing);
   await api.deleteValidatingWebhookConfiguration({ name }).catch(ignoreMissing);

@@ -17,7 +17,8 @@ import type { Registry } from 'prom-client';
 
 import { keyMatchesCert } from './inspect.ts';
 import { certMetrics } from './metrics.ts';
-import { CertificateError, errorMessage, parseCertificate } from './parse.ts';
+import { errorMessage } from '../kube/errors.ts';
+import { CertificateError, parseCertificate } from './parse.ts';
 import type { CertSource, ServingMaterial } from './rotator.ts';
 
 export interface FileReloaderOptions {

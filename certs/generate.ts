@@ -17,13 +17,13 @@ import {
   randomBytes as cryptoRandomBytes,
   sign as nativeSign,
 } from 'node:crypto';
+import { errorMessage } from '../kube/errors.ts';
 import type { KeyObject } from 'node:crypto';
 import forge from 'node-forge';
 import {
   CertificateError,
   MIN_RSA_BITS,
   canonicalIp,
-  errorMessage,
   isCaCertificate,
   parseCertificate,
   parseRsaPrivateKey,

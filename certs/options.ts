@@ -10,7 +10,7 @@ import { UsageError } from '../flags/errors.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { DAY_MS, requireDuration } from './duration.ts';
 import { startFileReloader } from './file-reloader.ts';
-import { errorMessage } from './parse.ts';
+import { errorMessage } from '../kube/errors.ts';
 import type { CertSource, SelfManagedCertsOptions } from './rotator.ts';
 import { rotatorPolicy, startSelfManagedCerts } from './rotator.ts';
 

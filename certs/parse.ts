@@ -5,6 +5,8 @@ import { createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
 import forge from 'node-forge';
 
+import { errorMessage } from '../kube/errors.ts';
+
 /**
  * Malformed or unsupported certificate/key input. A distinct class so that a caller (e.g. a rotator
  * reading a Secret) can treat "the stored material is unusable, regenerate it" differently from a bug.
@@ -19,13 +21,6 @@ const KEY_PEM_TYPES = new Set(['PRIVATE KEY', 'RSA PRIVATE KEY']);
 // Weaker keys are refused by OpenSSL at its default security level on many distributions, so a
 // smaller injected key would produce a certificate that fails only at handshake time.
 export const MIN_RSA_BITS = 2048;
-
-export function errorMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  // forge sometimes throws plain `{ message, error }` objects rather than Errors.
-  if (typeof err === 'object' && err !== null && 'message' in err) return String(err.message);
-  return String(err);
-}
 
 function typeName(value: unknown): string {
   if (value === null) return 'null';

@@ -13,6 +13,7 @@
 //   ca-next.key  private key of the next CA, present only between "add next CA" and "switch"
 // Any other keys are left alone.
 import { X509Certificate } from 'node:crypto';
+import { errorMessage } from '../kube/errors.ts';
 import { createSecureContext } from 'node:tls';
 import forge from 'node-forge';
 
@@ -21,7 +22,6 @@ import {
   CertificateError,
   MIN_RSA_BITS,
   canonicalIp,
-  errorMessage,
   isCaCertificate,
   parseCertificate,
   parseRsaPrivateKey,

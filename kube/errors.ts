@@ -23,7 +23,7 @@ export function errorReason(error: unknown): string {
   return typeof e?.name === 'string' ? e.name : 'error';
 }
 
-/** The error's message with its cause's, for logs. */
+/** The error's message with its cause's, for logs; also for the plain `{ message }` objects node-forge throws. */
 export function errorMessage(error: unknown): string {
   const e = error as { message?: unknown; cause?: { message?: unknown } } | null | undefined;
   const message = typeof e?.message === 'string' ? e.message : String(error);

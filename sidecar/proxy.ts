@@ -2,33 +2,26 @@
 // address byte for byte. It never parses the stream, so gRPC over HTTP/2, TLS or anything else
 // passes through untouched, and it counts what the controller needs to decide idleness.
 //
-// It drives Node's TCP handles directly (tcp-handles.ts says why: net.Socket's stream machinery
-// was most of the cost per connection). The rules it keeps:
+// This module holds what both data paths share (the Proxy interface, the settings, name
+// resolution) and the JavaScript data path's listener; js-engine/connection.ts splices one
+// connection, on public net.Socket APIs only (no process.binding: DEP0111 internals can change in
+// any Node release). The native data path is native-proxy.ts. The rules both keep:
 // - Half-close: end of stream from one peer becomes a shutdown (FIN) towards the other, after
 //   everything read before it is written; the opposite direction keeps flowing (gRPC clients and
 //   `nc -q` half-close). A connection closes cleanly once both directions have ended.
 // - Anything else (a read or write error, a reset, an upstream that cannot be reached, the end of
 //   the grace period) resets both sides, so each peer sees the failure instead of a clean end of
 //   stream that could pass for a complete response.
-// - Backpressure: after forwarding a read, if the destination did not take it at once (its kernel
-//   buffer is full), the source stops reading until that write completes. So the proxy holds at
-//   most one read of data per direction, whatever the peers do.
-// - Reads: every socket reads into one buffer shared by the whole proxy, and each read is copied
-//   out of it (a slice of Node's buffer pool for small reads) before it is written: a write the
-//   kernel cannot take at once stays pending and points at its data, and the next read of any
-//   socket would overwrite the shared buffer. Reading into a fresh allocation instead (libuv's
-//   default in Node) costs a 64 KiB malloc, a second allocation and a copy per read, which
-//   profiling of 1 KiB ping-pong showed as the largest user-space cost after Node's callback
-//   machinery. An idle connection holds no buffer at all, which keeps 1,000 of them small.
-// - Bulk: a direction that reads a large chunk (BULK_READ_BYTES) is moving bulk data; from then on
-//   it reads into a 64 KiB buffer of its own from a small pool, and writes straight from it with
-//   no copy (per-read allocation was ~40% of the CPU in GC under bulk load with net.Socket). The
-//   rule above keeps it safe: the source reads nothing while its write is pending. The buffer goes
-//   back to the pool when the connection closes, when nothing can read or write it any more.
-// - The client is read from the moment it is accepted: its first bytes usually come with the
-//   connection, and libuv sends them as soon as the upstream is connected (until then the write
-//   is pending, so the client is not read further: nothing piles up here).
-// - Counting is two additions and a Date.now() per read.
+// - Backpressure: a direction whose destination does not take what was read stops reading until
+//   it has, so the proxy holds a bounded amount per direction (a read or two of READ_BUFFER_BYTES),
+//   whatever the peers do.
+// - The client is read from the moment it is accepted; what it sends before the upstream is
+//   connected waits for the connect, and the client is not read further meanwhile.
+// - Counters: a connection is counted opened when it is accepted, before a byte of it moves (the
+//   fence relies on that), and closed once both of its sockets are closed or reset; bytes and the
+//   time of the last byte are counted per read, so an idle connection or a bare FIN is no activity.
+// - An upstream connect that fails or takes longer than connectTimeoutMs resets the client and
+//   counts an upstream failure, unless the proxy itself had no descriptor left (accept-trouble.ts).
 import { randomUUID } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { EventEmitter } from 'node:events';
@@ -37,20 +30,10 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 
 import type { HostPort } from '../flags/options.ts';
-import { AcceptTrouble, isOutOfResources } from './accept-trouble.ts';
-import type { SocketName, TcpHandle, TcpServerHandle, WriteRequest } from './tcp-handles.ts';
-import {
-  UV_EOF,
-  errnoError,
-  errorName,
-  lastReadResult,
-  lastWriteWasAsync,
-  newConnectRequest,
-  newServerHandle,
-  newShutdownRequest,
-  newSocketHandle,
-  newWriteRequest,
-} from './tcp-handles.ts';
+import { AcceptTrouble } from './accept-trouble.ts';
+import { connectTimeouts } from './js-engine/connect-timeouts.ts';
+import type { ProxyState } from './js-engine/connection.ts';
+import { Connection, HOLD_ONE } from './js-engine/connection.ts';
 
 export interface ProxyCounters {
   /** connections accepted and not yet fully closed (both sockets) */
@@ -79,10 +62,11 @@ export interface ProxyOptions {
   keepAliveInitialDelayMs?: number;
 }
 
+/** The read buffers an engine pools itself (the JavaScript one has none: Node allocates each read). */
 export interface ReadBufferCounts {
-  /** pooled read buffers held by open connections (bulk directions) */
+  /** pooled read buffers held by open connections */
   inUse: number;
-  /** pooled read buffers kept for the next bulk direction */
+  /** pooled read buffers kept for the next connection that needs one */
   idle: number;
 }
 
@@ -103,267 +87,9 @@ export interface Proxy {
   readBuffers(): ReadBufferCounts;
 }
 
-/** Size of a bulk direction's read buffer (libuv reads at most 64 KiB at once anyway). */
+/** The most one read takes (libuv reads up to 64 KiB at once): the unit of the buffering bounds. */
 export const READ_BUFFER_BYTES = 64 * 1024;
-/** A read at least this large makes its direction bulk (see the top of this file). */
-export const BULK_READ_BYTES = 16 * 1024;
-/** Pooled read buffers kept while unused (1 MiB); more are allocated when needed and dropped after. */
-const IDLE_BUFFERS_KEPT = 16;
 export const LISTEN_BACKLOG = 1024;
-
-class BufferPool {
-  private readonly idle: Buffer[] = [];
-  inUse = 0;
-
-  take(): Buffer {
-    this.inUse++;
-    return this.idle.pop() ?? Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
-  }
-
-  give(buffer: Buffer): void {
-    this.inUse--;
-    if (this.idle.length < IDLE_BUFFERS_KEPT) this.idle.push(buffer);
-  }
-
-  get idleCount(): number {
-    return this.idle.length;
-  }
-}
-
-/** What every connection shares. */
-interface ProxyState {
-  readonly counters: ProxyCounters;
-  readonly logger: Logger;
-  readonly pool: BufferPool;
-  readonly connections: Set<Connection>;
-  readonly connecting: Set<Connection>;
-  readonly events: EventEmitter;
-  /** out of descriptors: logged once per episode, not per failed accept */
-  readonly acceptTrouble: AcceptTrouble;
-  /** every socket not in bulk mode reads into this one buffer (see the top of this file) */
-  readonly sharedRead: Buffer;
-  /**
-   * The write request every forward uses while writes complete at once (they almost always do):
-   * only a write that stays pending keeps its request, and a new spare takes its place.
-   */
-  spareWrite: WriteRequest;
-}
-
-/** One socket of a connection, and the direction that reads from it. */
-class Side {
-  /** pooled buffer this side reads into once its direction is bulk */
-  buffer: Buffer | undefined;
-  /** end of stream read from this socket */
-  ended = false;
-  /** our shutdown (FIN) of this socket is queued in libuv and not done yet */
-  shutting = false;
-  /** our shutdown of this socket's sending direction completed */
-  shut = false;
-  other!: Side;
-  readonly name: 'client' | 'upstream';
-  readonly handle: TcpHandle;
-
-  constructor(name: 'client' | 'upstream', handle: TcpHandle) {
-    this.name = name;
-    this.handle = handle;
-  }
-}
-
-class Connection {
-  readonly client: Side;
-  readonly upstream: Side;
-  readonly started = Date.now();
-  connected = false;
-  closing = false;
-  failure: string | undefined;
-  /** the upstream could not be reached (connect error or timeout): counted and logged as such */
-  upstreamUnreachable = false;
-  peer: string | undefined;
-  bytesIn = 0;
-  bytesOut = 0;
-  private readonly state: ProxyState;
-
-  constructor(state: ProxyState, clientHandle: TcpHandle) {
-    this.state = state;
-    this.client = new Side('client', clientHandle);
-    this.upstream = new Side('upstream', newSocketHandle());
-    this.client.other = this.upstream;
-    this.upstream.other = this.client;
-  }
-
-  connect(target: HostPort, v6: boolean): void {
-    const request = newConnectRequest();
-    request.oncomplete = (status) => this.onConnect(status);
-    const handle = this.upstream.handle;
-    const error = v6
-      ? handle.connect6(request, target.host, target.port)
-      : handle.connect(request, target.host, target.port);
-    if (error !== 0) {
-      const name = errorName(error);
-      if (!isOutOfResources(name)) return this.failUpstream(`upstream connect ${name}`);
-      // the client took the last descriptor: it is reset, and the upstream is not blamed
-      this.state.acceptTrouble.failed(name);
-      return this.fail(`no descriptor for the upstream socket: ${name}`);
-    }
-    this.state.acceptTrouble.recovered();
-    this.state.connecting.add(this);
-    this.startReading(this.client);
-  }
-
-  private onConnect(status: number): void {
-    this.state.connecting.delete(this);
-    if (this.closing) return;
-    if (status < 0) return this.failUpstream(`upstream connect ${errorName(status)}`);
-    this.connected = true;
-    this.upstream.handle.setNoDelay(true);
-    this.startReading(this.upstream);
-    if (this.client.ended) this.shutdown(this.upstream);
-  }
-
-  private startReading(side: Side): void {
-    side.handle.useUserBuffer(this.state.sharedRead);
-    side.handle.onread = () => this.read(side);
-    const error = side.handle.readStart();
-    if (error !== 0) this.fail(`${side.name} read ${errorName(error)}`);
-  }
-
-  /** Returns the buffer the socket's next read goes into when that changes (libuv takes it). */
-  private read(from: Side): Buffer | undefined {
-    const n = lastReadResult();
-    if (n > 0) {
-      const own = from.buffer;
-      let data: Buffer;
-      if (own) data = n === own.length ? own : own.subarray(0, n);
-      else {
-        // out of the shared buffer before the next read of any socket overwrites it
-        data = Buffer.allocUnsafe(n);
-        this.state.sharedRead.copy(data, 0, 0, n);
-      }
-      const counters = this.state.counters;
-      if (from === this.client) {
-        this.bytesIn += n;
-        counters.bytesIn += n;
-      } else {
-        this.bytesOut += n;
-        counters.bytesOut += n;
-      }
-      counters.lastActivityMs = Date.now();
-      this.forward(from, data);
-      if (own === undefined && n >= BULK_READ_BYTES && !this.closing) {
-        from.buffer = this.state.pool.take();
-        return from.buffer;
-      }
-    } else if (n === UV_EOF) {
-      from.ended = true;
-      const to = from.other;
-      // the last direction to end: nothing is left to send either way, and close() sends the
-      // FIN itself once the kernel has sent what it holds, one system call fewer than shutdown
-      if (to.ended && from.shut && to.handle.writeQueueSize === 0) this.close(false);
-      // a shutdown requested while connecting could be lost by libuv: onConnect sends it
-      else if (to === this.client || this.connected) this.shutdown(to);
-    } else if (n < 0) {
-      this.fail(`${from.name} ${errorName(n)}`);
-    }
-    return undefined;
-  }
-
-  private forward(from: Side, data: Uint8Array): void {
-    if (this.closing) return;
-    const request = this.state.spareWrite;
-    const error = from.other.handle.writeBuffer(request, data);
-    if (error !== 0) return this.fail(`${from.other.name} write ${errorName(error)}`);
-    if (!lastWriteWasAsync()) return;
-    // the pending write points into `data` (possibly this side's read buffer): keep it alive and
-    // read nothing more from this side until it is written
-    this.state.spareWrite = newWriteRequest();
-    request.buffer = data;
-    request.oncomplete = (status) => {
-      request.buffer = undefined;
-      if (this.closing) return;
-      if (status < 0) return this.fail(`${from.other.name} write ${errorName(status)}`);
-      if (!from.ended) from.handle.readStart();
-    };
-    from.handle.readStop();
-  }
-
-  /** Sends FIN to `side` once everything queued for it is written. */
-  private shutdown(side: Side): void {
-    if (this.closing) return;
-    const request = newShutdownRequest();
-    request.oncomplete = (status) => {
-      side.shutting = false;
-      if (this.closing) return;
-      if (status < 0) return this.fail(`${side.name} shutdown ${errorName(status)}`);
-      side.shut = true;
-      if (side.other.shut) this.close(false);
-    };
-    const error = side.handle.shutdown(request);
-    if (error !== 0) this.fail(`${side.name} shutdown ${errorName(error)}`);
-    else side.shutting = true;
-  }
-
-  /** The upstream cannot be reached: the client is reset and the failure counted as the upstream's. */
-  failUpstream(reason: string): void {
-    this.upstreamUnreachable = true;
-    this.fail(reason);
-  }
-
-  fail(reason: string): void {
-    if (this.closing) return;
-    this.failure = reason;
-    this.close(true);
-  }
-
-  /**
-   * Closes both sockets, with an RST when `reset`, and counts the connection closed at once: after
-   * close() the kernel no longer touches the read buffers and no callback reads them, and no close
-   * callback is asked for (two calls into JavaScript fewer per connection).
-   */
-  private close(reset: boolean): void {
-    this.closing = true;
-    const { counters, pool, logger, connections, connecting, events } = this.state;
-    connecting.delete(this);
-    if (reset || logger.isLevelEnabled('debug')) this.peer ??= peerOf(this.client.handle);
-    for (const side of [this.client, this.upstream]) {
-      // libuv refuses a reset while a shutdown is queued, and Node then ignores a later close():
-      // such a socket is closed plainly (the kernel still resets it if unread data is left)
-      if (!reset || side.shutting || side.handle.reset(noop) !== 0) side.handle.close(noop);
-    }
-    if (this.client.buffer) pool.give(this.client.buffer);
-    if (this.upstream.buffer) pool.give(this.upstream.buffer);
-    connections.delete(this);
-    counters.closed++;
-    counters.open--;
-    if (this.upstreamUnreachable) {
-      counters.upstreamFailures++;
-      logger.warn(
-        { ...this.fields(), reason: this.failure },
-        'upstream unreachable, client connection reset',
-      );
-    } else if (logger.isLevelEnabled('debug')) {
-      if (this.failure) logger.debug({ ...this.fields(), reason: this.failure }, 'connection reset');
-      else logger.debug(this.fields(), 'connection closed');
-    }
-    if (counters.open === 0) events.emit('drained');
-  }
-
-  private fields() {
-    return {
-      peer: this.peer,
-      ms: Date.now() - this.started,
-      bytesIn: this.bytesIn,
-      bytesOut: this.bytesOut,
-      open: this.state.counters.open,
-    };
-  }
-}
-
-const noop = () => undefined;
-
-function peerOf(handle: TcpHandle): string | undefined {
-  const out: SocketName = {};
-  return handle.getpeername(out) === 0 ? `${out.address}:${out.port}` : undefined;
-}
 
 /** The options both engines apply, with their defaults; throws when the upstream is not an IP. */
 export function proxySettings(options: ProxyOptions): {
@@ -383,9 +109,11 @@ export function proxySettings(options: ProxyOptions): {
   };
 }
 
+/** The JavaScript data path (`--engine js`): needs nothing built, and runs on the main thread. */
 export function createProxy(options: ProxyOptions): Proxy {
   const { upstream: target, logger } = options;
-  const { v6, connectTimeoutMs, keepAliveSeconds } = proxySettings(options);
+  const { connectTimeoutMs, keepAliveSeconds } = proxySettings(options);
+  const events = new EventEmitter();
   const state: ProxyState = {
     counters: {
       open: 0,
@@ -397,48 +125,22 @@ export function createProxy(options: ProxyOptions): Proxy {
       upstreamFailures: 0,
     },
     logger,
-    pool: new BufferPool(),
     connections: new Set(),
     connecting: new Set(),
-    events: new EventEmitter(),
     acceptTrouble: new AcceptTrouble(logger),
-    spareWrite: newWriteRequest(),
-    sharedRead: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES),
+    drained: () => events.emit('drained'),
   };
-  const { counters, connections, connecting } = state;
+  const { counters, connections } = state;
+  const timeouts = connectTimeouts(state.connecting, connectTimeoutMs);
 
-  // one timer for every pending upstream connect, running only while there are some
-  let connectSweep: NodeJS.Timeout | undefined;
-  const sweepConnecting = () => {
-    const now = Date.now();
-    for (const connection of connecting) {
-      if (now - connection.started >= connectTimeoutMs) connection.failUpstream('upstream connect timeout');
-    }
-    if (connecting.size === 0) {
-      clearInterval(connectSweep);
-      connectSweep = undefined;
-    }
-  };
-
-  function accept(status: number, clientHandle: TcpHandle | undefined): void {
-    if (status < 0 || !clientHandle) {
-      // EMFILE and the like: the listener stays up, open connections keep flowing. On EMFILE libuv
-      // first closes the clients waiting in the backlog with a reserve descriptor, silently, and
-      // calls back only when even that failed; either way it does not spin on the listener.
-      state.acceptTrouble.failed(errorName(status));
-      return;
-    }
+  const accept = (client: net.Socket) => {
     counters.opened++;
     counters.open++;
-    const connection = new Connection(state, clientHandle);
-    connections.add(connection);
-    connection.connect(target, v6);
-    if (connecting.size > 0 && !connectSweep) {
-      connectSweep = setInterval(sweepConnecting, Math.min(1000, Math.max(10, connectTimeoutMs / 4)));
-    }
-  }
+    new Connection(state, client, target);
+    timeouts.watch();
+  };
 
-  let server: TcpServerHandle | undefined;
+  let server: net.Server | undefined;
   return {
     bootId: randomUUID(),
     startedAt: new Date(),
@@ -446,44 +148,58 @@ export function createProxy(options: ProxyOptions): Proxy {
     async listen(host, port) {
       if (server) throw new Error('proxy is already listening');
       const { host: ip } = await resolveHostPort({ host, port });
-      const handle = newServerHandle();
-      let error = net.isIPv6(ip) ? handle.bind6(ip, port, 0) : handle.bind(ip, port);
-      if (error === 0) {
-        // accepted sockets inherit both from the listening socket (Linux copies the socket at
-        // accept), which saves five setsockopt calls on every connection
-        handle.setNoDelay(true);
-        handle.setKeepAlive(true, keepAliveSeconds);
-        error = handle.listen(LISTEN_BACKLOG);
+      if (server) throw new Error('proxy is already listening');
+      const listener = net.createServer(
+        {
+          allowHalfOpen: true,
+          highWaterMark: HOLD_ONE,
+          noDelay: true,
+          keepAlive: true,
+          keepAliveInitialDelay: keepAliveSeconds * 1000,
+        },
+        accept,
+      );
+      server = listener;
+      try {
+        await new Promise<void>((resolve, reject) => {
+          listener.once('error', reject);
+          listener.listen({ host: ip, port, backlog: LISTEN_BACKLOG }, () => {
+            listener.off('error', reject);
+            resolve();
+          });
+        });
+      } catch (error) {
+        server = undefined;
+        throw error;
       }
-      if (error !== 0) {
-        handle.close(() => undefined);
-        throw errnoError(error, 'listen', `${host}:${port}`);
-      }
-      handle.onconnection = accept;
-      server = handle;
-      const name: SocketName = {};
-      handle.getsockname(name);
-      return { address: name.address ?? ip, port: name.port ?? port, family: name.family ?? 'IPv4' };
+      // from now on an error is a failed accept (EMFILE and the like): the listener stays up and
+      // open connections keep flowing. On EMFILE libuv first closes the clients waiting in the
+      // backlog with a reserve descriptor, silently, and reports only when even that failed;
+      // either way it does not spin on the listener.
+      listener.on('error', (error: NodeJS.ErrnoException) =>
+        state.acceptTrouble.failed(error.code ?? error.message),
+      );
+      return listener.address() as AddressInfo;
     },
     stopAccepting() {
-      return new Promise((resolve) => {
-        if (!server) return resolve();
-        server.close(() => resolve());
-        server = undefined;
-      });
+      // close() shuts the listening socket at once (new clients are refused from here on); its
+      // callback would wait for every open connection, which is waitForDrain's job
+      server?.close();
+      server = undefined;
+      return Promise.resolve();
     },
     waitForDrain(timeoutMs) {
       if (counters.open === 0) return Promise.resolve(true);
       return new Promise((resolve) => {
         const timer = setTimeout(() => {
-          state.events.off('drained', onDrained);
+          events.off('drained', onDrained);
           resolve(false);
         }, timeoutMs);
         const onDrained = () => {
           clearTimeout(timer);
           resolve(true);
         };
-        state.events.once('drained', onDrained);
+        events.once('drained', onDrained);
       });
     },
     destroyAll() {
@@ -491,14 +207,11 @@ export function createProxy(options: ProxyOptions): Proxy {
     },
     bufferedBytes() {
       let total = 0;
-      for (const { client, upstream } of connections) {
-        total += client.handle.writeQueueSize + upstream.handle.writeQueueSize;
-      }
+      for (const { client, upstream } of connections)
+        total += client.writableLength + upstream.writableLength;
       return total;
     },
-    readBuffers() {
-      return { inUse: state.pool.inUse, idle: state.pool.idleCount };
-    },
+    readBuffers: () => ({ inUse: 0, idle: 0 }),
   };
 }
 

@@ -248,6 +248,37 @@ export function proxySuite(name: EngineName): void {
     expect(proxy.counters).toMatchObject({ open: 0, upstreamFailures: 0 });
   });
 
+  test('a client that half-closes and then resets: the server is reset too, not closed plainly', async () => {
+    let serverSocket: net.Socket | undefined;
+    const upstream = await tcpServer((socket) => (serverSocket = socket));
+    const { proxy, at } = await startProxy(upstream);
+    const client = await connect(at);
+    client.end('bye');
+    await until('server socket', () => serverSocket !== undefined);
+    let got = '';
+    serverSocket!.on('data', (c: Buffer) => (got += c.toString()));
+    await new Promise((resolve) => serverSocket!.once('end', resolve));
+    expect(got).toBe('bye');
+    // the proxy has sent the server its FIN, and must still reset that socket
+    client.resetAndDestroy();
+    await sleep(50);
+    const outcome = new Promise<string>((resolve) => {
+      serverSocket!.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    });
+    // the native engine sees the reset as it comes; the JavaScript one stopped reading the client
+    // at its FIN (as Node does), and sees it when it forwards this reply
+    serverSocket!.write('reply');
+    await until('closed', () => proxy.counters.closed === 1);
+    await sleep(50);
+    // the server stopped reading at the FIN, so a write tells: after a reset it fails at once,
+    // after a plain close it is accepted (only the answer to it would be a reset)
+    if (!serverSocket!.destroyed) serverSocket!.write('more');
+    expect(['EPIPE', 'ECONNRESET']).toContain(
+      await Promise.race([outcome, sleep(300).then(() => 'writes accepted')]),
+    );
+    expect(proxy.counters).toMatchObject({ open: 0, opened: 1, closed: 1, upstreamFailures: 0 });
+  });
+
   test('an unreachable upstream resets the client and is counted', async () => {
     const closed = net.createServer();
     const dead = await listen(closed);
@@ -572,11 +603,39 @@ export function proxySuite(name: EngineName): void {
     socket.end();
   }
 
+  test('a stalled reader: the proxy holds at most one read for it, and delivers everything once it reads', async () => {
+    // small writes, so a direction whose destination is full could otherwise queue read after read
+    const size = 16 * 1024 * 1024;
+    const payload = randomBytes(size);
+    let stalled: net.Socket | undefined;
+    const upstream = await tcpServer((socket) => {
+      stalled = socket.pause();
+      socket.once('end', () => socket.end());
+    });
+    const { proxy, at } = await startProxy(upstream);
+    const client = await connect(at);
+    const sent = sendTrickle(client, payload);
+    let maxBuffered = 0;
+    const sampler = setInterval(() => (maxBuffered = Math.max(maxBuffered, proxy.bufferedBytes())), 2);
+    cleanups.push(() => clearInterval(sampler));
+    await until('a write pending at the stalled upstream', () => proxy.bufferedBytes() > 0, 30_000);
+    await sleep(300);
+    expect(maxBuffered).toBeGreaterThan(0);
+    expect(maxBuffered).toBeLessThanOrEqual(READ_BUFFER_BYTES);
+    const got = receiveAll(stalled!);
+    stalled!.resume();
+    await sent;
+    expect(await got).toEqual({ sha: sha(payload), length: size });
+    expect(maxBuffered).toBeLessThanOrEqual(READ_BUFFER_BYTES);
+    await until('closed', () => proxy.counters.closed === 1);
+    expect(proxy.counters).toMatchObject({ open: 0, bytesIn: size, bytesOut: 0 });
+  });
+
   test('many connections with small messages and a stalled upstream: each gets exactly its own bytes (the shared read buffer)', async () => {
-    // Every socket that is not moving bulk data reads into one buffer shared by all connections.
-    // One upstream stops reading for a while, so the proxy's write to it stays pending while the
-    // other connections keep reading: a pending write that still pointed into the shared buffer
-    // would carry other connections' bytes.
+    // The native engine reads every socket into one buffer shared by all connections (the
+    // JavaScript one gets a fresh buffer from Node for every read). One upstream stops reading for
+    // a while, so the proxy's write to it stays pending while the other connections keep reading: a
+    // pending write that still pointed into a shared buffer would carry other connections' bytes.
     const connections = 6;
     const size = 6 * 1024 * 1024;
     const payloads = Array.from({ length: connections }, () => randomBytes(size));
@@ -594,8 +653,8 @@ export function proxySuite(name: EngineName): void {
     await until('a write pending at the stalled upstream', () => proxy.bufferedBytes() > 0, 30_000);
     const readThen = proxy.counters.bytesIn;
     await until('more reads meanwhile', () => proxy.counters.bytesIn > readThen + 64 * 1024, 30_000);
-    // the JavaScript engine's pending write holds a copy (no pooled read buffer); the native
-    // engine keeps the unsent rest of the stalled direction's read in one buffer of its own
+    // the JavaScript engine pools no read buffers (its pending write holds the buffer Node read
+    // into); the native engine keeps the unsent rest of the stalled direction's read in one of its own
     expect(proxy.readBuffers().inUse).toBe(name === 'native' ? 1 : 0);
     received.push(receiveAll(stalled!));
     stalled!.resume();

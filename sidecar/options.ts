@@ -30,7 +30,7 @@ export const SIDECAR_OPTIONS = {
     type: { oneOf: ['auto', 'native', 'js'] },
     env: 'BKF_SIDECAR_ENGINE',
     description:
-      'Data path: native (an epoll loop in C++, build/native/proxy-engine.node), js (Node TCP handles), or auto (native when it loads, else js with a warning)',
+      'Data path: native (an epoll loop in C++, build/native/proxy-engine.node), js (Node net sockets, slower), or auto (native when it loads, else js with a warning)',
     default: 'auto',
   },
   grace: {

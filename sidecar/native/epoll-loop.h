@@ -10,10 +10,9 @@
 // thread-safe function and registers the module. scripts/build-native.ts builds both into
 // build/native/proxy-engine.node.
 //
-// Why native: the same rules in JavaScript over Node's TCP handles (sidecar/proxy.ts) spent
-// several times HAProxy's user CPU per round trip and per connection in Node's callback
-// machinery, which left latency and connection churn behind HAProxy (README.md has the
-// measurements). Here a round trip costs four system calls and no allocation.
+// Why native: the same rules in JavaScript on Node's sockets (sidecar/proxy.ts) spent several
+// times HAProxy's user CPU per round trip and per connection in Node's callback machinery, which
+// left latency and connection churn behind HAProxy (docs/benchmarks.md has the measurements). Here a round trip costs four system calls and no allocation.
 //
 // The rules are those of sidecar/proxy.ts:
 // - half-close: end of stream from one peer becomes a shutdown(SHUT_WR) towards the other once

@@ -3,7 +3,7 @@
 // measured in the same run and interleaved:
 //   direct   client -> server
 //   sidecar  client -> `buildkit-fleet sidecar` (its own process, as in production; the native
-//            data path with --engine auto, BENCH_SIDECAR_ENGINE=js for the JavaScript one) -> server
+//            data path with --engine auto, BKF_SIDECAR_ENGINE=js for the JavaScript one) -> server
 //   haproxy  client -> HAProxy 2.x, mode tcp, option splice-auto, one thread -> server
 // Two load generators, each the same for all three paths (sidecar-load.ts):
 // - iperf3 (client and `iperf3 -s`, native) for bulk: 1 GiB one way (`-n 1G`) and both ways at

@@ -1,6 +1,6 @@
-// The data-path suite on the native engine (sidecar/native/proxy-engine.cc through
-// sidecar/native-proxy.ts), plus what only it has. The addon must be built (npm ci builds it
-// when g++ is there; .ci/run installs g++): a missing addon fails here, it is not skipped.
+// The data-path suite on the native engine (sidecar/native/epoll-loop.cc and napi-binding.cc,
+// through sidecar/native-proxy.ts), plus what only it has. The addon must be built (npm ci builds
+// it when g++ is there; npm test installs g++ first): a missing addon fails here, not skipped.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
@@ -87,8 +87,7 @@ test('a process whose native proxy stopped accepting and drained exits by itself
   expect({ code, signal, out }).toEqual({ code: 0, signal: null, out: 'hello' });
 });
 
-// The JavaScript engine stops reading a client while its first write waits for the upstream
-// connect, so it sees such a reset only when the connect completes or times out.
+// proxy.test.ts checks the same of the JavaScript engine.
 test('a client that resets while the upstream connect is pending is reset at once, not counted as an upstream failure', async () => {
   const { proxy, at } = await startProxy(await unresponsiveUpstream(), 20_000);
   const client = await connect(at);

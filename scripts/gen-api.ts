@@ -1,4 +1,5 @@
-// Regenerates api/generated/k8s-schemas.ts, api/crds/*.yaml and api/types.generated.ts.
+// Regenerates api/generated/k8s-schemas.ts, api/crds/*.yaml, api/types.generated.ts, the webhook
+// manifests and docs/cli.md.
 // `--check` writes nothing and exits 1 when a committed file is out of date.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -42,19 +43,8 @@ emit(
 const { renderWebhookManifests } = await import('../webhook/manifests.ts');
 emit('webhook/manifests/webhook-configurations.yaml', renderWebhookManifests());
 
-// README's CLI section is the --help output of the commands (test/unit/cli.test.ts checks it).
-const { COMMANDS, helpText, runCli } = await import('../cli/commands.ts');
-let help = `$ buildkit-fleet --help\n${helpText()}\n`;
-for (const name of Object.keys(COMMANDS).filter((n) => COMMANDS[n]!.options)) {
-  let out = '';
-  await runCli([name, '--help'], { out: (t) => (out += t), err: () => {} });
-  help += `$ buildkit-fleet ${name} --help\n${out}`;
-}
-const readme = readFileSync(`${root}README.md`, 'utf8');
-const block = /(<!-- cli-help:begin[^\n]*\n\n?```\n)[\s\S]*?(```\n\n?<!-- cli-help:end -->)/;
-emit(
-  'README.md',
-  readme.replace(block, (_m, begin: string, end: string) => `${begin}${help}${end}`),
-);
+// docs/cli.md is the --help output of every command (test/unit/cli/reference.test.ts checks it).
+const { cliReference } = await import('../cli/reference.ts');
+emit('docs/cli.md', await cliReference());
 
 if (check && stale) process.exit(1);

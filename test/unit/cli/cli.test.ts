@@ -1,7 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 
-import { COMMANDS, helpText, runCli } from '../../../cli/commands.ts';
+import { runCli } from '../../../cli/commands.ts';
 import { parseHostPort, parseOptions } from '../../../flags/options.ts';
 import { WEBHOOK_OPTIONS } from '../../../webhook/main.ts';
 
@@ -11,18 +10,6 @@ async function cli(...argv: string[]) {
   const code = await runCli(argv, { out: (s) => (out += s), err: (s) => (err += s) });
   return { code, out, err };
 }
-
-test('the README shows exactly what --help prints', async () => {
-  const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
-  const block = /<!-- cli-help:begin[^\n]*\n\n?```\n([\s\S]*?)```\n\n?<!-- cli-help:end -->/.exec(
-    readme,
-  )?.[1];
-  let expected = `$ buildkit-fleet --help\n${helpText()}\n`;
-  for (const name of Object.keys(COMMANDS).filter((n) => COMMANDS[n]!.options)) {
-    expected += `$ buildkit-fleet ${name} --help\n${(await cli(name, '--help')).out}`;
-  }
-  expect(block).toBe(expected);
-});
 
 test('unknown commands and bad flags exit 2 with the reason and usage', async () => {
   expect(await cli('bogus')).toMatchObject({

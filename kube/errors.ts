@@ -27,8 +27,9 @@ export function errorReason(error: unknown): string {
 export function errorMessage(error: unknown): string {
   const e = error as { message?: unknown; cause?: { message?: unknown } } | null | undefined;
   const message = typeof e?.message === 'string' ? e.message : String(error);
-  const cause = typeof e?.cause?.message === 'string' ? `: ${e.cause.message}` : '';
-  return message + cause;
+  const cause = e?.cause?.message;
+  // errors that already quote their cause (CertificateError does) need it only once
+  return typeof cause === 'string' && !message.includes(cause) ? `${message}: ${cause}` : message;
 }
 
 /** What the API server said, in one line: client-node puts the whole response body in the message. */

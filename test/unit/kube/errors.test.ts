@@ -59,5 +59,9 @@ test('errorMessage adds the cause and reads the plain objects node-forge throws'
     'fetch failed: connect ECONNREFUSED',
   );
   expect(errorMessage({ message: 'Invalid PEM formatted message.' })).toBe('Invalid PEM formatted message.');
+  const quoted = new Error('tls.crt: malformed PEM (Invalid PEM formatted message.)', {
+    cause: { message: 'Invalid PEM formatted message.' },
+  });
+  expect(errorMessage(quoted)).toBe('tls.crt: malformed PEM (Invalid PEM formatted message.)');
   expect(errorMessage(42)).toBe('42');
 });

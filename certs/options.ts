@@ -6,10 +6,12 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 
-import { UsageError } from '../flags/errors.ts';
+import { StartupError, UsageError } from '../flags/errors.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { DAY_MS, requireDuration } from './duration.ts';
 import { startFileReloader } from './file-reloader.ts';
+import { CertificateError } from './parse.ts';
+import { SecretAccessError } from './secret-store.ts';
 import { errorMessage } from '../kube/errors.ts';
 import type { CertSource, SelfManagedCertsOptions } from './rotator.ts';
 import { rotatorPolicy, startSelfManagedCerts } from './rotator.ts';
@@ -119,6 +121,22 @@ export async function startCertSource(
     keyFile?: string;
     caFile?: string;
   },
+): Promise<CertSource> {
+  try {
+    return await startSource(config, context);
+  } catch (error) {
+    // Unusable files, a Secret RBAC forbids, no servable certificate: the command cannot serve,
+    // and the message says why; a stack trace would only bury it.
+    if (error instanceof CertificateError || error instanceof SecretAccessError) {
+      throw new StartupError(error.message, { cause: error });
+    }
+    throw error;
+  }
+}
+
+async function startSource(
+  config: CertConfig,
+  context: Parameters<typeof startCertSource>[1],
 ): Promise<CertSource> {
   const { logger, registry } = context;
   if (config.mode === 'files') {

@@ -14,6 +14,7 @@ import {
   bundleBase64,
   caBundlePatch,
   certConfigFromOptions,
+  startCertSource,
   createCaBundleInjector,
   formatCertDuration,
   memorySecretStore,
@@ -25,7 +26,7 @@ import type { WebhookConfigClient, WebhookKind } from '../../../certs/index.ts';
 import type { WebhookConfigObject } from '../../../certs/ca-bundle.ts';
 import { keepWatching } from '../../../certs/watch.ts';
 import type { WatchCalls, WatchSelector } from '../../../certs/watch.ts';
-import { UsageError } from '../../../flags/errors.ts';
+import { StartupError, UsageError } from '../../../flags/errors.ts';
 import { optionsHelp, parseOptions } from '../../../flags/options.ts';
 
 function capture() {
@@ -677,5 +678,22 @@ describe('options', () => {
     ]) {
       expect(help).toMatch(line);
     }
+  });
+});
+
+describe('starting a certificate source', () => {
+  test('unreadable certificate files stop the command with a startup error naming them, not a crash', async () => {
+    const start = startCertSource(
+      { mode: 'files', reloadIntervalMs: 60_000 },
+      {
+        logger: pino({ level: 'silent' }),
+        certFile: '/nonexistent/tls.crt',
+        keyFile: '/nonexistent/tls.key',
+      },
+    );
+    await expect(start).rejects.toBeInstanceOf(StartupError);
+    await expect(start).rejects.toThrow(
+      /cannot serve \/nonexistent\/tls\.crt with \/nonexistent\/tls\.key: .*ENOENT/,
+    );
   });
 });

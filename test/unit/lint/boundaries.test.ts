@@ -87,3 +87,16 @@ test('the allowed paths pass: api, shared layers, own files, another component t
   ].join('\n');
   expect(await boundaryErrors('webhook/planted.ts', source)).toEqual([]);
 });
+
+test.each([
+  [
+    'a type-only import',
+    "import type { BuildError } from '../controller/meta.ts';\nexport type Planted = BuildError;\n",
+  ],
+  ['a dynamic import', "export const planted = () => import('../controller/meta.ts');\n"],
+  ['a re-export', "export { buildPod } from '../controller/pod-builder.ts';\n"],
+])('%s of another component’s internals fails lint too', async (_what, source) => {
+  const errors = await boundaryErrors('webhook/planted.ts', source);
+  expect(errors).toHaveLength(1);
+  expect(errors[0]).toContain('webhook/ may not import controller/');
+});

@@ -5,7 +5,9 @@ import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { readableLogs } from '../hack/readable-logs.ts';
 import { createLogger } from '../telemetry/logger.ts';
+import { shutdownSignal } from '../telemetry/shutdown.ts';
 
 import { parseOptions } from '../flags/options.ts';
 import { CONTROLLER_OPTIONS, startController } from '../controller/main.ts';
@@ -54,8 +56,9 @@ await kubectl(
   'crd/buildkits.buildkit.seatgeek.io',
 );
 
+// A person watches this: the components' decision lines as readable text, not JSON.
 say('starting the admission webhook (local mode)');
-const logger = createLogger({ level: 'info', component: 'webhook' });
+const logger = createLogger({ level: 'info', component: 'webhook', destination: readableLogs() });
 const webhook = await startWebhook(
   parseOptions(['--local', '--kubeconfig', kubeconfig], WEBHOOK_OPTIONS),
   logger,
@@ -68,7 +71,7 @@ const controller = await startController(
     ['--kubeconfig', kubeconfig, '--disable-leader-election', '--metrics-listen', '127.0.0.1:0'],
     CONTROLLER_OPTIONS,
   ),
-  createLogger({ level: 'info', component: 'controller' }),
+  createLogger({ level: 'info', component: 'controller', destination: readableLogs() }),
 );
 
 say('applying examples/ (the seatgeek README examples, unchanged)');
@@ -95,9 +98,6 @@ say(
   'Ctrl-C stops the webhook (and removes its registration) and the controller; `npm run cluster:down` stops the cluster.',
 );
 
-await new Promise<void>((resolve) => {
-  const stop = () => void Promise.allSettled([webhook.stop(), controller.stop()]).then(() => resolve());
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-});
+await shutdownSignal();
+await Promise.allSettled([webhook.stop(), controller.stop()]);
 say('webhook and controller stopped; the cluster is still running (npm run cluster:down)');

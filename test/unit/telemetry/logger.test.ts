@@ -51,3 +51,21 @@ test('lines logged just before exit are not lost', async () => {
   expect(await run.exited).toBe(3);
   expect(run.lines()).toHaveLength(100);
 });
+
+test('with a readable stream as its destination, a decision reads as text at once (npm start)', async () => {
+  const { PassThrough } = await import('node:stream');
+  const { readableLogs } = await import('../../../hack/readable-logs.ts');
+  const { createLogger } = await import('../../../telemetry/logger.ts');
+  let text = '';
+  const sink = new PassThrough();
+  sink.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  const logger = createLogger({ level: 'info', component: 'controller', destination: readableLogs(sink) });
+  logger.info({ namespace: 'ci', name: 'bk', reason: 'PodPending' }, 'buildkit reconciled');
+  logger.info({ informer: 'pods' }, 'informer synced');
+  await new Promise((resolve) => setImmediate(resolve));
+  const lines = text.split('\n');
+  expect(lines[0]).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: \[controller\] ci\/bk: buildkit reconciled$/);
+  expect(lines[1]).toContain('reason: "PodPending"');
+  expect(text).toMatch(/INFO: \[controller\] informer synced\n\s+informer: "pods"/);
+  expect(text).not.toContain('{"level"');
+});

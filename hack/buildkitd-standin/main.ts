@@ -13,13 +13,9 @@ import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 
 import { bindAddress, buildShape } from './args.ts';
-
-const PROTOS = ['health.proto', 'control.proto'].map(
-  (f) => new URL(`./protos/${f}`, import.meta.url).pathname,
-);
+import { standinServices } from './services.ts';
 
 function fail(message: string): never {
   process.stderr.write(`buildkitd-standin: ${message}\n`);
@@ -38,19 +34,13 @@ const binds = addrs.map(
   (a) => bindAddress(a) ?? fail(`--addr ${a}: must be tcp://<host>:<port> or unix:///<path>`),
 );
 
-const loaded = grpc.loadPackageDefinition(
-  protoLoader.loadSync(PROTOS, { keepCase: true, longs: Number }),
-) as unknown as {
-  grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
-  moby: { buildkit: { v1: { Control: grpc.ServiceClientConstructor } } };
-};
-
+const services = standinServices();
 const server = new grpc.Server();
-server.addService(loaded.grpc.health.v1.Health.service, {
+server.addService(services.Health.service, {
   Check: (_call: grpc.ServerUnaryCall<unknown, unknown>, done: grpc.sendUnaryData<unknown>) =>
     done(null, { status: 'SERVING' }),
 });
-server.addService(loaded.moby.buildkit.v1.Control.service, {
+server.addService(services.Control.service, {
   ListWorkers: (_call: grpc.ServerUnaryCall<unknown, unknown>, done: grpc.sendUnaryData<unknown>) =>
     done(null, {
       record: [

@@ -9,20 +9,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 
 import { bindAddress, buildShape } from '../../../hack/buildkitd-standin/args.ts';
+import { standinServices } from '../../../hack/buildkitd-standin/services.ts';
 
 const MAIN = fileURLToPath(new URL('../../../hack/buildkitd-standin/main.ts', import.meta.url));
-const PROTOS = ['health.proto', 'control.proto'].map((f) =>
-  fileURLToPath(new URL(`../../../hack/buildkitd-standin/protos/${f}`, import.meta.url)),
-);
-const loaded = grpc.loadPackageDefinition(
-  protoLoader.loadSync(PROTOS, { keepCase: true, longs: Number, enums: String }),
-) as unknown as {
-  grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
-  moby: { buildkit: { v1: { Control: grpc.ServiceClientConstructor } } };
-};
+const services = standinServices();
 type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 const children: ChildProcess[] = [];
@@ -66,9 +58,9 @@ test('it serves health and ListWorkers on every --addr, TCP and unix socket', as
   expect(listening[0]).toMatch(/^tcp:\/\/127\.0\.0\.1:[0-9]+$/);
   expect(listening[1]).toBe(`unix://${socket}`);
   for (const addr of listening) {
-    const health = client(loaded.grpc.health.v1.Health, addr);
+    const health = client(services.Health, addr);
     expect(await unary(health, 'Check', { service: '' })).toEqual({ status: 'SERVING' });
-    const control = client(loaded.moby.buildkit.v1.Control, addr);
+    const control = client(services.Control, addr);
     const workers = await unary<{ record: { ID: string; platforms: { OS: string }[] }[] }>(
       control,
       'ListWorkers',
@@ -84,7 +76,7 @@ test('it serves health and ListWorkers on every --addr, TCP and unix socket', as
 
 test('Status streams a build with quiet gaps, then ends', async () => {
   const { listening } = await startStandin('tcp://127.0.0.1:0');
-  const control = client(loaded.moby.buildkit.v1.Control, listening[0]!);
+  const control = client(services.Control, listening[0]!);
   const started = Date.now();
   const arrivals: { at: number; msg: string }[] = [];
   await new Promise<void>((resolve, reject) => {
@@ -103,7 +95,7 @@ test('Status streams a build with quiet gaps, then ends', async () => {
 
 test('SIGTERM ends it at once and cuts an open build, as buildkitd does', async () => {
   const { child, listening } = await startStandin('tcp://127.0.0.1:0');
-  const control = client(loaded.moby.buildkit.v1.Control, listening[0]!);
+  const control = client(services.Control, listening[0]!);
   const call = control['Status']!({ Ref: 'steps=100,quiet=200' }) as grpc.ClientReadableStream<unknown>;
   await new Promise((resolve) => call.once('data', resolve));
   const ended = new Promise<grpc.ServiceError | 'end'>((resolve) => {

@@ -23,12 +23,7 @@ export function loadKubeConfig(path: string | undefined, env: NodeJS.ProcessEnv 
   } catch (error) {
     throw new UsageError(`cannot load kubeconfig ${path ?? '(in-cluster)'}: ${(error as Error).message}`);
   }
-  if (!kc.getCurrentCluster()) {
-    throw new UsageError(
-      path
-        ? `kubeconfig ${path} has no current cluster`
-        : 'not running in a cluster: set --kubeconfig or KUBECONFIG',
-    );
-  }
+  // in-cluster, the environment checked above always yields a cluster; only a file can lack one
+  if (!kc.getCurrentCluster()) throw new UsageError(`kubeconfig ${path} has no current cluster`);
   return kc;
 }

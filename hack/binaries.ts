@@ -111,9 +111,12 @@ export function describeMissing(missing: BinaryKey[], env: NodeJS.ProcessEnv = p
   ].join('\n');
 }
 
-function runInstaller(log: (line: string) => void): Promise<{ code: number | null; tail: string[] }> {
+function runInstaller(
+  log: (line: string) => void,
+  args: string[] = [],
+): Promise<{ code: number | null; tail: string[] }> {
   return new Promise((resolve) => {
-    const child = spawn('bash', [INSTALL_SCRIPT], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('bash', [INSTALL_SCRIPT, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const tail: string[] = [];
     const onData = (chunk: Buffer): void => {
       for (const line of chunk.toString('utf8').split('\n')) {
@@ -147,4 +150,63 @@ export async function ensureBinaries(
     }
   }
   return lookup.found as Binaries;
+}
+
+// The real node's own binaries: built from the same source tree into the same cache dir, and the
+// pause binary compiled from that tree, by `install-prereqs.sh --real-node`.
+export interface NodeBinaries {
+  kubelet: string;
+  kubeProxy: string;
+  pause: string;
+}
+
+const NODE_FILE_NAMES: Record<keyof NodeBinaries, string> = {
+  kubelet: 'kubelet',
+  kubeProxy: 'kube-proxy',
+  pause: 'pause',
+};
+
+// Host programs the real node runs or calls, from Debian's packages.
+export const NODE_HOST_TOOLS = ['containerd', 'ctr', 'runc', 'iptables', 'ip6tables', 'ip', 'conntrack'];
+
+function onPath(name: string, env: NodeJS.ProcessEnv): boolean {
+  return (env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin')
+    .split(':')
+    .some((dir) => dir && isExecutable(path.join(dir, name)));
+}
+
+export function findNodeBinaries(env: NodeJS.ProcessEnv = process.env): {
+  found: Partial<NodeBinaries>;
+  missing: string[];
+} {
+  const dir = path.join(cacheRoot(env), `kubernetes-${K8S_VERSION}`);
+  const found: Partial<NodeBinaries> = {};
+  const missing: string[] = [];
+  for (const key of Object.keys(NODE_FILE_NAMES) as (keyof NodeBinaries)[]) {
+    const file = path.join(dir, NODE_FILE_NAMES[key]);
+    if (isExecutable(file)) found[key] = file;
+    else missing.push(file);
+  }
+  for (const tool of NODE_HOST_TOOLS) if (!onPath(tool, env)) missing.push(tool);
+  if (!isExecutable('/usr/lib/cni/bridge')) missing.push('/usr/lib/cni/bridge');
+  return { found, missing };
+}
+
+// Finds the real node's binaries, running `install-prereqs.sh --real-node` once if any is missing.
+export async function ensureNodeBinaries(
+  log: (line: string) => void = (l) => process.stderr.write(`${l}\n`),
+): Promise<NodeBinaries> {
+  let lookup = findNodeBinaries();
+  if (lookup.missing.length > 0) {
+    log(`[cluster] the real node needs ${lookup.missing.join(', ')}; running ${INSTALL_SCRIPT} --real-node`);
+    const { code, tail } = await runInstaller(log, ['--real-node']);
+    lookup = findNodeBinaries();
+    if (code !== 0 || lookup.missing.length > 0) {
+      throw new Error(
+        `${code !== 0 ? `install-prereqs.sh --real-node failed (exit ${code}):\n${tail.join('\n')}\n` : ''}` +
+          `the real node still lacks: ${lookup.missing.join(', ')}`,
+      );
+    }
+  }
+  return lookup.found as NodeBinaries;
 }

@@ -24,11 +24,11 @@ const rel = (p: string): string => {
 };
 
 const HELP = `Usage: node hack/cli.ts <command> [options]
-       npm run cluster:up [-- --nodes N]    npm run cluster:down
+       npm run cluster:up [-- [--nodes N] [--real-node]]    npm run cluster:down
 
 A local Kubernetes 1.20 control plane on 127.0.0.1 for development: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and kubemark hollow nodes (pods get scheduled and
-report Running, but no containers run).
+report Running, but no containers run), and optionally one real node whose pods really run.
 
 Commands:
   up        Start a cluster in the background and return once it answers. Writes the admin
@@ -37,7 +37,13 @@ Commands:
             Options:
               --nodes N   hollow nodes (default 1; 0 runs only etcd and kube-apiserver)
               --port P    apiserver port to try first (default: any free port)
-  down      Stop the cluster (all its processes) and remove ${rel(LOCAL_DIR)}.
+              --real-node add the machine's real node: containerd, runc, a CNI bridge, a
+                          kubelet and kube-proxy, behind an egress guard (root on Debian;
+                          the first run installs and builds what it needs). The platform
+                          image, the buildkitd stand-in and pause are imported into it.
+  down      Stop the cluster (all its processes) and remove ${rel(LOCAL_DIR)}; with a real
+            node, also its pods, mounts, iptables chains, bridge, cgroups, sysctls and
+            /etc/hosts line.
   status    Show whether a cluster is running. Exit code 0 if it is, 3 if not.
 
 Options:
@@ -80,7 +86,7 @@ function linkTool(name: string, target: string): void {
   fs.symlinkSync(target, link);
 }
 
-async function up(nodes: number, port: number | undefined): Promise<number> {
+async function up(nodes: number, port: number | undefined, realNode: boolean): Promise<number> {
   const existing = readSupervisor(LOCAL_DIR);
   if (existing && supervisorAlive(existing)) {
     if (existing.phase === 'ready') {
@@ -113,6 +119,7 @@ async function up(nodes: number, port: number | undefined): Promise<number> {
   const logFd = fs.openSync(logPath, 'a');
   const args = ['--disable-warning=ExperimentalWarning', SUPERVISOR, LOCAL_DIR, String(nodes)];
   if (port !== undefined) args.push(String(port));
+  if (realNode) args.push('--real-node');
   const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', logFd, logFd], cwd: REPO });
   fs.closeSync(logFd);
   if (child.pid === undefined) throw new Error('could not start the supervisor');
@@ -124,7 +131,7 @@ async function up(nodes: number, port: number | undefined): Promise<number> {
   }
 
   console.log(
-    `Starting a cluster with ${nodes} hollow node(s) (supervisor pid ${child.pid}, log ${rel(logPath)})`,
+    `Starting a cluster with ${nodes} hollow node(s)${realNode ? ' and the real node' : ''} (supervisor pid ${child.pid}, log ${rel(logPath)})`,
   );
   // Follow the supervisor's log until the cluster is ready or the supervisor gives up.
   let shown = 0;
@@ -214,7 +221,9 @@ async function status(): Promise<number> {
     );
     return 3;
   }
-  console.log(`A cluster is running at ${s.server} (supervisor pid ${s.pid}, ${s.nodes} hollow node(s)).`);
+  console.log(
+    `A cluster is running at ${s.server} (supervisor pid ${s.pid}, ${s.nodes} hollow node(s)${s.realNode ? ' and the real node' : ''}).`,
+  );
   const nodes = await runKubectl(s.kubectl!, s.kubeconfig!, ['get', 'nodes'], { timeoutMs: 10_000 });
   console.log(nodes.code === 0 ? nodes.stdout.trimEnd() : `kubectl get nodes failed: ${nodes.stderr.trim()}`);
   console.log(`\n${usageLines(s)}`);
@@ -230,6 +239,7 @@ export async function main(argv: string[]): Promise<number> {
       options: {
         nodes: { type: 'string' },
         port: { type: 'string' },
+        'real-node': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -244,8 +254,8 @@ export async function main(argv: string[]): Promise<number> {
   const [command, ...extra] = positionals;
   if (!command) throw new UsageError('missing command (up, down or status)');
   if (extra.length > 0) throw new UsageError(`unexpected argument: ${extra[0]}`);
-  if (command !== 'up' && (values.nodes !== undefined || values.port !== undefined)) {
-    throw new UsageError(`--nodes and --port only go with \`up\``);
+  if (command !== 'up' && (values.nodes !== undefined || values.port !== undefined || values['real-node'])) {
+    throw new UsageError(`--nodes, --port and --real-node only go with \`up\``);
   }
   switch (command) {
     case 'up': {
@@ -260,7 +270,7 @@ export async function main(argv: string[]): Promise<number> {
           throw new UsageError(`--port must be a port number (1-65535), got ${values.port}`);
         }
       }
-      return up(nodes, port);
+      return up(nodes, port, values['real-node'] === true);
     }
     case 'down':
       return down();

@@ -21,7 +21,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { apiRequest, probeHealthz, type ApiTarget } from './api.ts';
-import { ensureBinaries, type Binaries } from './binaries.ts';
+import { ensureBinaries, ensureNodeBinaries, type Binaries, type NodeBinaries } from './binaries.ts';
 import {
   apiserverArgs,
   controllerManagerArgs,
@@ -31,9 +31,18 @@ import {
   schedulerArgs,
 } from './flags.ts';
 import { newToken, renderKubeconfig, renderTokenAuthFile, type TokenUser } from './kubeconfig.ts';
-import { freePort, isAddressInUse, LOOPBACK } from './ports.ts';
+import { freePort, LOOPBACK } from './ports.ts';
+import { ClusterDownError, ClusterProcessError, waitFor } from './wait.ts';
+import { buildNodeImages } from './real-node/images.ts';
+import { acquireRealNodeLock } from './real-node/lock.ts';
+import { REAL_NODE_NAME } from './real-node/plan.ts';
 import {
-  describeExit,
+  realNodeUnavailable,
+  startRealNode,
+  type RealNode,
+  type RealNodeOptions,
+} from './real-node/start.ts';
+import {
   isRunning,
   logTail,
   signal,
@@ -53,6 +62,8 @@ import {
   type ClusterState,
 } from './state.ts';
 
+export { ClusterDownError, ClusterProcessError };
+
 export interface StartOptions {
   // Hollow nodes to run. 0 (the default) starts only etcd and kube-apiserver: enough for CRUD
   // against the API, but nothing schedules pods or runs controllers.
@@ -65,8 +76,11 @@ export interface StartOptions {
   // Ports to try first (e.g. a fixed apiserver port for a dev cluster). A port that turns out to
   // be taken is replaced by a free one, like any other collision.
   ports?: { apiserver?: number; etcdClient?: number; etcdPeer?: number };
-  // Give up (and clean up) after this long. Default 120 s.
+  // Give up (and clean up) after this long. Default 120 s (240 s with a real node).
   timeoutMs?: number;
+  // Add the machine's one real node (kubelet, containerd, runc, kube-proxy; root on Debian only):
+  // pods on it really run. `true` or options (extra node labels). See hack/real-node/.
+  realNode?: boolean | RealNodeOptions;
 }
 
 export interface RunResult {
@@ -98,37 +112,12 @@ export interface LocalCluster {
   readonly helmPath: string;
   readonly nodeNames: readonly string[];
   readonly processes: readonly ProcessInfo[];
+  // Set when the cluster runs a real node.
+  readonly realNode?: RealNode;
   kubectl(args: string[], opts?: KubectlOptions): Promise<RunResult>;
   // Throws ClusterDownError if a cluster process has died since the start.
   assertRunning(): void;
   stop(): Promise<void>;
-}
-
-// A cluster process died: the message names it, how it ended, and the end of its log.
-export class ClusterProcessError extends Error {
-  readonly process: string;
-  readonly pid: number;
-  readonly logPath: string;
-  readonly addressInUse: boolean;
-  constructor(p: ManagedProcess, context: string) {
-    const how = p.exit ? describeExit(p.exit) : 'is no longer running';
-    const tail = logTail(p.logPath);
-    super(`${p.name} (pid ${p.pid}) ${how} ${context}; last lines of ${p.logPath}:\n${tail}`);
-    this.name = 'ClusterProcessError';
-    this.process = p.name;
-    this.pid = p.pid;
-    this.logPath = p.logPath;
-    // Only this run's part of the log: a retry appends to the same file after a "# " header.
-    const thisRun = tail.slice(tail.lastIndexOf('\n# ') + 1);
-    this.addressInUse = isAddressInUse(thisRun);
-  }
-}
-
-export class ClusterDownError extends ClusterProcessError {
-  constructor(p: ManagedProcess) {
-    super(p, 'after the cluster had started: the cluster is down');
-    this.name = 'ClusterDownError';
-  }
 }
 
 const WATCHDOG = fileURLToPath(new URL('./watchdog.ts', import.meta.url));
@@ -136,39 +125,6 @@ const BIND_ATTEMPTS = 5;
 
 function defaultLog(line: string): void {
   process.stderr.write(`${line}\n`);
-}
-
-// Runs a probe until it returns true. Fails at once (with the log tail) if one of `watch` dies.
-async function waitFor(
-  what: string,
-  probe: () => Promise<boolean>,
-  watch: ManagedProcess[],
-  deadline: number,
-): Promise<void> {
-  let delay = 50;
-  for (;;) {
-    for (const p of watch) {
-      if (p.exit || !isRunning(p)) {
-        // Give the exit event a moment so the error can say how it ended.
-        await Promise.race([p.exited, sleep(200)]);
-        throw new ClusterProcessError(p, `while waiting for ${what}`);
-      }
-    }
-    // A probe must not hang the start: a port can be held by something that accepts
-    // connections but never answers (which is also how a port collision can look).
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 3000)));
-    const died = watch.map((p) => p.exited.then(() => false));
-    const ok = await Promise.race([probe().catch(() => false), timeout, ...died]);
-    clearTimeout(timer);
-    if (ok) return;
-    if (Date.now() > deadline) {
-      const tails = watch.map((p) => `--- ${p.logPath}\n${logTail(p.logPath, 10)}`).join('\n');
-      throw new Error(`timed out waiting for ${what}\n${tails}`);
-    }
-    await sleep(delay);
-    delay = Math.min(delay * 2, 250);
-  }
 }
 
 interface Conditions {
@@ -192,6 +148,8 @@ class Cluster implements LocalCluster {
   watchdogStdin?: NodeJS.WritableStream & { unref?: () => void };
   caPem = '';
   stopping?: Promise<void>;
+  realNode?: RealNode;
+  nodeBins?: NodeBinaries;
 
   constructor(dir: string, bins: Binaries, log: (line: string) => void) {
     this.dir = dir;
@@ -302,7 +260,8 @@ class Cluster implements LocalCluster {
 
   async start(opts: StartOptions): Promise<void> {
     const nodes = opts.nodes ?? 0;
-    const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
+    const realNode = opts.realNode === true ? {} : opts.realNode || undefined;
+    const deadline = Date.now() + (opts.timeoutMs ?? (realNode ? 240_000 : 120_000));
     const preferred = opts.ports ?? {};
 
     fs.writeFileSync(this.file(MARKER_FILE), 'created by buildkit-fleet hack/cluster.ts\n');
@@ -340,6 +299,13 @@ class Cluster implements LocalCluster {
       uid: n,
       groups: ['system:nodes', 'system:masters'],
     }));
+    const realNodeUser: TokenUser = {
+      token: newToken(),
+      user: `system:node:${REAL_NODE_NAME}`,
+      uid: REAL_NODE_NAME,
+      groups: ['system:nodes', 'system:masters'],
+    };
+    if (realNode) nodeUsers.push(realNodeUser);
     fs.writeFileSync(this.file('tokens.csv'), renderTokenAuthFile([admin, cm, sched, ...nodeUsers]), {
       mode: 0o600,
     });
@@ -425,10 +391,12 @@ class Cluster implements LocalCluster {
       deadline,
     );
     this.progress(`kube-apiserver ready at ${this.server}`);
-    if (nodes === 0) return;
+    if (nodes === 0 && !realNode) return;
 
-    // Controllers, scheduler and hollow nodes start side by side.
-    this.progress(`starting kube-controller-manager, kube-scheduler and ${nodes} hollow node(s)`);
+    // Controllers, scheduler and nodes start side by side.
+    this.progress(
+      `starting kube-controller-manager, kube-scheduler, ${nodes} hollow node(s)${realNode ? ' and the real node' : ''}`,
+    );
     this.writeKubeconfig(this.file('controller-manager.kubeconfig'), cm);
     this.writeKubeconfig(this.file('scheduler.kubeconfig'), sched);
     const component = (
@@ -459,8 +427,9 @@ class Cluster implements LocalCluster {
       }),
     );
     const hollow = this.nodeNames.map((name, i) => this.startNode(i, name, nodeUsers[i]!, core, deadline));
-    const started = await Promise.all([controllers, scheduler, ...hollow]);
-    const watch = [...core, ...started.map((s) => s.proc)];
+    const real = realNode ? this.startRealNode(realNode, realNodeUser, core, deadline) : undefined;
+    const [started] = await Promise.all([Promise.all([controllers, scheduler, ...hollow]), real]);
+    const watch = [...core, ...started.map((s) => s.proc), ...(this.realNode?.processes ?? [])];
 
     // Pods need their namespace's default service account, and in 1.20 its token secret.
     await waitFor(
@@ -558,6 +527,27 @@ class Cluster implements LocalCluster {
     );
     this.progress(`node ${name} Ready`);
     return started;
+  }
+
+  async startRealNode(
+    options: RealNodeOptions,
+    user: TokenUser,
+    core: ManagedProcess[],
+    deadline: number,
+  ): Promise<void> {
+    const bins = this.nodeBins!;
+    this.progress('real node: building its images');
+    const images = await buildNodeImages(path.join(this.dir, 'images'), bins.pause);
+    this.realNode = await startRealNode(
+      this,
+      bins,
+      user,
+      images.images,
+      images.sandbox,
+      options,
+      core,
+      deadline,
+    );
   }
 
   // kubemark 1.20 puts the hollow kubelet's root dir in /tmp whatever TMPDIR says, and never
@@ -687,7 +677,13 @@ export async function startCluster(opts: StartOptions = {}): Promise<LocalCluste
   if (!Number.isInteger(nodes) || nodes < 0 || nodes > 200) {
     throw new Error(`nodes must be a whole number from 0 to 200, got ${nodes}`);
   }
+  const realNode = Boolean(opts.realNode);
+  if (realNode) {
+    const why = realNodeUnavailable();
+    if (why) throw new Error(`a real node cannot run on this machine: ${why}`);
+  }
   const bins = await ensureBinaries(log);
+  const nodeBins = realNode ? await ensureNodeBinaries(log) : undefined;
   for (const swept of await sweepStale(opts.dir ? [path.resolve(opts.dir)] : [])) {
     log(
       `[cluster] removed a stale cluster in ${swept.dir} (owner pid ${swept.ownerPid} is gone)` +
@@ -695,8 +691,18 @@ export async function startCluster(opts: StartOptions = {}): Promise<LocalCluste
     );
   }
   const cluster = new Cluster(prepareDir(opts.dir), bins, log);
-  cluster.progress(`starting a cluster with ${nodes} hollow node(s) in ${cluster.dir}`);
+  cluster.nodeBins = nodeBins;
+  cluster.progress(
+    `starting a cluster with ${nodes} hollow node(s)${realNode ? ' and a real node' : ''} in ${cluster.dir}`,
+  );
   try {
+    if (realNode) {
+      await acquireRealNodeLock(cluster.dir, cluster.state.owner, opts.timeoutMs ?? 240_000, (m) =>
+        cluster.progress(m),
+      );
+      cluster.state.realNodeLock = true;
+      writeState(cluster.state);
+    }
     await cluster.start(opts);
   } catch (e) {
     await cluster

@@ -11,14 +11,21 @@
 # that way, so a fresh Debian machine needs nothing but `npm ci && npm test`): g++ for the
 # sidecar's native data path (and builds it when it is missing), busybox for the preStop script
 # tests (busybox sh is the shell of the moby/buildkit images).
+# With --real-node (implied by --test where the real-node tier can run: root on Debian) it also
+# installs the real node's parts: Debian containerd, runc, containernetworking-plugins, iptables,
+# busybox-static (the shell of the stand-in image) and conntrack; kubelet and kube-proxy built
+# from the same source tree as the control plane; and the pause binary compiled from that tree's
+# build/pause/linux/pause.c. Where the tier cannot run, --test says so and goes on without it.
 # Progress goes to stderr as "[prereqs] ..." lines; hack/binaries.ts streams them.
 set -euo pipefail
 
 FOR_TESTS=0
+REAL_NODE=0
 for arg in "$@"; do
   case "$arg" in
     --test) FOR_TESTS=1 ;;
-    *) printf '[prereqs] ERROR: unknown argument %s (only --test)\n' "$arg" >&2; exit 2 ;;
+    --real-node) REAL_NODE=1 ;;
+    *) printf '[prereqs] ERROR: unknown argument %s (--test, --real-node)\n' "$arg" >&2; exit 2 ;;
   esac
 done
 
@@ -27,6 +34,7 @@ CACHE_ROOT="${BUILDKIT_FLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/buildkit-fle
 K8S_DIR="$CACHE_ROOT/kubernetes-$K8S_VERSION"
 TOOLS_DIR="$CACHE_ROOT/kubectl-helm-v31"
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubemark)
+NODE_BINS=(kubelet kube-proxy)
 # Bump when the kubemark patches in patch_kubemark change: a cached kubemark whose stamp file
 # ($K8S_DIR/kubemark.patches) differs is rebuilt. hack/binaries.ts reads this line.
 KUBEMARK_PATCHES=loopback-tmpdir-noiptables-bignode-2
@@ -114,7 +122,12 @@ trap cleanup EXIT
 build_k8s() {
   local want=()
   for b in "${K8S_BINS[@]}"; do k8s_have "$b" || want+=("$b"); done
-  [ ${#want[@]} -eq 0 ] && return
+  local need_pause=0
+  if [ "$REAL_NODE" = 1 ]; then
+    for b in "${NODE_BINS[@]}"; do k8s_have "$b" || want+=("$b"); done
+    [ -x "$K8S_DIR/pause" ] || need_pause=1
+  fi
+  [ ${#want[@]} -eq 0 ] && [ "$need_pause" = 0 ] && return
   is_debian || die "missing ${want[*]}: they are built from Debian's kubernetes source package; on another system set KUBEBUILDER_ASSETS to a folder with kube-apiserver, kube-controller-manager, kube-scheduler, kubemark and etcd"
   local need=()
   command -v go >/dev/null || need+=(golang-go)
@@ -122,6 +135,7 @@ build_k8s() {
   command -v jq >/dev/null || need+=(jq)
   command -v make >/dev/null || need+=(make)
   command -v dpkg-source >/dev/null || need+=(dpkg-dev)
+  if [ "$need_pause" = 1 ]; then command -v gcc >/dev/null || need+=(gcc libc6-dev); fi
   [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 
@@ -165,9 +179,24 @@ SRC
   log "patching kubemark ($KUBEMARK_PATCHES)"
   patch_kubemark "$src"
 
+  mkdir -p "$K8S_DIR"
+  if [ "$need_pause" = 1 ]; then
+    # The sandbox image's only binary. Static, so the image needs no libc.
+    log "compiling pause from $src/build/pause/linux/pause.c"
+    gcc -Os -Wall -Werror -static -DVERSION="v${K8S_VERSION}-bkf" -o "$K8S_DIR/.pause.tmp" "$src/build/pause/linux/pause.c" ||
+      die "compiling pause failed"
+    strip "$K8S_DIR/.pause.tmp"
+    mv "$K8S_DIR/.pause.tmp" "$K8S_DIR/pause"
+  fi
+  if [ ${#want[@]} -eq 0 ]; then
+    rm -rf "$work"
+    BUILD_WORK=""
+    return
+  fi
+
   local what=()
   for b in "${want[@]}"; do what+=("cmd/$b"); done
-  log "building ${want[*]} (about 6 minutes on 2 cores for all four, the first time)"
+  log "building ${want[*]} (about 6 minutes on 2 cores for the control plane, 4 more for kubelet and kube-proxy, the first time)"
   local start=$SECONDS
   (
     cd "$src"
@@ -182,7 +211,6 @@ SRC
     if kill -0 "$builder" 2>/dev/null; then log "still building... $((SECONDS - start))s"; fi
   done
   wait "$builder" || die "kubernetes build failed (see the lines above)"
-  mkdir -p "$K8S_DIR"
   for b in "${want[@]}"; do
     local out
     out="$(find "$src/_output" -type f -name "$b" -perm -u+x | head -1)"
@@ -235,7 +263,34 @@ ensure_test_tools() {
   node "$(dirname "$0")/../scripts/build-native.ts" >&2
 }
 
-if [ "$FOR_TESTS" = 1 ]; then ensure_test_tools; fi
+# The real-node tier runs only as root on Debian (it starts containerd and a kubelet and changes
+# host networking). Elsewhere the suite reports that tier as not run.
+can_run_real_node() { is_root && is_debian && { [ -d /sys/fs/cgroup/unified ] || [ -f /sys/fs/cgroup/cgroup.controllers ]; }; }
+
+ensure_node_packages() {
+  local need=()
+  command -v containerd >/dev/null || need+=(containerd)
+  command -v runc >/dev/null || need+=(runc)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v conntrack >/dev/null || need+=(conntrack)
+  [ -x /bin/busybox ] && file_is_static /bin/busybox || need+=(busybox-static)
+  if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+  # Debian's containerd package starts the system containerd; the node tier runs its own, with
+  # its own socket, root and state dirs, so the system one is left alone.
+}
+
+file_is_static() { ! grep -q 'ld-linux' "$1" 2>/dev/null; }
+
+if [ "$FOR_TESTS" = 1 ]; then
+  ensure_test_tools
+  if can_run_real_node; then
+    REAL_NODE=1
+  else
+    log "the real-node tier cannot run here (it needs root on Debian with cgroups); its tests will be reported as not run"
+  fi
+fi
+if [ "$REAL_NODE" = 1 ]; then ensure_node_packages; fi
 ensure_etcd
 ensure_kubectl_helm
 build_k8s

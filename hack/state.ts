@@ -9,6 +9,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { isRunning, startTimeOf, terminate, type ProcRef } from './proc.ts';
+import type { RealNodeJournal } from './real-node/journal.ts';
+import { releaseRealNodeLock } from './real-node/lock.ts';
+import { teardownRealNode } from './real-node/teardown.ts';
 
 export const STATE_FILE = 'state.json';
 // Marks a dir as created by this harness; nothing without it is ever deleted.
@@ -24,6 +27,10 @@ export interface ClusterState {
   server?: string;
   // Temp dirs outside `dir` that belong to the cluster and go with it.
   extraDirs?: string[];
+  // The real node's host changes, to undo (hack/real-node/journal.ts).
+  realNode?: RealNodeJournal;
+  // Whether this cluster holds the machine's real-node lock.
+  realNodeLock?: boolean;
 }
 
 export function registryDir(): string {
@@ -77,17 +84,29 @@ export async function destroy(
   const refs = [...state.processes];
   // The watchdog is not killed when it is the one calling destroy().
   if (state.watchdog && state.watchdog.pid !== process.pid) refs.push(state.watchdog);
+  let failure: Error | undefined;
   try {
     await terminate(refs, opts.graceMs ?? 5000);
   } finally {
+    // After the node's processes are gone, so nothing recreates what the teardown removes.
+    if (state.realNode) {
+      const { errors } = teardownRealNode(state.realNode);
+      if (errors.length > 0) {
+        failure = new Error(
+          `the real node's teardown left work undone (the cluster dir ${state.dir} is kept):\n  ${errors.join('\n  ')}`,
+        );
+      }
+    }
+    if (state.realNodeLock && !failure) releaseRealNodeLock(state.dir);
     unregister(state.id);
-    if (opts.keepFiles) {
+    if (opts.keepFiles || failure) {
       fs.rmSync(path.join(state.dir, STATE_FILE), { force: true });
     } else {
       for (const d of state.extraDirs ?? []) fs.rmSync(d, { recursive: true, force: true });
       if (isHarnessDir(state.dir)) fs.rmSync(state.dir, { recursive: true, force: true });
     }
   }
+  if (failure) throw failure;
 }
 
 export interface SweepResult {

@@ -9,6 +9,7 @@ export interface SupervisorState {
   start?: number;
   phase: 'starting' | 'ready' | 'failed' | 'stopping';
   nodes: number;
+  realNode?: boolean;
   clusterDir: string;
   server?: string;
   kubeconfig?: string;

@@ -1,4 +1,5 @@
-// The background process behind `cli.ts up`: `node supervisor.ts <local dir> <nodes> [<port>]`.
+// The background process behind `cli.ts up`:
+// `node supervisor.ts <local dir> <nodes> [<port>] [--real-node]`.
 //
 // It owns the cluster (so the cluster's watchdog tears it down if this process is killed),
 // reports progress in <local dir>/supervisor.json, and stops the cluster on SIGTERM, SIGINT or
@@ -11,9 +12,10 @@ import { startTimeOf } from './proc.ts';
 import { supervisorFile, writeSupervisor, type SupervisorState } from './supervisor-state.ts';
 
 async function main(): Promise<void> {
-  const [localDir, nodesArg, portArg] = process.argv.slice(2);
+  const realNode = process.argv.includes('--real-node');
+  const [localDir, nodesArg, portArg] = process.argv.slice(2).filter((a) => a !== '--real-node');
   if (!localDir || nodesArg === undefined) {
-    console.error('usage: supervisor.ts <local dir> <nodes> [<apiserver port>]');
+    console.error('usage: supervisor.ts <local dir> <nodes> [<apiserver port>] [--real-node]');
     process.exit(2);
   }
   const nodes = Number(nodesArg);
@@ -23,6 +25,7 @@ async function main(): Promise<void> {
     start: startTimeOf(process.pid),
     phase: 'starting',
     nodes,
+    realNode,
     clusterDir,
     updatedAt: '',
   };
@@ -55,11 +58,12 @@ async function main(): Promise<void> {
   try {
     cluster = await startCluster({
       nodes,
+      realNode,
       dir: clusterDir,
       log: (line) => console.log(line),
       ports: portArg ? { apiserver: Number(portArg) } : undefined,
       // The first start may build the binaries (minutes); the start itself is bounded here.
-      timeoutMs: 180_000,
+      timeoutMs: 240_000,
     });
   } catch (e) {
     const msg = (e as Error).message;

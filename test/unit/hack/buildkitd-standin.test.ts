@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,15 +11,15 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 
 import { bindAddress, buildShape } from '../../../hack/buildkitd-standin/args.ts';
-import { standinServices } from '../../../hack/buildkitd-standin/services.ts';
+import { healthCheck, listWorkers, streamBuild } from '../../support/buildkit-client.ts';
 
 const MAIN = fileURLToPath(new URL('../../../hack/buildkitd-standin/main.ts', import.meta.url));
-const services = standinServices();
-type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
 const children: ChildProcess[] = [];
+const dirs: string[] = [];
 afterEach(() => {
   for (const child of children.splice(0)) if (child.exitCode === null) child.kill('SIGKILL');
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 /** Starts the stand-in and resolves with the addresses it printed. */
@@ -41,67 +41,38 @@ async function startStandin(...addrs: string[]): Promise<{ child: ChildProcess; 
   return { child, listening };
 }
 
-const target = (addr: string) =>
-  addr.startsWith('tcp://') ? addr.slice('tcp://'.length) : `unix:${addr.slice('unix://'.length)}`;
-const client = (ctor: grpc.ServiceClientConstructor, addr: string) =>
-  new ctor(target(addr), grpc.credentials.createInsecure()) as unknown as Client;
-
-function unary<T>(c: Client, method: string, request: object): Promise<T> {
-  return new Promise((resolve, reject) =>
-    c[method]!(request, (error: Error | null, reply: T) => (error ? reject(error) : resolve(reply))),
-  );
-}
-
 test('it serves health and ListWorkers on every --addr, TCP and unix socket', async () => {
-  const socket = join(mkdtempSync(join(tmpdir(), 'bkf-standin-')), 'buildkitd.sock');
+  const dir = mkdtempSync(join(tmpdir(), 'bkf-standin-'));
+  dirs.push(dir);
+  const socket = join(dir, 'buildkitd.sock');
   const { listening } = await startStandin('tcp://127.0.0.1:0', `unix://${socket}`);
   expect(listening[0]).toMatch(/^tcp:\/\/127\.0\.0\.1:[0-9]+$/);
   expect(listening[1]).toBe(`unix://${socket}`);
   for (const addr of listening) {
-    const health = client(services.Health, addr);
-    expect(await unary(health, 'Check', { service: '' })).toEqual({ status: 'SERVING' });
-    const control = client(services.Control, addr);
-    const workers = await unary<{ record: { ID: string; platforms: { OS: string }[] }[] }>(
-      control,
-      'ListWorkers',
-      {},
-    );
+    expect(await healthCheck(addr)).toEqual({ status: 'SERVING' });
+    const workers = await listWorkers(addr);
     expect(workers.record).toEqual([
       expect.objectContaining({ ID: 'standin', platforms: [expect.objectContaining({ OS: 'linux' })] }),
     ]);
-    health.close();
-    control.close();
   }
 });
 
 test('Status streams a build with quiet gaps, then ends', async () => {
   const { listening } = await startStandin('tcp://127.0.0.1:0');
-  const control = client(services.Control, listening[0]!);
-  const started = Date.now();
-  const arrivals: { at: number; msg: string }[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const call = control['Status']!({ Ref: 'steps=3,quiet=300' }) as grpc.ClientReadableStream<{
-      logs: { msg: Buffer }[];
-    }>;
-    call.on('data', (m) => arrivals.push({ at: Date.now() - started, msg: m.logs[0]!.msg.toString() }));
-    call.on('end', resolve);
-    call.on('error', reject);
-  });
-  expect(arrivals.map((a) => a.msg)).toEqual(['step 1/3\n', 'step 2/3\n', 'step 3/3\n']);
+  const { steps, at } = await streamBuild(listening[0]!, 'steps=3,quiet=300').done;
+  expect(steps).toEqual(['step 1/3\n', 'step 2/3\n', 'step 3/3\n']);
   // nothing is sent during a quiet gap
-  expect(arrivals[2]!.at - arrivals[0]!.at).toBeGreaterThanOrEqual(590);
-  control.close();
+  expect(at[2]! - at[0]!).toBeGreaterThanOrEqual(590);
 });
 
 test('SIGTERM ends it at once and cuts an open build, as buildkitd does', async () => {
   const { child, listening } = await startStandin('tcp://127.0.0.1:0');
-  const control = client(services.Control, listening[0]!);
-  const call = control['Status']!({ Ref: 'steps=100,quiet=200' }) as grpc.ClientReadableStream<unknown>;
-  await new Promise((resolve) => call.once('data', resolve));
-  const ended = new Promise<grpc.ServiceError | 'end'>((resolve) => {
-    call.on('error', resolve);
-    call.on('end', () => resolve('end'));
-  });
+  const build = streamBuild(listening[0]!, 'steps=100,quiet=200');
+  await build.firstMessage;
+  const ended = build.done.then(
+    () => 'end' as const,
+    (e: grpc.ServiceError) => e,
+  );
   const signalled = Date.now();
   child.kill('SIGTERM');
   const [code] = (await once(child, 'exit')) as [number | null];
@@ -110,7 +81,6 @@ test('SIGTERM ends it at once and cuts an open build, as buildkitd does', async 
   const outcome = await ended;
   expect(outcome).not.toBe('end');
   expect((outcome as grpc.ServiceError).code).toBe(grpc.status.UNAVAILABLE);
-  control.close();
 });
 
 test('bad input: flags and build shapes', async () => {

@@ -9,7 +9,8 @@
 //
 // Status's Ref may ask for a build shape, `steps=<n>,quiet=<ms>` (default 3 steps, 1000 ms apart).
 // Prints `listening on <address>` per address (port 0 resolved) once it serves.
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import * as grpc from '@grpc/grpc-js';
@@ -24,7 +25,16 @@ function fail(message: string): never {
 
 const { values } = (() => {
   try {
-    return parseArgs({ options: { addr: { type: 'string', multiple: true } }, strict: true });
+    // The flags the controller's pods give buildkitd; only --addr means anything here.
+    return parseArgs({
+      options: {
+        addr: { type: 'string', multiple: true },
+        config: { type: 'string' },
+        debug: { type: 'boolean' },
+        'oci-worker-no-process-sandbox': { type: 'boolean' },
+      },
+      strict: true,
+    });
   } catch (error) {
     return fail((error as Error).message);
   }
@@ -77,7 +87,12 @@ server.addService(services.Control.service, {
 });
 
 for (const [i, bind] of binds.entries()) {
-  if (bind.startsWith('unix:')) rmSync(bind.slice('unix:'.length), { force: true });
+  if (bind.startsWith('unix:')) {
+    // buildkitd makes the socket's directory (e.g. /run/user/1000/buildkit when rootless).
+    const socket = bind.slice('unix:'.length);
+    mkdirSync(dirname(socket), { recursive: true });
+    rmSync(socket, { force: true });
+  }
   const port = await new Promise<number>((resolve) =>
     server.bindAsync(bind, grpc.ServerCredentials.createInsecure(), (error, p) =>
       error ? fail(`cannot listen on ${addrs[i]}: ${error.message}`) : resolve(p),

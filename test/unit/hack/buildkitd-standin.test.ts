@@ -23,8 +23,11 @@ afterEach(() => {
 });
 
 /** Starts the stand-in and resolves with the addresses it printed. */
-async function startStandin(...addrs: string[]): Promise<{ child: ChildProcess; listening: string[] }> {
-  const child = spawn(process.execPath, [MAIN, ...addrs.flatMap((a) => ['--addr', a])], {
+async function startStandin(
+  addrs: string[],
+  flags: string[] = [],
+): Promise<{ child: ChildProcess; listening: string[] }> {
+  const child = spawn(process.execPath, [MAIN, ...addrs.flatMap((a) => ['--addr', a]), ...flags], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   children.push(child);
@@ -45,7 +48,7 @@ test('it serves health and ListWorkers on every --addr, TCP and unix socket', as
   const dir = mkdtempSync(join(tmpdir(), 'bkf-standin-'));
   dirs.push(dir);
   const socket = join(dir, 'buildkitd.sock');
-  const { listening } = await startStandin('tcp://127.0.0.1:0', `unix://${socket}`);
+  const { listening } = await startStandin(['tcp://127.0.0.1:0', `unix://${socket}`]);
   expect(listening[0]).toMatch(/^tcp:\/\/127\.0\.0\.1:[0-9]+$/);
   expect(listening[1]).toBe(`unix://${socket}`);
   for (const addr of listening) {
@@ -57,8 +60,20 @@ test('it serves health and ListWorkers on every --addr, TCP and unix socket', as
   }
 });
 
+test("it takes the flags the controller's pods give buildkitd, and makes the socket's directory", async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bkf-standin-'));
+  dirs.push(dir);
+  // as in a rootless pod: the socket under /run/user/1000/buildkit, which buildkitd creates
+  const socket = join(dir, 'run/user/1000/buildkit/buildkitd.sock');
+  const { listening } = await startStandin(
+    [`unix://${socket}`],
+    ['--config', join(dir, 'buildkitd.toml'), '--oci-worker-no-process-sandbox', '--debug'],
+  );
+  expect(await healthCheck(listening[0]!)).toEqual({ status: 'SERVING' });
+});
+
 test('Status streams a build with quiet gaps, then ends', async () => {
-  const { listening } = await startStandin('tcp://127.0.0.1:0');
+  const { listening } = await startStandin(['tcp://127.0.0.1:0']);
   const { steps, at } = await streamBuild(listening[0]!, 'steps=3,quiet=300').done;
   expect(steps).toEqual(['step 1/3\n', 'step 2/3\n', 'step 3/3\n']);
   // nothing is sent during a quiet gap
@@ -66,7 +81,7 @@ test('Status streams a build with quiet gaps, then ends', async () => {
 });
 
 test('SIGTERM ends it at once and cuts an open build, as buildkitd does', async () => {
-  const { child, listening } = await startStandin('tcp://127.0.0.1:0');
+  const { child, listening } = await startStandin(['tcp://127.0.0.1:0']);
   const build = streamBuild(listening[0]!, 'steps=100,quiet=200');
   await build.firstMessage;
   const ended = build.done.then(

@@ -1,6 +1,8 @@
 // Jest runs in ESM mode (client-node 2.x is ESM-only): `node --experimental-vm-modules`.
-// Two projects: `unit` needs nothing, `integration` shares one real local control plane
-// that its globalSetup starts and its globalTeardown stops.
+// Three projects: `unit` needs nothing, `integration` shares one real local control plane
+// that its globalSetup starts and its globalTeardown stops, and `node` (the real-node tier)
+// starts its own cluster with the machine's one real node (root on Debian; elsewhere its tests
+// are reported as not run).
 const tsJest = {
   '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json' }],
 };
@@ -23,6 +25,12 @@ export default {
       setupFilesAfterEnv: ['<rootDir>/test/jest/integration-timeout.ts'],
       globalSetup: '<rootDir>/test/jest/global-setup.ts',
       globalTeardown: '<rootDir>/test/jest/global-teardown.ts',
+    },
+    {
+      ...common,
+      displayName: 'node',
+      testMatch: ['<rootDir>/test/node/**/*.test.ts'],
+      setupFilesAfterEnv: ['<rootDir>/test/jest/integration-timeout.ts'],
     },
   ],
 };

@@ -9,6 +9,13 @@ export default class SummaryReporter {
     ).length;
     let line = `jest: ${results.numPassedTests} passed, ${results.numFailedTests} failed, ${results.numPendingTests + results.numTodoTests} skipped`;
     if (brokenFiles > 0) line += `, ${brokenFiles} test file(s) failed outside their tests`;
-    process.stderr.write(`\n${line}\n`);
+    // Skipped tests ran nothing: name them, so a tier that could not run is seen, not assumed.
+    const skipped = results.testResults.flatMap((file) =>
+      file.testResults.filter((t) => t.status === 'pending' || t.status === 'todo').map((t) => t.fullName),
+    );
+    const notRun = skipped.length
+      ? `\nnot run (${skipped.length}):\n${skipped.map((n) => `  - ${n}`).join('\n')}`
+      : '';
+    process.stderr.write(`${notRun}\n${line}\n`);
   }
 }

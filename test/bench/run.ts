@@ -4,6 +4,7 @@ const BENCHMARKS: Record<string, () => Promise<{ run: () => Promise<void> }>> = 
   webhook: () => import('./webhook.ts'),
   controller: () => import('./controller.ts'),
   sidecar: () => import('./sidecar.ts'),
+  'cold-start': () => import('./cold-start.ts'),
 };
 
 const wanted = process.argv.slice(2);

@@ -50,7 +50,7 @@ test('a build with --tag and --out: the tar is there, under the normalized name,
     /^image: docker\.io\/example\/fleet:dev \(manifest sha256:[0-9a-f]{64}, [0-9.]+ MiB\)\n/,
   );
   expect(r.out).toContain(`import: ctr -n k8s.io images import built/x.tar`);
-  expect(readLayout(out).index.manifests[0]!.annotations!['io.containerd.image.name']).toBe(
+  expect(readLayout(out, dir).index.manifests[0]!.annotations!['io.containerd.image.name']).toBe(
     'docker.io/example/fleet:dev',
   );
   expect(fs.readdirSync(path.dirname(out))).toEqual(['x.tar']);

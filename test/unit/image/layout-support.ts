@@ -57,7 +57,9 @@ export function tarNames(file: string): string[] {
   return run('tar', ['-t', '-f', file]).trim().split('\n');
 }
 
-export function readLayout(tarPath: string, dir: string = tmpDir('layout')): Layout {
+/** Unpacks the layout tar into a new folder below `parent` and reads its documents. */
+export function readLayout(tarPath: string, parent: string): Layout {
+  const dir = fs.mkdtempSync(path.join(parent, 'layout-'));
   run('tar', ['-x', '-f', tarPath, '-C', dir]);
   const json = (file: string) => JSON.parse(fs.readFileSync(path.join(dir, file), 'utf8'));
   const blob = (digest: string) => path.join(dir, 'blobs', ...digest.split(':'));

@@ -70,7 +70,7 @@ beforeAll(async () => {
   built = await buildNodeImages(path.join(dir, 'images'), compilePause());
   for (const image of built.images) {
     if (image.name === 'platform') continue;
-    layouts[image.name] = readLayout(image.tarPath, fs.mkdtempSync(path.join(dir, `${image.name}-layout-`)));
+    layouts[image.name] = readLayout(image.tarPath, dir);
     rootfs[image.name] = path.join(dir, `${image.name}-rootfs`);
     unpackRootfs(layouts[image.name]!, rootfs[image.name]!);
   }
@@ -99,9 +99,7 @@ describe('buildNodeImages', () => {
     expect(built.sandbox).toBe(PAUSE_REFERENCE);
     for (const image of built.images) {
       expect(fs.existsSync(image.tarPath)).toBe(true);
-      expect(
-        readLayout(image.tarPath, fs.mkdtempSync(path.join(dir, 'check-'))).index.manifests[0]!.annotations,
-      ).toEqual({
+      expect(readLayout(image.tarPath, dir).index.manifests[0]!.annotations).toEqual({
         'io.containerd.image.name': image.reference,
         'org.opencontainers.image.ref.name': image.reference,
       });
@@ -109,7 +107,7 @@ describe('buildNodeImages', () => {
   });
 
   test('the stand-in and the platform image share the runtime layer: one blob in containerd', () => {
-    const platform = readLayout(built.images[0]!.tarPath, fs.mkdtempSync(path.join(dir, 'platform-')));
+    const platform = readLayout(built.images[0]!.tarPath, dir);
     expect(layouts['buildkitd-standin']!.manifest.layers[0]!.digest).toBe(
       platform.manifest.layers[0]!.digest,
     );

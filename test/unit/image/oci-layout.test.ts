@@ -142,7 +142,7 @@ describe('writeImage', () => {
   test('an OCI layout containerd can import: index, manifest, config and layer media types, names, digests', async () => {
     const written = await writeImage(spec(), path.join(dir, 'a', 'image.tar'));
     expect(written.reference).toBe('docker.io/example/app:1');
-    const layout = readLayout(written.tarPath);
+    const layout = readLayout(written.tarPath, dir);
 
     expect(fs.readFileSync(path.join(layout.dir, 'oci-layout'), 'utf8')).toBe(
       '{"imageLayoutVersion":"1.0.0"}',
@@ -198,7 +198,7 @@ describe('writeImage', () => {
 
   test('layer entries: sorted, parents added, mtime 0, numeric owners, modes from the recipe, long paths kept', async () => {
     const written = await writeImage(spec(), path.join(dir, 'b', 'image.tar'));
-    const layout = readLayout(written.tarPath);
+    const layout = readLayout(written.tarPath, dir);
     const lines = listTar(layout.blob(written.layers[0]!.digest)).map((l) => l.replace(/ +/g, ' '));
     const long = `deep/${'long-folder-name/'.repeat(8)}file`;
     expect(lines).toEqual([

@@ -38,7 +38,7 @@ let layout: Layout;
 
 beforeAll(async () => {
   written = await writeImage(platformImage(REPO_ROOT), path.join(dir, 'buildkit-fleet.oci.tar'));
-  layout = readLayout(written.tarPath, fs.mkdtempSync(path.join(dir, 'layout-')));
+  layout = readLayout(written.tarPath, dir);
   // as root it keeps the owners; without root the run tests fail anyway
   unpackRootfs(layout, rootfs);
 }, 60_000);

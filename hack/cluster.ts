@@ -33,7 +33,7 @@ import {
 import { newToken, renderKubeconfig, renderTokenAuthFile, type TokenUser } from './kubeconfig.ts';
 import { freePort, LOOPBACK } from './ports.ts';
 import { ClusterDownError, ClusterProcessError, waitFor } from './wait.ts';
-import { buildNodeImages } from './real-node/images.ts';
+import { buildNodeImages } from './images.ts';
 import { acquireRealNodeLock } from './real-node/lock.ts';
 import { REAL_NODE_NAME } from './real-node/plan.ts';
 import {

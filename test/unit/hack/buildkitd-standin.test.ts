@@ -116,3 +116,32 @@ test('bad input: flags and build shapes', async () => {
   expect(code).toBe(2);
   expect(err).toContain('--addr http://x: must be tcp://<host>:<port> or unix:///<path>');
 });
+
+const BUILDCTL = fileURLToPath(new URL('../../../hack/buildkitd-standin/buildctl.ts', import.meta.url));
+
+function buildctl(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, [BUILDCTL, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  return once(child, 'exit').then(([code]) => ({ code: code as number | null, out, err }));
+}
+
+test('the buildctl stand-in answers `debug workers` over the unix socket, as the pre-1.24 probe asks', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bkf-standin-'));
+  dirs.push(dir);
+  const socket = join(dir, 'buildkitd.sock');
+  await startStandin([`unix://${socket}`]);
+  const ok = await buildctl('--addr', `unix://${socket}`, 'debug', 'workers');
+  expect(ok).toEqual({ code: 0, out: 'ID\tPLATFORMS\nstandin\tlinux/amd64\n', err: '' });
+  // no buildkitd there: the probe fails
+  const down = await buildctl('--addr', `unix://${join(dir, 'none.sock')}`, 'debug', 'workers');
+  expect(down.code).toBe(1);
+  expect(down.err).toContain('listing workers');
+  // anything but that one command is refused
+  const other = await buildctl('build');
+  expect(other.code).toBe(2);
+  expect(other.err).toContain('only "debug workers" is supported');
+});

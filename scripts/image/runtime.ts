@@ -18,16 +18,18 @@ const HOST_ENV = '/usr/bin/env';
 /** The node binary of the npm package (node_modules/.bin/node is a link to it). */
 export function nodeBinary(root: string = REPO_ROOT): string {
   const binary = path.join(root, 'node_modules/node/bin/node');
-  let head: Buffer;
+  const head = Buffer.alloc(4);
   try {
-    head = Buffer.alloc(4);
     const fd = fs.openSync(binary, 'r');
     fs.readSync(fd, head, 0, 4, 0);
     fs.closeSync(fd);
-  } catch {
-    throw new Error(`${binary} is missing: run npm ci (the npm package node@24 is a devDependency)`);
+  } catch (error) {
+    throw new Error(`${binary} is missing: run npm ci (the npm package node@24 is a devDependency)`, {
+      cause: error,
+    });
   }
-  if (!head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) {
+  // the package's preinstall puts the real binary there; before it, or on a failed install, it is not one
+  if (!head.equals(Buffer.from('\x7fELF', 'latin1'))) {
     throw new Error(`${binary} is not an ELF executable: reinstall the node package (npm ci)`);
   }
   return binary;

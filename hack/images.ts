@@ -73,15 +73,21 @@ export const BUSYBOX_APPLETS = [
 /** buildkitd's rootless uid (moby/buildkit:rootless), the uid the rootless template runs as. */
 const ROOTLESS = { uid: 1000, gid: 1000 };
 
+/** A busybox sh script that runs one of the stand-in's programs with the caller's args. */
+function launcher(program: string): string {
+  return `#!/bin/sh\n# STAND-IN for the local cluster's real node (hack/images.ts): not BuildKit.\nexec node ${STANDIN_DIR}/${program} "$@"\n`;
+}
+
 /**
- * The entrypoint, /usr/local/bin/buildkitd: a busybox sh script, so the pod's buildkitd args
- * (--addr ..., --config, --oci-worker-no-process-sandbox, --debug) reach main.ts unchanged and
- * node runs as the container's main process.
+ * The stand-in's commands on PATH. buildkitd is the entrypoint: the pod's args (--addr ...,
+ * --config, --oci-worker-no-process-sandbox, --debug) reach main.ts unchanged and node is the
+ * container's main process. buildctl answers the controller's exec probe on Kubernetes before
+ * 1.24 (`buildctl --addr unix://... debug workers`), which runs in this container.
  */
-export const STANDIN_LAUNCHER = `#!/bin/sh
-# buildkitd STAND-IN for the local cluster's real node (hack/images.ts): not buildkitd.
-exec node ${STANDIN_DIR}/main.ts "$@"
-`;
+export const STANDIN_COMMANDS: Readonly<Record<string, string>> = {
+  '/usr/local/bin/buildkitd': launcher('main.ts'),
+  '/usr/local/bin/buildctl': launcher('buildctl.ts'),
+};
 
 /**
  * Fails when a stand-in source imports something the image does not carry: a file outside
@@ -111,7 +117,7 @@ export function checkStandinImports(sources: Record<string, string>): void {
   }
 }
 
-/** Users, folders buildkitd expects, busybox and the launcher. */
+/** Users, folders buildkitd expects, busybox and the stand-in's commands. */
 export function standinSystemEntries(busybox: string): LayerEntry[] {
   const rootless = ROOTLESS;
   const dir = (p: string, mode: number, owner: { uid: number; gid: number } = ROOT): LayerEntry => ({
@@ -128,7 +134,13 @@ export function standinSystemEntries(busybox: string): LayerEntry[] {
       target: 'busybox',
       ...ROOT,
     })),
-    { type: 'file', path: '/usr/local/bin/buildkitd', mode: 0o755, ...ROOT, content: STANDIN_LAUNCHER },
+    ...Object.entries(STANDIN_COMMANDS).map(([file, content]): LayerEntry => ({
+      type: 'file',
+      path: file,
+      mode: 0o755,
+      ...ROOT,
+      content,
+    })),
     {
       type: 'file',
       path: '/etc/passwd',
@@ -209,7 +221,7 @@ export function standinImage(root: string = REPO_ROOT, busybox: string = BUSYBOX
     layers: [
       runtimeLayer([], root),
       {
-        description: `busybox, users, buildkitd's folders, /usr/local/bin/buildkitd, ${STANDIN_DIR}`,
+        description: `busybox, users, buildkitd's folders, ${Object.keys(STANDIN_COMMANDS).join(' ')}, ${STANDIN_DIR}`,
         entries: [...standinSystemEntries(busybox), ...standinEntries(root)],
       },
     ],

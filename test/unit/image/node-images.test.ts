@@ -183,6 +183,7 @@ describe('the buildkitd stand-in image', () => {
       'drwx--x--x 0/0 var/lib/buildkit/',
       '-rwxr-xr-x 0/0 bin/busybox',
       '-rwxr-xr-x 0/0 usr/local/bin/buildkitd',
+      '-rwxr-xr-x 0/0 usr/local/bin/buildctl',
       'lrwxrwxrwx 0/0 bin/sh -> busybox',
     ]) {
       expect(lines).toContain(want);
@@ -201,6 +202,7 @@ describe('the buildkitd stand-in image', () => {
     expect(files).toEqual(
       expect.arrayContaining([
         'main.ts',
+        'buildctl.ts',
         'args.ts',
         'services.ts',
         'protos/health.proto',
@@ -230,7 +232,7 @@ describe('the buildkitd stand-in image', () => {
     ).not.toThrow();
   });
 
-  test("serves as buildkitd with the controller's args: health over TCP and the unix socket, then SIGTERM ends it at once", async () => {
+  test("serves as buildkitd with the controller's args: health over TCP and the unix socket, the buildctl exec probe, then SIGTERM ends it at once", async () => {
     requireRoot('running the stand-in image');
     // what the controller mounts: the template's buildkitd.toml
     fs.mkdirSync(path.join(root(), 'etc/buildkit'), { recursive: true });
@@ -261,6 +263,16 @@ describe('the buildkitd stand-in image', () => {
       status: 'SERVING',
     });
     expect((await listWorkers(`tcp://127.0.0.1:${port}`)).record[0]!.ID).toBe('standin');
+    // the controller's exec probe before Kubernetes 1.24, run in the container as the kubelet does
+    const probe = await runInImage(
+      root(),
+      layout().config.config,
+      ['--addr', 'unix:///run/buildkit/buildkitd.sock', 'debug', 'workers'],
+      {
+        entrypoint: ['buildctl'],
+      },
+    );
+    expect(probe).toMatchObject({ code: 0, stdout: 'ID\tPLATFORMS\nstandin\tlinux/amd64\n', stderr: '' });
     const start = Date.now();
     child.kill('SIGTERM');
     const result = await done;

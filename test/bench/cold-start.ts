@@ -8,7 +8,7 @@
 //   scheduled           nodeName set (watch)
 //   sandbox ready       the pause container's task started (containerd event)
 //   containers started  the last app container's task started (containerd event)
-//   sidecar listening   the sidecar's "listening" log line (container log timestamp); ours only
+//   sidecar listening   the sidecar's "sidecar serving" log line (container log timestamp); ours only
 //   buildkitd ready     the stand-in's "listening on" log line (container log timestamp)
 //   pod Ready           the Ready condition (watch)
 //   first byte          a gRPC health answer through the Service, kube-proxy (and our sidecar)
@@ -289,7 +289,7 @@ export async function run(): Promise<void> {
           'containers started': rel(started),
           'sidecar listening':
             kind === 'ours'
-              ? rel(await logLineTime(cluster, podName, 'buildkit-fleet-sidecar', /listening/))
+              ? rel(await logLineTime(cluster, podName, 'buildkit-fleet-sidecar', /sidecar serving/))
               : undefined,
           'buildkitd ready': rel(await logLineTime(cluster, podName, 'buildkit', /listening on tcp/)),
           'pod Ready': rel(t.ready),

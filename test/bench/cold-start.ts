@@ -91,23 +91,37 @@ class ContainerdEvents {
 /** The first time a watch saw each pod event we time. */
 class PodTimes {
   readonly seen = new Map<string, { created?: number; scheduled?: number; ready?: number; uid?: string }>();
+  private stopped = false;
+  private abort?: () => void;
+  /** Watches until stopped, re-watching when the API server ends a watch. */
   async watch(kc: KubeConfig): Promise<() => void> {
-    const req = await new Watch(kc).watch(
-      `/api/v1/namespaces/${NAMESPACE}/pods`,
-      {},
-      (_type, pod: V1Pod) => {
-        const now = Date.now();
-        const name = pod.metadata!.name!;
-        const t = this.seen.get(name) ?? {};
-        t.created ??= now;
-        t.uid = pod.metadata!.uid;
-        if (pod.spec?.nodeName) t.scheduled ??= now;
-        if (pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')) t.ready ??= now;
-        this.seen.set(name, t);
-      },
-      () => undefined,
-    );
-    return () => req.abort();
+    const start = async (): Promise<void> => {
+      const req = await new Watch(kc).watch(
+        `/api/v1/namespaces/${NAMESPACE}/pods`,
+        {},
+        (_type, pod: V1Pod) => {
+          const now = Date.now();
+          const name = pod.metadata!.name!;
+          const t = this.seen.get(name) ?? {};
+          t.created ??= now;
+          t.uid = pod.metadata!.uid;
+          if (pod.spec?.nodeName) t.scheduled ??= now;
+          if (pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')) t.ready ??= now;
+          this.seen.set(name, t);
+        },
+        (err) => {
+          if (this.stopped) return;
+          if (err) process.stderr.write(`cold-start: pod watch ended (${String(err)}); watching again\n`);
+          void start();
+        },
+      );
+      this.abort = () => req.abort();
+    };
+    await start();
+    return () => {
+      this.stopped = true;
+      this.abort?.();
+    };
   }
 }
 
@@ -227,6 +241,15 @@ export async function run(): Promise<void> {
         },
       }),
     });
+    diagnose = async () => {
+      const objects = await cluster.kubectl(['get', 'bk,pods,svc', '-n', NAMESPACE, '-o', 'wide'], {
+        allowFail: true,
+      });
+      const logs = platform.map(
+        (p) => `--- ${p.logPath}\n${fs.readFileSync(p.logPath, 'utf8').split('\n').slice(-15).join('\n')}`,
+      );
+      return [objects.stdout, objects.stderr, ...logs].join('\n');
+    };
     const times = new PodTimes();
     stopWatch = await times.watch(kc);
     events = new ContainerdEvents(cluster.realNode!.ctr, cluster.realNode!.layout.containerdSocket);
@@ -246,10 +269,11 @@ export async function run(): Promise<void> {
             spec: { template: 'bench' },
           }),
         });
-        podName = await waitValue(() =>
+        podName = await waitValue(`the pod of Buildkit ${name}`, () =>
           [...times.seen.keys()].find((p) => p.startsWith(`${name}-`) || p === name),
         );
         const svc = await waitValue(
+          `the Service of Buildkit ${name}`,
           async () =>
             (await core.readNamespacedService({ name, namespace: NAMESPACE }).catch(() => undefined))?.spec
               ?.clusterIP,
@@ -269,7 +293,7 @@ export async function run(): Promise<void> {
         podName = name;
       }
       const byte = await firstByte(address, Date.now() + 60_000);
-      const t = await waitValue(() => {
+      const t = await waitValue(`pod ${podName} Ready`, () => {
         const s = times.seen.get(podName);
         return s?.ready ? s : undefined;
       });
@@ -304,7 +328,7 @@ export async function run(): Promise<void> {
         await cluster.kubectl(['delete', 'pod', '-n', NAMESPACE, name, '--grace-period=1', '--wait=false']);
         await cluster.kubectl(['delete', 'service', '-n', NAMESPACE, name, '--wait=false']);
       }
-      await waitValue(async () =>
+      await waitValue(`pod ${podName} gone`, async () =>
         (await core.readNamespacedPod({ name: podName, namespace: NAMESPACE }).catch(() => undefined))
           ? undefined
           : true,
@@ -362,7 +386,10 @@ export async function run(): Promise<void> {
   }
 }
 
+let diagnose: () => Promise<string> = async () => '';
+
 async function waitValue<T>(
+  what: string,
   probe: () => T | undefined | Promise<T | undefined>,
   timeoutMs = 90_000,
 ): Promise<T> {
@@ -370,7 +397,8 @@ async function waitValue<T>(
   for (;;) {
     const v = await probe();
     if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error('cold-start: timed out');
+    if (Date.now() > deadline)
+      throw new Error(`cold-start: timed out waiting for ${what}\n${await diagnose()}`);
     await sleep(20);
   }
 }

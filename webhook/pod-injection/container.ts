@@ -73,11 +73,14 @@ export function sidecarContainer(
       { name: STATS_PORT_NAME, containerPort: ports.stats, protocol: 'TCP' },
     ],
     resources: structuredClone(config.resources),
+    // Every second: the pod is Ready only once this passes, and a kubelet probes first at its
+    // period after the container starts, so the period is added to every cold start. /readyz is a
+    // local connect to buildkitd; three misses in a row take the pod out of its Service.
     readinessProbe: {
       httpGet: { path: '/readyz', port: ports.stats, scheme: 'HTTP' },
-      periodSeconds: 5,
+      periodSeconds: 1,
       timeoutSeconds: 2,
-      failureThreshold: 2,
+      failureThreshold: 3,
     },
     lifecycle: {
       postStart: {

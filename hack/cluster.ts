@@ -33,6 +33,7 @@ import {
 import { newToken, renderKubeconfig, renderTokenAuthFile, type TokenUser } from './kubeconfig.ts';
 import { freePort, LOOPBACK } from './ports.ts';
 import { ClusterDownError, ClusterProcessError, waitFor } from './wait.ts';
+import { isReady, registrationPatch } from './node-registration.ts';
 import { buildNodeImages } from './images.ts';
 import { acquireRealNodeLock } from './real-node/lock.ts';
 import { REAL_NODE_NAME } from './real-node/plan.ts';
@@ -499,26 +500,15 @@ class Cluster implements LocalCluster {
           async () => {
             const r = await apiRequest(api, 'GET', nodePath);
             node = r.body as Conditions;
-            const taints = node.spec?.taints ?? [];
-            const kept = taints.filter((t) => t.key !== 'node.kubernetes.io/not-ready');
-            const ops: object[] = [];
-            if (kept.length !== taints.length) {
-              // `test` makes this a compare-and-swap against a concurrent kubelet update.
-              ops.push({ op: 'test', path: '/spec/taints', value: taints });
-              ops.push({ op: 'replace', path: '/spec/taints', value: kept });
-            }
             const csiReady = async (): Promise<boolean> =>
               Date.now() - registered > 5000 ||
               (await apiRequest(api, 'GET', `/apis/storage.k8s.io/v1/csinodes/${name}`)).status === 200;
-            if (!node.spec?.podCIDR && (await csiReady())) {
-              ops.push({ op: 'add', path: '/spec/podCIDR', value: podCidr(index) });
-              ops.push({ op: 'add', path: '/spec/podCIDRs', value: [podCidr(index)] });
-            }
+            const ops = registrationPatch(node, podCidr(index), !node.spec?.podCIDR && (await csiReady()));
             if (ops.length > 0) {
               await apiRequest(api, 'PATCH', nodePath, ops, 'application/json-patch+json');
               return false;
             }
-            return node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+            return isReady(node);
           },
           watch,
           deadline,

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { apiRequest, type ApiTarget } from '../api.ts';
 import type { NodeBinaries } from '../binaries.ts';
 import type { TokenUser } from '../kubeconfig.ts';
+import { isReady, registrationPatch, type RegisteredNode } from '../node-registration.ts';
 import { freePort, LOOPBACK } from '../ports.ts';
 import type { ManagedProcess } from '../proc.ts';
 import { writeState, type ClusterState } from '../state.ts';
@@ -211,31 +212,13 @@ export async function startRealNode(
     async () => {
       const r = await apiRequest(api, 'GET', nodePath);
       if (r.status !== 200) return false;
-      const node = r.body as {
-        spec?: { taints?: { key: string }[]; podCIDR?: string };
-        status?: { conditions?: { type: string; status: string }[] };
-      };
-      const taints = node.spec?.taints ?? [];
-      const kept = taints.filter((t) => t.key !== 'node.kubernetes.io/not-ready');
-      const ops: object[] = [];
-      // The node-lifecycle and node-ipam controllers are off: their two jobs are done here.
-      if (kept.length !== taints.length) {
-        ops.push(
-          { op: 'test', path: '/spec/taints', value: taints },
-          { op: 'replace', path: '/spec/taints', value: kept },
-        );
-      }
-      if (!node.spec?.podCIDR) {
-        ops.push(
-          { op: 'add', path: '/spec/podCIDR', value: POD_CIDR },
-          { op: 'add', path: '/spec/podCIDRs', value: [POD_CIDR] },
-        );
-      }
+      const node = r.body as RegisteredNode;
+      const ops = registrationPatch(node, POD_CIDR);
       if (ops.length > 0) {
         await apiRequest(api, 'PATCH', nodePath, ops, 'application/json-patch+json');
         return false;
       }
-      return node.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+      return isReady(node);
     },
     [...procs, ...watch],
     deadline,

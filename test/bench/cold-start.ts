@@ -25,7 +25,8 @@ import { cgroupRoots } from '../../hack/real-node/host.ts';
 import { REAL_NODE_NAME } from '../../hack/real-node/plan.ts';
 import { realNodeUnavailable } from '../../hack/real-node/start.ts';
 import { healthCheck } from '../support/buildkit-client.ts';
-import { startPlatformProcess, type PlatformProcess } from '../support/node-tier.ts';
+import { startPlatform, type PlatformProcess } from '../support/node-tier.ts';
+import { waitFor } from '../support/wait.ts';
 import { median, percentile, sleep, table, writeResult } from './lib.ts';
 
 const STARTS = Number(process.env['BENCH_COLD_STARTS'] ?? 10);
@@ -201,32 +202,17 @@ export async function run(): Promise<void> {
     const kc = new KubeConfig();
     kc.loadFromFile(cluster.kubeconfigPath);
     const core = kc.makeApiClient(CoreV1Api);
-    await cluster.kubectl(['apply', '-f', `${root}api/crds/`]);
-    await cluster.kubectl(['wait', '--for=condition=Established', 'crd', '--all', '--timeout=60s']);
-    const kubeconfig = ['--kubeconfig', cluster.kubeconfigPath];
-    platform.push(
-      startPlatformProcess(
-        'webhook',
-        ['webhook', '--local', ...kubeconfig, '--config-name', 'bkf-bench'],
-        cluster.dir,
-      ),
-      startPlatformProcess(
-        'controller',
-        ['controller', ...kubeconfig, '--metrics-listen', '127.0.0.1:0', '--disable-leader-election'],
-        cluster.dir,
-      ),
-    );
+    platform.push(...(await startPlatform(cluster, 'bkf-bench')));
     await cluster.kubectl(['create', 'namespace', NAMESPACE]);
-    for (;;) {
-      const r = await cluster.kubectl(['get', 'mutatingwebhookconfiguration', 'bkf-bench'], {
-        allowFail: true,
-      });
-      const sa = await cluster.kubectl(['get', 'secrets', '-n', NAMESPACE, '-o', 'name'], {
-        allowFail: true,
-      });
-      if (r.code === 0 && sa.stdout.includes('default-token')) break;
-      await sleep(200);
-    }
+    // pods can be created once the namespace's default service account has its token
+    await waitFor(
+      'the default service account token',
+      async () =>
+        (await cluster.kubectl(['get', 'secrets', '-n', NAMESPACE, '-o', 'name'])).stdout.includes(
+          'default-token',
+        ),
+      { timeoutMs: 30_000, intervalMs: 200 },
+    );
     // The stand-in as the template's image; autoscaling opts the pods into the sidecar.
     await cluster.kubectl(['apply', '-f', '-'], {
       input: JSON.stringify({
@@ -388,17 +374,9 @@ export async function run(): Promise<void> {
 
 let diagnose: () => Promise<string> = async () => '';
 
-async function waitValue<T>(
-  what: string,
-  probe: () => T | undefined | Promise<T | undefined>,
-  timeoutMs = 90_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline)
-      throw new Error(`cold-start: timed out waiting for ${what}\n${await diagnose()}`);
-    await sleep(20);
-  }
+/** The harness's waitFor, polling every 20 ms, with the cluster's state in the timeout's message. */
+function waitValue<T>(what: string, probe: () => T | undefined | Promise<T | undefined>): Promise<T> {
+  return waitFor(what, probe, { timeoutMs: 90_000, intervalMs: 20 }).catch(async (e: unknown) => {
+    throw new Error(`cold-start: ${(e as Error).message}\n${await diagnose()}`);
+  });
 }

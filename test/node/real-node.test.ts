@@ -10,7 +10,6 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import {
@@ -28,14 +27,17 @@ import { isRunning } from '../../hack/proc.ts';
 import { readState } from '../../hack/state.ts';
 import { healthCheck, listWorkers, streamBuild } from '../support/buildkit-client.ts';
 import { seatgeekExamples } from '../support/examples.ts';
-import { describeRealNode, startPlatformProcess, type PlatformProcess } from '../support/node-tier.ts';
+import {
+  describeRealNode,
+  SIDECAR_IMAGE,
+  startPlatform,
+  type PlatformProcess,
+} from '../support/node-tier.ts';
 import { waitFor } from '../support/wait.ts';
 
-const CRD_DIR = fileURLToPath(new URL('../../api/crds/', import.meta.url));
 const NAMESPACE = 'some-ns'; // the seed's
 const TEMPLATE = 'buildkit-arm64';
 const INSTANCE = 'buildkit-arm64-instance';
-const SIDECAR_IMAGE = 'buildkit-fleet:local';
 
 interface PodView {
   metadata: { name: string; uid: string; deletionTimestamp?: string };
@@ -107,42 +109,7 @@ describeRealNode('a Buildkit on the real node', () => {
     );
     cluster = await startCluster({ nodes: 0, realNode: { labels } });
     journal = readState(cluster.dir)!.realNode!;
-    await cluster.kubectl(['apply', '-f', CRD_DIR]);
-    await cluster.kubectl([
-      'wait',
-      '--for=condition=Established',
-      '--timeout=60s',
-      'crd/buildkittemplates.buildkit.seatgeek.io',
-      'crd/buildkits.buildkit.seatgeek.io',
-    ]);
-    const kubeconfig = ['--kubeconfig', cluster.kubeconfigPath];
-    platform.push(
-      startPlatformProcess(
-        'webhook',
-        [
-          'webhook',
-          '--local',
-          ...kubeconfig,
-          '--config-name',
-          'bkf-real-node',
-          '--sidecar-image',
-          SIDECAR_IMAGE,
-        ],
-        cluster.dir,
-      ),
-      startPlatformProcess(
-        'controller',
-        ['controller', ...kubeconfig, '--metrics-listen', '127.0.0.1:0', '--disable-leader-election'],
-        cluster.dir,
-      ),
-    );
-    await waitFor(
-      'the webhook configurations',
-      async () =>
-        (await cluster.kubectl(['get', 'mutatingwebhookconfiguration', 'bkf-real-node'], { allowFail: true }))
-          .code === 0,
-      { timeoutMs: 30_000 },
-    );
+    platform.push(...(await startPlatform(cluster, 'bkf-real-node')));
     await cluster.kubectl(['create', 'namespace', NAMESPACE]);
   }, 600_000);
 

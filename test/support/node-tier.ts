@@ -7,7 +7,10 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
+import type { LocalCluster } from '../../hack/cluster.ts';
 import { realNodeUnavailable } from '../../hack/real-node/start.ts';
+import { CRD_DIR, CRD_NAMES } from './crds.ts';
+import { waitFor } from './wait.ts';
 
 export const REAL_NODE_UNAVAILABLE = realNodeUnavailable();
 
@@ -43,4 +46,42 @@ export function startPlatformProcess(name: string, args: string[], logDir: strin
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   };
   return { child, logPath, stop };
+}
+
+export const SIDECAR_IMAGE = 'buildkit-fleet:local';
+
+/**
+ * The platform against a cluster with the real node: the CRDs, then the webhook (`--local`,
+ * registered as `configName`, injecting the platform image the node holds) and the controller as
+ * host processes. Resolves once the webhook's configurations are registered.
+ */
+export async function startPlatform(cluster: LocalCluster, configName: string): Promise<PlatformProcess[]> {
+  await cluster.kubectl(['apply', '-f', CRD_DIR]);
+  await cluster.kubectl([
+    'wait',
+    '--for=condition=Established',
+    '--timeout=60s',
+    ...CRD_NAMES.map((n) => `crd/${n}`),
+  ]);
+  const kubeconfig = ['--kubeconfig', cluster.kubeconfigPath];
+  const processes = [
+    startPlatformProcess(
+      'webhook',
+      ['webhook', '--local', ...kubeconfig, '--config-name', configName, '--sidecar-image', SIDECAR_IMAGE],
+      cluster.dir,
+    ),
+    startPlatformProcess(
+      'controller',
+      ['controller', ...kubeconfig, '--metrics-listen', '127.0.0.1:0', '--disable-leader-election'],
+      cluster.dir,
+    ),
+  ];
+  await waitFor(
+    'the webhook configurations',
+    async () =>
+      (await cluster.kubectl(['get', 'mutatingwebhookconfiguration', configName], { allowFail: true }))
+        .code === 0,
+    { timeoutMs: 30_000 },
+  );
+  return processes;
 }

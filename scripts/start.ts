@@ -5,6 +5,7 @@ import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { installCrds } from '../hack/crds.ts';
 import { readableLogs } from '../hack/readable-logs.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { shutdownSignal } from '../telemetry/shutdown.ts';
@@ -47,14 +48,7 @@ if (await clusterRunning()) {
 }
 
 say('installing the CRDs');
-await kubectl('apply', '-f', `${root}api/crds/`);
-await kubectl(
-  'wait',
-  '--for=condition=Established',
-  '--timeout=60s',
-  'crd/buildkittemplates.buildkit.seatgeek.io',
-  'crd/buildkits.buildkit.seatgeek.io',
-);
+await installCrds((args) => kubectl(...args));
 
 // A person watches this: the components' decision lines as readable text, not JSON.
 say('starting the admission webhook (local mode)');

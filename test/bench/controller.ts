@@ -9,6 +9,7 @@ import type { V1Pod } from '@kubernetes/client-node';
 
 import { CONTROLLER_ENV, CONTROLLER_NODE_OPTIONS } from '../../controller/options.ts';
 import { startCluster } from '../../hack/cluster.ts';
+import { installCrds } from '../../hack/crds.ts';
 import { freePort } from '../../hack/ports.ts';
 import { renderPod, buildService } from '../../controller/pod-builder.ts';
 import { featuresFromVersionInfo } from '../../kube/server-features.ts';
@@ -121,8 +122,7 @@ export async function run(): Promise<void> {
     kc.loadFromFile(cluster.kubeconfigPath);
     const core = kc.makeApiClient(CoreV1Api);
     const custom = kc.makeApiClient(CustomObjectsApi);
-    await cluster.kubectl(['apply', '-f', `${root}api/crds/`]);
-    await cluster.kubectl(['wait', '--for=condition=Established', 'crd', '--all', '--timeout=60s']);
+    await installCrds(async (args) => (await cluster.kubectl(args)).stdout);
     const version = JSON.parse((await cluster.kubectl(['version', '-o', 'json'])).stdout) as {
       serverVersion?: { gitVersion?: string };
     };

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 import type { LocalCluster } from '../../hack/cluster.ts';
 import { realNodeUnavailable } from '../../hack/real-node/start.ts';
-import { CRD_DIR, CRD_NAMES } from './crds.ts';
+import { installCrds } from '../../hack/crds.ts';
 import { waitFor } from './wait.ts';
 
 export const REAL_NODE_UNAVAILABLE = realNodeUnavailable();
@@ -56,13 +56,7 @@ export const SIDECAR_IMAGE = 'buildkit-fleet:local';
  * host processes. Resolves once the webhook's configurations are registered.
  */
 export async function startPlatform(cluster: LocalCluster, configName: string): Promise<PlatformProcess[]> {
-  await cluster.kubectl(['apply', '-f', CRD_DIR]);
-  await cluster.kubectl([
-    'wait',
-    '--for=condition=Established',
-    '--timeout=60s',
-    ...CRD_NAMES.map((n) => `crd/${n}`),
-  ]);
+  await installCrds(async (args) => (await cluster.kubectl(args)).stdout);
   const kubeconfig = ['--kubeconfig', cluster.kubeconfigPath];
   const processes = [
     startPlatformProcess(

@@ -30,6 +30,11 @@ export const DEFAULT_ROOTLESS_IMAGE = 'moby/buildkit:rootless';
 export const DEFAULT_IMAGE_PULL_POLICY = 'IfNotPresent';
 export const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS = 900;
 export const DEFAULT_IDLE_TIMEOUT = '5m';
+export const DEFAULT_PERSISTENCE_SIZE = '20Gi';
+export const PERSISTENCE_ACCESS_MODES = ['ReadWriteOnce', 'ReadWriteOncePod', 'ReadWriteMany'] as const;
+/** buildkitd's state directory (its --root), where the build cache lives. */
+export const DEFAULT_STATE_DIR = '/var/lib/buildkit';
+export const DEFAULT_ROOTLESS_STATE_DIR = '/home/user/.local/share/buildkit';
 
 export const PHASES = ['Pending', 'Running', 'ScaledToZero', 'Waking', 'Failed'] as const;
 export type Phase = (typeof PHASES)[number];

@@ -10,6 +10,10 @@ import {
   DEFAULT_IDLE_TIMEOUT,
   DEFAULT_IMAGE,
   DEFAULT_IMAGE_PULL_POLICY,
+  DEFAULT_PERSISTENCE_SIZE,
+  DEFAULT_ROOTLESS_STATE_DIR,
+  DEFAULT_STATE_DIR,
+  PERSISTENCE_ACCESS_MODES,
   DEFAULT_PORT,
   DEFAULT_ROOTLESS_IMAGE,
   DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
@@ -19,6 +23,7 @@ import {
 import { K8S_SCHEMAS } from './generated/k8s-schemas.ts';
 import type { JsonSchema } from './schema-dsl.ts';
 import {
+  QUANTITY_SCHEMA,
   arrayOf,
   bool,
   int32,
@@ -182,6 +187,37 @@ export const buildkitTemplateSpec = object(
       },
       { default: {} },
     ),
+    persistence: object(
+      'Persistence',
+      "buildkit-fleet addition: give each Buildkit its own PersistentVolumeClaim for buildkitd's state (the build cache), kept while the instance is scaled to zero and mounted again when it wakes.",
+      {
+        enabled: bool('Create and mount a PersistentVolumeClaim per Buildkit. Default false.', {
+          default: false,
+        }),
+        size: {
+          ...QUANTITY_SCHEMA,
+          description: `Requested storage of each claim. Default \`${DEFAULT_PERSISTENCE_SIZE}\`.`,
+          default: DEFAULT_PERSISTENCE_SIZE,
+        },
+        storageClassName: str(
+          "StorageClass of each claim. Empty or unset: the cluster's default StorageClass.",
+        ),
+        accessModes: arrayOf(
+          'Access modes of each claim. Default `[ReadWriteOnce]`.',
+          str('An access mode.', { enum: [...PERSISTENCE_ACCESS_MODES] }),
+          { default: ['ReadWriteOnce'], minItems: 1, 'x-kubernetes-list-type': 'set' },
+        ),
+        mountPath: str(
+          `Where buildkitd's state directory is mounted. Default \`${DEFAULT_STATE_DIR}\`, or \`${DEFAULT_ROOTLESS_STATE_DIR}\` when rootless (set by the webhook, so no schema default).`,
+          { pattern: '^/' },
+        ),
+        whenDeleted: str(
+          'What happens to the claim when its Buildkit is deleted: `Delete` (the default; the claim is owned by the Buildkit and garbage-collected with it) or `Retain` (the claim stays, and a new Buildkit of the same name mounts it again).',
+          { enum: ['Delete', 'Retain'], default: 'Delete' },
+        ),
+      },
+      { default: {} },
+    ),
   },
 );
 
@@ -225,6 +261,30 @@ export const buildkitStatus = object('BuildkitStatus', 'Observed state of the in
   observedGeneration: int64('The metadata.generation the controller last acted on.'),
   conditions,
   resourceRefs,
+  autoscaling: object(
+    'BuildkitAutoscalingStatus',
+    "buildkit-fleet addition: the idle scaler's record, kept on the object so that a controller restart or a new leader neither restarts nor shortens the idle clock.",
+    {
+      activatorPort: int32(
+        "The port every activator replica holds this instance's connections on while it is at zero or waking.",
+        { minimum: 1, maximum: 65535 },
+      ),
+      idleSince: str('When every pod of the instance was last seen with no open client connection.', {
+        format: 'date-time',
+      }),
+      idleEvidence: arrayOf(
+        'The sidecar counters that idleSince rests on: a new leader trusts idleSince only while each pod still reports the same boot id and opened count.',
+        object('IdleEvidence', 'One pod at the start of the idle period.', {
+          pod: str('Pod name.'),
+          bootId: str("The sidecar's boot id."),
+          opened: int64("The sidecar's monotonic count of accepted connections."),
+        }),
+        { 'x-kubernetes-list-type': 'atomic' },
+      ),
+      scaledToZeroTime: str('When the instance last scaled to zero.', { format: 'date-time' }),
+      wakeStartTime: str('When the current or last wake started.', { format: 'date-time' }),
+    },
+  ),
 });
 
 const apiVersionField = str(

@@ -70,6 +70,7 @@ export interface BuildkitTemplateSpec {
    */
   hostUsers?: boolean;
   autoscaling?: Autoscaling;
+  persistence?: Persistence;
 }
 /**
  * Compute resources of the buildkitd container.
@@ -179,6 +180,42 @@ export interface Autoscaling {
    * How long an instance must have no open client connection before it scales to zero, as a duration (`90s`, `5m`, `1h`). Default `5m`.
    */
   idleTimeout?: string;
+}
+/**
+ * buildkit-fleet addition: give each Buildkit its own PersistentVolumeClaim for buildkitd's state (the build cache), kept while the instance is scaled to zero and mounted again when it wakes.
+ */
+export interface Persistence {
+  /**
+   * Create and mount a PersistentVolumeClaim per Buildkit. Default false.
+   */
+  enabled?: boolean;
+  /**
+   * Requested storage of each claim. Default `20Gi`.
+   */
+  size?: number | string;
+  /**
+   * StorageClass of each claim. Empty or unset: the cluster's default StorageClass.
+   */
+  storageClassName?: string;
+  /**
+   * Access modes of each claim. Default `[ReadWriteOnce]`.
+   *
+   * @minItems 1
+   *
+   * Items: An access mode.
+   */
+  accessModes?: [
+    'ReadWriteOnce' | 'ReadWriteOncePod' | 'ReadWriteMany',
+    ...('ReadWriteOnce' | 'ReadWriteOncePod' | 'ReadWriteMany')[],
+  ];
+  /**
+   * Where buildkitd's state directory is mounted. Default `/var/lib/buildkit`, or `/home/user/.local/share/buildkit` when rootless (set by the webhook, so no schema default).
+   */
+  mountPath?: string;
+  /**
+   * What happens to the claim when its Buildkit is deleted: `Delete` (the default; the claim is owned by the Buildkit and garbage-collected with it) or `Retain` (the claim stays, and a new Buildkit of the same name mounts it again).
+   */
+  whenDeleted?: 'Delete' | 'Retain';
 }
 /**
  * Observed state of the template.
@@ -320,4 +357,47 @@ export interface BuildkitStatus {
    * Objects this resource manages (seatgeek compatibility; buildkit-fleet finds them by owner reference).
    */
   resourceRefs?: ResourceRef[];
+  autoscaling?: BuildkitAutoscalingStatus;
+}
+/**
+ * buildkit-fleet addition: the idle scaler's record, kept on the object so that a controller restart or a new leader neither restarts nor shortens the idle clock.
+ */
+export interface BuildkitAutoscalingStatus {
+  /**
+   * The port every activator replica holds this instance's connections on while it is at zero or waking.
+   */
+  activatorPort?: number;
+  /**
+   * When every pod of the instance was last seen with no open client connection.
+   */
+  idleSince?: string;
+  /**
+   * The sidecar counters that idleSince rests on: a new leader trusts idleSince only while each pod still reports the same boot id and opened count.
+   */
+  idleEvidence?: IdleEvidence[];
+  /**
+   * When the instance last scaled to zero.
+   */
+  scaledToZeroTime?: string;
+  /**
+   * When the current or last wake started.
+   */
+  wakeStartTime?: string;
+}
+/**
+ * One pod at the start of the idle period.
+ */
+export interface IdleEvidence {
+  /**
+   * Pod name.
+   */
+  pod?: string;
+  /**
+   * The sidecar's boot id.
+   */
+  bootId?: string;
+  /**
+   * The sidecar's monotonic count of accepted connections.
+   */
+  opened?: number;
 }

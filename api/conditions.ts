@@ -8,6 +8,11 @@ export const CONDITION = {
   TemplateResolved: 'TemplateResolved',
   /** Buildkit: the running pod was built from the template as it is now. */
   TemplateCurrent: 'TemplateCurrent',
+  /**
+   * Buildkit with autoscaling: whether the instance is awake, and why (open connections, idle for
+   * less than the timeout, a sidecar that cannot be read) or why not (scaled to zero).
+   */
+  Active: 'Active',
 } as const;
 export type ConditionType = (typeof CONDITION)[keyof typeof CONDITION];
 
@@ -29,6 +34,16 @@ export const REASON = {
   UpToDate: 'UpToDate',
   TemplateChanged: 'TemplateChanged',
   ConfigMapsReady: 'ConfigMapsReady',
+  // Active (autoscaling)
+  OpenConnections: 'OpenConnections',
+  IdleBelowTimeout: 'IdleBelowTimeout',
+  SidecarUnreachable: 'SidecarUnreachable',
+  SidecarRestarted: 'SidecarRestarted',
+  AwaitingFreshStats: 'AwaitingFreshStats',
+  ScalingDown: 'ScalingDown',
+  ScaledToZero: 'ScaledToZero',
+  Waking: 'Waking',
+  FenceUnavailable: 'FenceUnavailable',
 } as const;
 export type ConditionReason = (typeof REASON)[keyof typeof REASON];
 
@@ -45,4 +60,8 @@ export const EVENT_REASON = {
   DeletedPod: 'DeletedPod',
   CreatedService: 'CreatedService',
   ResourcesClamped: 'ResourcesClamped',
+  ScaledToZero: 'ScaledToZero',
+  ScaleDownAborted: 'ScaleDownAborted',
+  WakeRequested: 'WakeRequested',
+  Woke: 'Woke',
 } as const;

@@ -30,6 +30,14 @@ export const AUTOSCALE_ENABLED = 'enabled';
 /** How long the pod must have no client connection before it scales to zero (`90s`, `5m`, ...). */
 export const IDLE_TIMEOUT_ANNOTATION = 'buildkit-fleet.io/idle-timeout';
 
+/**
+ * Asks for a wake: set (to any value, conventionally the time) on a Buildkit at zero, or on an
+ * annotated StatefulSet or Deployment at zero, by an activator that holds a client connection or
+ * by a CI job that wants the target ready before it connects (`kubectl annotate`). The controller
+ * wakes the target and removes the annotation once it runs.
+ */
+export const WAKE_REQUESTED_ANNOTATION = 'buildkit-fleet.io/wake-requested';
+
 /** The TCP port buildkitd serves clients on, so the injector need not guess which port to front. */
 export const TARGET_PORT_ANNOTATION = 'buildkit-fleet.io/target-port';
 

@@ -1,5 +1,6 @@
 // The webhook's sidecar-injection flags and their checks (part of WEBHOOK_OPTIONS). Pure: the
 // environment comes in as an argument, bad values are UsageErrors (exit 2).
+import { DEFAULT_TOKEN_SECRET_NAME } from '../api/sidecar-contract.ts';
 import { UsageError } from '../flags/errors.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { checkRequirements } from './resources.ts';
@@ -56,7 +57,7 @@ export const INJECTION_OPTIONS = {
     env: 'BKF_INJECT_TOKEN_SECRET',
     description:
       "Secret (key 'token', in the pod's namespace) with the controller's fence token, mounted optional into the sidecar; without it the fence control is disabled",
-    default: 'buildkit-fleet-sidecar-token',
+    default: DEFAULT_TOKEN_SECRET_NAME,
   },
   'sidecar-grace': {
     type: 'seconds',

@@ -9,13 +9,10 @@ import type { ServerFeatures } from '../../kube/server-features.ts';
 import { SIDECAR_ENV, SIDECAR_OPTIONS } from '../../sidecar/index.ts';
 import type { InjectionConfig, PodContext } from './config.ts';
 
-export const SIDECAR_CONTAINER_NAME = 'buildkit-fleet-sidecar';
-/** Name of the sidecar's stats port (the controller scrapes /stats there, probes hit /readyz). */
-export const STATS_PORT_NAME = 'bkf-stats';
+export { SIDECAR_CONTAINER_NAME, STATS_PORT_NAME, TOKEN_KEY } from '../../api/sidecar-contract.ts';
+import { SIDECAR_CONTAINER_NAME, STATS_PORT_NAME, TOKEN_KEY } from '../../api/sidecar-contract.ts';
 export const TOKEN_VOLUME_NAME = 'buildkit-fleet-sidecar-token';
 export const TOKEN_MOUNT_PATH = '/var/run/buildkit-fleet/sidecar-token';
-/** The Secret key holding the fence token. */
-export const TOKEN_KEY = 'token';
 /** Seconds the postStart hook waits for the proxy to listen before failing (the kubelet restarts it). */
 export const LISTEN_WAIT_SECONDS = 30;
 

@@ -274,11 +274,16 @@ export const buildkitStatus = object('BuildkitStatus', 'Observed state of the in
       }),
       idleEvidence: arrayOf(
         'The sidecar counters that idleSince rests on: a new leader trusts idleSince only while each pod still reports the same boot id and opened count.',
-        object('IdleEvidence', 'One pod at the start of the idle period.', {
-          pod: str('Pod name.'),
-          bootId: str("The sidecar's boot id."),
-          opened: int64("The sidecar's monotonic count of accepted connections."),
-        }),
+        object(
+          'IdleEvidence',
+          'One pod at the start of the idle period.',
+          {
+            pod: str('Pod name.'),
+            bootId: str("The sidecar's boot id."),
+            opened: int64("The sidecar's monotonic count of accepted connections."),
+          },
+          { required: ['pod', 'bootId', 'opened'] },
+        ),
         { 'x-kubernetes-list-type': 'atomic' },
       ),
       scaledToZeroTime: str('When the instance last scaled to zero.', { format: 'date-time' }),

@@ -391,13 +391,13 @@ export interface IdleEvidence {
   /**
    * Pod name.
    */
-  pod?: string;
+  pod: string;
   /**
    * The sidecar's boot id.
    */
-  bootId?: string;
+  bootId: string;
   /**
    * The sidecar's monotonic count of accepted connections.
    */
-  opened?: number;
+  opened: number;
 }

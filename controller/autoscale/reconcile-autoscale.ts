@@ -1,0 +1,354 @@
+// The autoscaling part of a Buildkit's reconcile: decides with planAutoscale(), then makes sure
+// of what the plan needs before the reconciler acts on the pod (the fence token Secret before a
+// pod is created, the Service's route), and runs the fenced scale-down when the plan says so.
+// Runs inside the Buildkit's reconcile, so nothing else touches the same object meanwhile.
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import type { KubeConfig, V1ObjectReference, V1Pod, V1Service } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { Counter, Histogram, type Registry } from 'prom-client';
+
+import { EVENT_REASON } from '../../api/conditions.ts';
+import { parseDuration } from '../../api/duration.ts';
+import { BUILDKIT, GROUP, VERSION } from '../../api/group.ts';
+import { WAKE_REQUESTED_ANNOTATION } from '../../api/labels.ts';
+import type { Buildkit, BuildkitAutoscalingStatus, BuildkitTemplate } from '../../api/types.generated.ts';
+import { isNotFound } from '../../kube/errors.ts';
+import type { EventRecorder } from '../events.ts';
+import { mergePatch } from '../reconcile-template.ts';
+import { allocateActivatorPort } from './activator-route.ts';
+import type { FenceTokens } from './fence-token.ts';
+import type { IdleScaler, IdleTarget } from './idle-scaler.ts';
+import type { AutoscalePlan } from './plan.ts';
+import { planAutoscale } from './plan.ts';
+import type { RouteWriter } from './route-writer.ts';
+import { runScaleDown } from './scale-down.ts';
+import { clearWakeRequest } from './wake-request.ts';
+
+export interface ActivatorSettings {
+  /** the addresses Services route to while their targets are at zero; empty: scale to zero is off */
+  addresses: string[];
+  ports: { first: number; last: number };
+}
+
+export interface AutoscaleDeps {
+  kc: KubeConfig;
+  logger: Logger;
+  events: EventRecorder;
+  registry: Registry;
+  tokens: FenceTokens;
+  routes: RouteWriter;
+  activator: ActivatorSettings;
+  /** the leader's idle scaler */
+  scaler(): IdleScaler | undefined;
+  listBuildkits(): Buildkit[];
+  settleMs: number;
+  requestTimeoutMs: number;
+  now(): Date;
+}
+
+export interface AutoscaleContext {
+  buildkit: Buildkit;
+  template: BuildkitTemplate;
+  /** the Buildkit's pods, terminating ones included */
+  pods: V1Pod[];
+  service: V1Service | undefined;
+  ref: V1ObjectReference;
+}
+
+export const isAutoscaled = (template: BuildkitTemplate | undefined): boolean =>
+  template?.spec?.autoscaling?.enabled === true;
+
+const live = (pods: V1Pod[]) => pods.filter((p) => !p.metadata?.deletionTimestamp);
+const isReady = (pod: V1Pod) =>
+  pod.status?.phase === 'Running' &&
+  (pod.status.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+
+const later = (a: string | undefined, b: string | undefined) =>
+  a === undefined ? b : b === undefined ? a : Date.parse(a) >= Date.parse(b) ? a : b;
+
+/** The idle timeout of a template, in ms (the schema and the webhook guarantee the syntax). */
+export function idleTimeoutMs(template: BuildkitTemplate): number {
+  return parseDuration(template.spec?.autoscaling?.idleTimeout ?? '5m') ?? 300_000;
+}
+
+/** The awake autoscaled Buildkits the idle scaler should watch. */
+export function idleTargets(
+  buildkits: Buildkit[],
+  templateOf: (bk: Buildkit) => BuildkitTemplate | undefined,
+  podsOf: (bk: Buildkit) => V1Pod[],
+): IdleTarget[] {
+  const targets: IdleTarget[] = [];
+  for (const bk of buildkits) {
+    const template = templateOf(bk);
+    if (!isAutoscaled(template) || bk.metadata?.deletionTimestamp) continue;
+    const pods = live(podsOf(bk));
+    if (pods.length === 0) continue;
+    targets.push({
+      key: `${bk.metadata?.namespace}/${bk.metadata?.name}`,
+      idleTimeoutMs: idleTimeoutMs(template!),
+      pods,
+      record: bk.status?.autoscaling,
+    });
+  }
+  return targets;
+}
+
+export function autoscaleReconciler(deps: AutoscaleDeps) {
+  const core = deps.kc.makeApiClient(CoreV1Api);
+  const custom = deps.kc.makeApiClient(CustomObjectsApi);
+  const metrics = autoscaleMetrics(deps.registry);
+  // Records this leader wrote that the cache may not show yet (the later time of each wins).
+  const written = new Map<string, BuildkitAutoscalingStatus>();
+  const reservedPorts = new Map<string, number>();
+  const routedToPod = new Set<string>();
+
+  const effectiveRecord = (key: string, fromCache: BuildkitAutoscalingStatus | undefined) => {
+    const mine = written.get(key);
+    if (!mine) return fromCache;
+    const merged = {
+      ...fromCache,
+      scaledToZeroTime: later(fromCache?.scaledToZeroTime, mine.scaledToZeroTime),
+      wakeStartTime: later(fromCache?.wakeStartTime, mine.wakeStartTime),
+    };
+    if (
+      merged.scaledToZeroTime === fromCache?.scaledToZeroTime &&
+      merged.wakeStartTime === fromCache?.wakeStartTime
+    ) {
+      written.delete(key); // the cache caught up
+    }
+    return merged;
+  };
+
+  const portFor = (key: string, record: BuildkitAutoscalingStatus | undefined): number | undefined => {
+    if (record?.activatorPort) return record.activatorPort;
+    const reserved = reservedPorts.get(key);
+    if (reserved) return reserved;
+    const taken = new Set<number>(reservedPorts.values());
+    for (const bk of deps.listBuildkits()) {
+      const port = bk.status?.autoscaling?.activatorPort;
+      if (port) taken.add(port);
+    }
+    const port = allocateActivatorPort(deps.activator.ports, taken);
+    if (port) reservedPorts.set(key, port);
+    return port;
+  };
+
+  return {
+    /** Plans autoscaling for this reconcile and puts in place what the pod and the Service need. */
+    async prepare(ctx: AutoscaleContext): Promise<AutoscalePlan> {
+      const { buildkit, service } = ctx;
+      const namespace = buildkit.metadata!.namespace!;
+      const name = buildkit.metadata!.name!;
+      const key = `${namespace}/${name}`;
+      const pods = live(ctx.pods);
+      const record = effectiveRecord(key, buildkit.status?.autoscaling);
+      const scaler = deps.scaler();
+      const plan = planAutoscale({
+        nowMs: deps.now().getTime(),
+        record,
+        phase: buildkit.status?.phase,
+        wakeRequested: Boolean(buildkit.metadata?.annotations?.[WAKE_REQUESTED_ANNOTATION]),
+        pods,
+        ready: pods.some(isReady),
+        decision: scaler?.decision(key),
+        activatorPort: portFor(key, record),
+      });
+      const log = deps.logger.child({ kind: BUILDKIT.kind, namespace, name });
+      if (plan.mayHavePod) await deps.tokens.ensure(namespace);
+      if (plan.wakeStarts) {
+        written.set(key, plan.record);
+        metrics.wakes.inc({ kind: BUILDKIT.kind });
+        deps.events.record(ctx.ref, 'Normal', EVENT_REASON.WakeRequested, plan.condition.message);
+        log.info({ decision: 'wake', reason: plan.condition.message }, 'autoscale');
+      }
+      if (
+        buildkit.status?.phase === 'Waking' &&
+        plan.state === 'awake' &&
+        record?.wakeStartTime !== undefined
+      ) {
+        const seconds = (deps.now().getTime() - Date.parse(record.wakeStartTime)) / 1000;
+        metrics.wakeDuration.observe({ kind: BUILDKIT.kind }, seconds);
+        deps.events.record(ctx.ref, 'Normal', EVENT_REASON.Woke, `awake after ${seconds.toFixed(1)}s`);
+        log.info({ decision: 'awake', wakeSeconds: seconds }, 'autoscale');
+      }
+      if (plan.clearWakeRequest) await clearWakeRequest(custom, namespace, name);
+
+      const serviceName = service?.metadata?.name;
+      const port = plan.record.activatorPort;
+      if (serviceName && plan.routeToActivator && port && deps.activator.addresses.length > 0) {
+        const changed = await deps.routes.ensure({
+          namespace,
+          serviceName,
+          portName: service.spec?.ports?.[0]?.name ?? '',
+          activatorPort: port,
+          addresses: deps.activator.addresses,
+          owner: ownerOf(buildkit),
+        });
+        routedToPod.delete(key);
+        if (changed)
+          log.info({ decision: 'route to the activators', reason: plan.condition.message }, 'autoscale');
+      } else if (serviceName && !plan.routeToActivator && !routedToPod.has(key)) {
+        if (await deps.routes.remove(namespace, serviceName)) {
+          log.info({ decision: 'route to the pod', reason: 'the pod is ready' }, 'autoscale');
+        }
+        routedToPod.add(key);
+      }
+      return plan;
+    },
+
+    /** The fenced scale-down; resolves with true when the pods are gone. */
+    async scaleDown(ctx: AutoscaleContext, plan: AutoscalePlan): Promise<boolean> {
+      const { buildkit, service } = ctx;
+      const namespace = buildkit.metadata!.namespace!;
+      const name = buildkit.metadata!.name!;
+      const key = `${namespace}/${name}`;
+      const log = deps.logger.child({ kind: BUILDKIT.kind, namespace, name });
+      const port = plan.record.activatorPort;
+      const [firstActivator] = deps.activator.addresses;
+      if (!service?.metadata?.name || !port || firstActivator === undefined) {
+        log.info(
+          { decision: 'stay awake', reason: 'scale to zero is off: the controller has no activator address' },
+          'autoscale',
+        );
+        return false;
+      }
+      const pods = live(ctx.pods);
+      const token = await deps.tokens.ensure(namespace);
+      const zeroAt = deps.now().toISOString();
+      const started = Date.now();
+      const outcome = await runScaleDown({
+        pods,
+        evidence: plan.record.idleEvidence ?? [],
+        token,
+        handoff: { host: firstActivator, port },
+        requestTimeoutMs: deps.requestTimeoutMs,
+        settleMs: deps.settleMs,
+        routeToActivator: async () => {
+          routedToPod.delete(key);
+          await deps.routes.ensure({
+            namespace,
+            serviceName: service.metadata!.name!,
+            portName: service.spec?.ports?.[0]?.name ?? '',
+            activatorPort: port,
+            addresses: deps.activator.addresses,
+            owner: ownerOf(buildkit),
+          });
+        },
+        recordZero: async () => {
+          const record = { ...plan.record, scaledToZeroTime: zeroAt };
+          await custom.patchNamespacedCustomObjectStatus(
+            {
+              group: GROUP,
+              version: VERSION,
+              namespace,
+              plural: BUILDKIT.plural,
+              name,
+              body: {
+                metadata: { resourceVersion: buildkit.metadata?.resourceVersion },
+                status: { phase: 'ScaledToZero', autoscaling: record },
+              },
+            },
+            mergePatch,
+          );
+          written.set(key, record);
+        },
+        deletePod: async (pod) => {
+          try {
+            await core.deleteNamespacedPod({
+              namespace,
+              name: pod.metadata!.name!,
+              body: { preconditions: { uid: pod.metadata!.uid! } },
+            });
+          } catch (error) {
+            if (!isNotFound(error)) throw error;
+          }
+        },
+      });
+      metrics.fenceSeconds.observe((Date.now() - started) / 1000);
+      if (outcome.scaled) {
+        metrics.scaleDowns.inc({ kind: BUILDKIT.kind, outcome: 'scaled' });
+        const message = `scaled to zero: ${plan.condition.message}; removed pod(s) ${outcome.pods.join(', ')}, the claim and endpoint stay`;
+        deps.events.record(ctx.ref, 'Normal', EVENT_REASON.ScaledToZero, message);
+        log.info(
+          { decision: 'scaled to zero', reason: plan.condition.message, pods: outcome.pods },
+          'autoscale',
+        );
+        return true;
+      }
+      metrics.scaleDowns.inc({ kind: BUILDKIT.kind, outcome: 'aborted' });
+      deps.events.record(
+        ctx.ref,
+        'Normal',
+        EVENT_REASON.ScaleDownAborted,
+        `scale-down aborted: ${outcome.reason}`,
+      );
+      log.info({ decision: 'scale-down aborted', reason: outcome.reason }, 'autoscale');
+      return false;
+    },
+
+    forget(key: string) {
+      written.delete(key);
+      reservedPorts.delete(key);
+      routedToPod.delete(key);
+    },
+  };
+}
+
+function ownerOf(bk: Buildkit) {
+  return {
+    apiVersion: `${GROUP}/${VERSION}`,
+    kind: BUILDKIT.kind,
+    name: bk.metadata!.name!,
+    uid: bk.metadata!.uid!,
+    controller: true,
+    blockOwnerDeletion: true,
+  };
+}
+
+function autoscaleMetrics(registry: Registry) {
+  const get = <T>(name: string, make: () => T): T =>
+    (registry.getSingleMetric(name) as T | undefined) ?? make();
+  return {
+    wakes: get(
+      'buildkit_fleet_wakes_total',
+      () =>
+        new Counter({
+          name: 'buildkit_fleet_wakes_total',
+          help: 'Wakes started, by target kind.',
+          labelNames: ['kind'],
+          registers: [registry],
+        }),
+    ),
+    wakeDuration: get(
+      'buildkit_fleet_wake_duration_seconds',
+      () =>
+        new Histogram({
+          name: 'buildkit_fleet_wake_duration_seconds',
+          help: 'From the wake request to a ready pod, by target kind.',
+          labelNames: ['kind'],
+          buckets: [0.5, 1, 1.5, 2, 3, 5, 10, 20, 30, 60, 120],
+          registers: [registry],
+        }),
+    ),
+    scaleDowns: get(
+      'buildkit_fleet_scale_downs_total',
+      () =>
+        new Counter({
+          name: 'buildkit_fleet_scale_downs_total',
+          help: 'Fenced scale-downs by outcome (scaled, or aborted because a connection or an unknown blocked it).',
+          labelNames: ['kind', 'outcome'],
+          registers: [registry],
+        }),
+    ),
+    fenceSeconds: get(
+      'buildkit_fleet_fence_duration_seconds',
+      () =>
+        new Histogram({
+          name: 'buildkit_fleet_fence_duration_seconds',
+          help: 'Time a fenced scale-down took, from the fence to the pods removed or the abort.',
+          buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10],
+          registers: [registry],
+        }),
+    ),
+  };
+}

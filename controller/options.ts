@@ -57,6 +57,51 @@ export const CONTROLLER_OPTIONS = {
     description: 'Seconds between Lease attempts',
     default: '2',
   },
+  'scale-interval': {
+    type: 'seconds',
+    env: 'BKF_SCALE_INTERVAL',
+    description: "How often the idle scaler reads every autoscaled pod's sidecar stats",
+    default: '2',
+  },
+  'fence-settle': {
+    type: 'seconds',
+    env: 'BKF_FENCE_SETTLE',
+    description:
+      'How long a scale-down waits, fenced and routed to the activators, for kube-proxy to move new connections over before it confirms the fence',
+    default: '2',
+  },
+  'activator-address': {
+    type: 'string',
+    env: 'BKF_ACTIVATOR_ADDRESS',
+    description:
+      'Comma-separated IP addresses of the activator replicas that Services route to while their targets are at zero (default: POD_IP); without one nothing scales to zero',
+  },
+  'activator-ports': {
+    type: 'string',
+    env: 'BKF_ACTIVATOR_PORTS',
+    description: 'Port range the activator gives its targets, one port each (first-last)',
+    default: '20000-20999',
+  },
+  'activator-listen-host': {
+    type: 'string',
+    env: 'BKF_ACTIVATOR_LISTEN_HOST',
+    description: 'Address the activator listens on, on every target port',
+    default: '0.0.0.0',
+  },
+  'activator-max-held': {
+    type: 'integer',
+    env: 'BKF_ACTIVATOR_MAX_HELD',
+    description:
+      'Connections the activator holds per target while it wakes; more are reset (logged and counted)',
+    default: '1000',
+  },
+  'activator-hold-timeout': {
+    type: 'seconds',
+    env: 'BKF_ACTIVATOR_HOLD_TIMEOUT',
+    description:
+      'Longest the activator holds a connection for a target that does not become ready; then it is reset (logged and counted)',
+    default: '300',
+  },
   ...COMMON_OPTIONS,
 } as const;
 

@@ -122,3 +122,29 @@ export async function readFence(address: SidecarAddress, timeoutMs: number): Pro
 export async function clearFence(address: SidecarAddress, token: string, timeoutMs: number): Promise<void> {
   await request(address, 'POST', '/unfence', timeoutMs, token);
 }
+
+/**
+ * Whether buildkitd in the pod serves: the sidecar's /readyz with its gRPC health check (the
+ * sidecar asks buildkitd itself, so the check is no client activity). A sidecar that predates
+ * the check ignores the query and answers its TCP check.
+ */
+export function checkServing(address: SidecarAddress, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.request(
+      {
+        host: address.host,
+        port: address.port,
+        path: '/readyz?check=grpc',
+        timeout: timeoutMs,
+        agent: false,
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode === 200);
+      },
+    );
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}

@@ -9,7 +9,12 @@
 //
 // Status's Ref may ask for a build shape, `steps=<n>,quiet=<ms>` (default 3 steps, 1000 ms apart).
 // Prints `listening on <address>` per address (port 0 resolved) once it serves.
-import { mkdirSync, rmSync } from 'node:fs';
+//
+// Like buildkitd it keeps state under --root (default /var/lib/buildkit) when that directory
+// exists: one line per start in `standin-boots.log`, so a test can see that a woken instance
+// mounted the same build cache as before (buildkitd's own cache is not there to look at).
+import { appendFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { dirname } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -32,6 +37,7 @@ const { values } = (() => {
         config: { type: 'string' },
         debug: { type: 'boolean' },
         'oci-worker-no-process-sandbox': { type: 'boolean' },
+        root: { type: 'string' },
       },
       strict: true,
     });
@@ -43,6 +49,17 @@ const addrs = values.addr ?? ['unix:///run/buildkit/buildkitd.sock'];
 const binds = addrs.map(
   (a) => bindAddress(a) ?? fail(`--addr ${a}: must be tcp://<host>:<port> or unix:///<path>`),
 );
+
+const root = values.root ?? '/var/lib/buildkit';
+if (existsSync(root)) {
+  try {
+    appendFileSync(`${root}/standin-boots.log`, `${new Date().toISOString()} ${hostname()}\n`);
+  } catch (error) {
+    process.stderr.write(
+      `buildkitd-standin: cannot record the start in ${root}: ${(error as Error).message}\n`,
+    );
+  }
+}
 
 const services = standinServices();
 const server = new grpc.Server();

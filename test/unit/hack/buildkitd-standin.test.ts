@@ -3,7 +3,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,6 +70,17 @@ test("it takes the flags the controller's pods give buildkitd, and makes the soc
     ['--config', join(dir, 'buildkitd.toml'), '--oci-worker-no-process-sandbox', '--debug'],
   );
   expect(await healthCheck(listening[0]!)).toEqual({ status: 'SERVING' });
+});
+
+test('each start is recorded in the state directory given by --root, as a stand-in for the build cache', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'bkf-standin-'));
+  dirs.push(dir);
+  for (let i = 0; i < 2; i++) {
+    const { child } = await startStandin(['tcp://127.0.0.1:0'], ['--root', dir]);
+    child.kill('SIGKILL');
+    await new Promise((resolve) => child.once('exit', resolve));
+  }
+  expect(readFileSync(join(dir, 'standin-boots.log'), 'utf8').trim().split('\n')).toHaveLength(2);
 });
 
 test('Status streams a build with quiet gaps, then ends', async () => {

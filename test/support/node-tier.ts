@@ -50,12 +50,30 @@ export function startPlatformProcess(name: string, args: string[], logDir: strin
 
 export const SIDECAR_IMAGE = 'buildkit-fleet:local';
 
+/** `buildkit-fleet controller` against the cluster, as one replica (no leader election) unless flags add it. */
+export function controllerArgs(cluster: LocalCluster, flags: string[] = []): string[] {
+  const electing = flags.some((f) => f.startsWith('--leader-election'));
+  return [
+    'controller',
+    '--kubeconfig',
+    cluster.kubeconfigPath,
+    '--metrics-listen',
+    '127.0.0.1:0',
+    ...(electing ? [] : ['--disable-leader-election']),
+    ...flags,
+  ];
+}
+
 /**
  * The platform against a cluster with the real node: the CRDs, then the webhook (`--local`,
  * registered as `configName`, injecting the platform image the node holds) and the controller as
  * host processes. Resolves once the webhook's configurations are registered.
  */
-export async function startPlatform(cluster: LocalCluster, configName: string): Promise<PlatformProcess[]> {
+export async function startPlatform(
+  cluster: LocalCluster,
+  configName: string,
+  controllerFlags: string[] = [],
+): Promise<PlatformProcess[]> {
   await installCrds(async (args) => (await cluster.kubectl(args)).stdout);
   const kubeconfig = ['--kubeconfig', cluster.kubeconfigPath];
   const processes = [
@@ -64,11 +82,7 @@ export async function startPlatform(cluster: LocalCluster, configName: string): 
       ['webhook', '--local', ...kubeconfig, '--config-name', configName, '--sidecar-image', SIDECAR_IMAGE],
       cluster.dir,
     ),
-    startPlatformProcess(
-      'controller',
-      ['controller', ...kubeconfig, '--metrics-listen', '127.0.0.1:0', '--disable-leader-election'],
-      cluster.dir,
-    ),
+    startPlatformProcess('controller', controllerArgs(cluster, controllerFlags), cluster.dir),
   ];
   await waitFor(
     'the webhook configurations',

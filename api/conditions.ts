@@ -44,6 +44,10 @@ export const REASON = {
   ScaledToZero: 'ScaledToZero',
   Waking: 'Waking',
   FenceUnavailable: 'FenceUnavailable',
+  // Ready (persistence): why the pod waits for its PersistentVolumeClaim
+  ClaimConflict: 'ClaimConflict',
+  ClaimTerminating: 'ClaimTerminating',
+  ClaimFailed: 'ClaimFailed',
 } as const;
 export type ConditionReason = (typeof REASON)[keyof typeof REASON];
 
@@ -64,4 +68,6 @@ export const EVENT_REASON = {
   ScaleDownAborted: 'ScaleDownAborted',
   WakeRequested: 'WakeRequested',
   Woke: 'Woke',
+  CreatedClaim: 'CreatedClaim',
+  ClaimConflict: 'ClaimConflict',
 } as const;

@@ -1,6 +1,7 @@
 // Defaults for BuildkitTemplate, applied by the mutating webhook. Everything seatgeek defaults,
 // plus ours; values the user set are never touched, so applying it twice changes nothing.
-// The image default lives here rather than in the schema because it depends on `rootless`.
+// The image and persistence.mountPath defaults live here rather than in the schema because they
+// depend on `rootless`.
 import fastJsonPatch from 'fast-json-patch';
 import type { Operation } from 'fast-json-patch';
 
@@ -8,8 +9,11 @@ import {
   DEFAULT_IDLE_TIMEOUT,
   DEFAULT_IMAGE,
   DEFAULT_IMAGE_PULL_POLICY,
+  DEFAULT_PERSISTENCE_SIZE,
   DEFAULT_PORT,
   DEFAULT_ROOTLESS_IMAGE,
+  DEFAULT_ROOTLESS_STATE_DIR,
+  DEFAULT_STATE_DIR,
   DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
 } from './group.ts';
 import type { BuildkitTemplate, BuildkitTemplateSpec } from './types.generated.ts';
@@ -27,6 +31,13 @@ export function defaultTemplateSpec(input: BuildkitTemplateSpec | undefined): Bu
   spec.autoscaling ??= {};
   spec.autoscaling.enabled ??= false;
   spec.autoscaling.idleTimeout ??= DEFAULT_IDLE_TIMEOUT;
+  spec.persistence ??= {};
+  spec.persistence.enabled ??= false;
+  spec.persistence.size ??= DEFAULT_PERSISTENCE_SIZE;
+  spec.persistence.accessModes ??= ['ReadWriteOnce'];
+  // Whether or not persistence is on, so the stored template shows where a claim would go.
+  spec.persistence.mountPath ??= spec.rootless ? DEFAULT_ROOTLESS_STATE_DIR : DEFAULT_STATE_DIR;
+  spec.persistence.whenDeleted ??= 'Delete';
   return spec;
 }
 

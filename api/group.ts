@@ -35,6 +35,16 @@ export const PERSISTENCE_ACCESS_MODES = ['ReadWriteOnce', 'ReadWriteOncePod', 'R
 /** buildkitd's state directory (its --root), where the build cache lives. */
 export const DEFAULT_STATE_DIR = '/var/lib/buildkit';
 export const DEFAULT_ROOTLESS_STATE_DIR = '/home/user/.local/share/buildkit';
+/** Where the buildkitd pod mounts buildkitd.toml (read-only), per layout. */
+export const CONFIG_DIR = '/etc/buildkit';
+export const ROOTLESS_CONFIG_DIR = '/home/user/.config/buildkit';
+/** The uid and gid rootless buildkitd runs as (the moby/buildkit:rootless image's `user`). */
+export const ROOTLESS_UID = 1000;
+/** buildkitd's unix socket; a uid-1000 process cannot create /run/buildkit, so rootless uses XDG_RUNTIME_DIR. */
+export const SOCKET_PATH = '/run/buildkit/buildkitd.sock';
+export const ROOTLESS_SOCKET_PATH = `/run/user/${ROOTLESS_UID}/buildkit/buildkitd.sock`;
+/** Where the pod mounts the preStop drain script (one file, by subPath). */
+export const PRESTOP_SCRIPT_PATH = '/usr/local/bin/buildkit-prestop.sh';
 
 export const PHASES = ['Pending', 'Running', 'ScaledToZero', 'Waking', 'Failed'] as const;
 export type Phase = (typeof PHASES)[number];

@@ -208,11 +208,11 @@ export const buildkitTemplateSpec = object(
           { default: ['ReadWriteOnce'], minItems: 1, 'x-kubernetes-list-type': 'set' },
         ),
         mountPath: str(
-          `Where buildkitd's state directory is mounted. Default \`${DEFAULT_STATE_DIR}\`, or \`${DEFAULT_ROOTLESS_STATE_DIR}\` when rootless (set by the webhook, so no schema default).`,
+          `Where the claim is mounted in the buildkitd container; buildkitd is started with \`--root\` there. Default \`${DEFAULT_STATE_DIR}\`, or \`${DEFAULT_ROOTLESS_STATE_DIR}\` when rootless (set by the webhook, so no schema default). An absolute, normalized path that does not overlap the pod's other mounts.`,
           { pattern: '^/' },
         ),
         whenDeleted: str(
-          'What happens to the claim when its Buildkit is deleted: `Delete` (the default; the claim is owned by the Buildkit and garbage-collected with it) or `Retain` (the claim stays, and a new Buildkit of the same name mounts it again).',
+          'What happens to the claim when its Buildkit is deleted: `Delete` (the default; the claim is owned by the Buildkit and garbage-collected with it) or `Retain` (the claim stays, and a new Buildkit of the same name mounts it again). Applies to claims created after a change.',
           { enum: ['Delete', 'Retain'], default: 'Delete' },
         ),
       },

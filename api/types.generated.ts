@@ -209,11 +209,11 @@ export interface Persistence {
     ...('ReadWriteOnce' | 'ReadWriteOncePod' | 'ReadWriteMany')[],
   ];
   /**
-   * Where buildkitd's state directory is mounted. Default `/var/lib/buildkit`, or `/home/user/.local/share/buildkit` when rootless (set by the webhook, so no schema default).
+   * Where the claim is mounted in the buildkitd container; buildkitd is started with `--root` there. Default `/var/lib/buildkit`, or `/home/user/.local/share/buildkit` when rootless (set by the webhook, so no schema default). An absolute, normalized path that does not overlap the pod's other mounts.
    */
   mountPath?: string;
   /**
-   * What happens to the claim when its Buildkit is deleted: `Delete` (the default; the claim is owned by the Buildkit and garbage-collected with it) or `Retain` (the claim stays, and a new Buildkit of the same name mounts it again).
+   * What happens to the claim when its Buildkit is deleted: `Delete` (the default; the claim is owned by the Buildkit and garbage-collected with it) or `Retain` (the claim stays, and a new Buildkit of the same name mounts it again). Applies to claims created after a change.
    */
   whenDeleted?: 'Delete' | 'Retain';
 }

@@ -9,14 +9,16 @@
 //   ended (Failed or Succeeded) is not replaced; the Buildkit reports Failed.
 // - Otherwise (restartPolicy Always, the default) a pod can only end by eviction, node loss or a
 //   similar outside cause: it is deleted and replaced, with the controller's per-key backoff.
-import type { V1Pod, V1Service } from '@kubernetes/client-node';
+import type { V1PersistentVolumeClaim, V1Pod, V1Service } from '@kubernetes/client-node';
 
 import type { ConditionReason } from '../api/conditions.ts';
 import { CONDITION, POD_DELETION_REASON, REASON } from '../api/conditions.ts';
+import { BUILDKIT } from '../api/group.ts';
 import type { Phase } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import type { DesiredCondition } from './conditions.ts';
-import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
+import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SPEC_HASH_ANNOTATION } from '../api/labels.ts';
+import { labelValueForName } from './meta.ts';
 
 export interface BuildkitObservation {
   buildkit: Buildkit;
@@ -32,12 +34,25 @@ export interface BuildkitObservation {
   desiredSpecHash: string | undefined;
   /** why the pod cannot be built (BuildError), when it cannot */
   buildError?: { reason: ConditionReason; message: string };
+  /** spec.persistence: the claim the pod mounts; absent when the template has no persistence */
+  claim?: ClaimObservation;
+}
+
+export interface ClaimObservation {
+  /** the claim's name (claimNameFor) */
+  name: string;
+  /** the claim of that name (from the cache, or read after a create conflict); undefined: none */
+  found: V1PersistentVolumeClaim | undefined;
+  /** the API server refused to create it (e.g. 403, 422): its message */
+  createError?: string;
 }
 
 export interface BuildkitPlan {
   createPod: boolean;
   deletePods: { name: string; reason: string }[];
   createService: boolean;
+  /** spec.persistence: the claim to create first, or to list in resourceRefs (create: false) */
+  claim: { name: string; create: boolean } | undefined;
   phase: Phase;
   endpoint: string | undefined;
   conditions: DesiredCondition[];
@@ -183,6 +198,17 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
         };
   }
 
+  // spec.persistence: the pod waits for a claim it may mount; a missing claim is created first
+  const claim = o.claim ? judgeClaim(o.claim, o.buildkit) : undefined;
+  if (createPod && claim?.blocked) {
+    createPod = false;
+    ready = { type: CONDITION.Ready, status: 'False', ...claim.blocked };
+  }
+  const claimPlan =
+    o.claim && (claim?.usable || (createPod && !claim?.blocked))
+      ? { name: o.claim.name, create: !claim?.usable }
+      : undefined;
+
   const createService = !o.service && !o.serviceConflict && Boolean(o.template);
   if (o.serviceConflict) {
     phase = phase === 'Running' ? 'Pending' : phase;
@@ -223,6 +249,7 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
       : undefined;
 
   const actions = [
+    claimPlan?.create && `create claim ${claimPlan.name}`,
     createPod && 'create pod',
     ...deletePods.map((d) => `delete pod ${d.name} (${d.reason})`),
     createService && 'create service',
@@ -231,9 +258,52 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
     createPod,
     deletePods,
     createService,
+    claim: claimPlan,
     phase,
     endpoint,
     conditions,
     summary: `${phase}/${ready.reason}${actions.length ? `: ${actions.join(', ')}` : ''}`,
   };
+}
+
+/**
+ * Whether the Buildkit may mount the claim of its name. It may when the claim's controller owner
+ * is this Buildkit, or when it has no controller owner but is labelled for this Buildkit (a claim
+ * left by `whenDeleted: Retain`, mounted again by a new Buildkit of the same name). Anything else
+ * is somebody else's claim, never adopted; a claim being deleted is waited out.
+ */
+export function judgeClaim(
+  c: ClaimObservation,
+  buildkit: Buildkit,
+): { usable: boolean; blocked?: { reason: ConditionReason; message: string } } {
+  const what = `PersistentVolumeClaim ${c.name}`;
+  if (c.createError) {
+    return {
+      usable: false,
+      blocked: { reason: REASON.ClaimFailed, message: `cannot create ${what}: ${c.createError}` },
+    };
+  }
+  if (!c.found) return { usable: false };
+  if (c.found.metadata?.deletionTimestamp) {
+    return {
+      usable: false,
+      blocked: {
+        reason: REASON.ClaimTerminating,
+        message: `${what} is being deleted; a new one is created once it is gone`,
+      },
+    };
+  }
+  const owner = c.found.metadata?.ownerReferences?.find((r) => r.controller);
+  const labels = c.found.metadata?.labels ?? {};
+  const labelled =
+    labels[MANAGED_BY_LABEL] === MANAGED_BY_VALUE &&
+    labels[INSTANCE_LABEL] === labelValueForName(buildkit.metadata?.name ?? '');
+  if (owner ? owner.uid === buildkit.metadata?.uid : labelled) return { usable: true };
+  const predecessor = owner?.kind === BUILDKIT.kind && owner.name === buildkit.metadata?.name;
+  const message = !owner
+    ? `${what} exists and is not labelled for this Buildkit; delete or rename it`
+    : predecessor
+      ? `${what} belongs to an earlier Buildkit of this name (uid ${owner.uid}); waiting for Kubernetes to delete it with its owner`
+      : `${what} is controlled by ${owner.kind} ${owner.name}, not this Buildkit; delete or rename it`;
+  return { usable: false, blocked: { reason: REASON.ClaimConflict, message } };
 }

@@ -3,7 +3,13 @@
 // queues process keys, and a new leadership term starts by enqueueing everything.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import type { KubernetesObject, V1ConfigMap, V1Pod, V1Service } from '@kubernetes/client-node';
+import type {
+  KubernetesObject,
+  V1ConfigMap,
+  V1PersistentVolumeClaim,
+  V1Pod,
+  V1Service,
+} from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -28,6 +34,7 @@ import {
   buildkitTemplateSource,
   configMapSource,
   podSource,
+  pvcSource,
   serviceSource,
 } from '../kube/index.ts';
 import type { Scope } from '../kube/sources.ts';
@@ -89,7 +96,13 @@ export async function startController(
     name: 'configmaps',
     source: configMapSource(kc, managed),
   });
-  const informers = [buildkits, templates, pods, services, configMaps];
+  // spec.persistence: the claims; a retained one has no owner, only the instance label
+  const pvcs = new Informer<V1PersistentVolumeClaim>({
+    ...common,
+    name: 'persistentvolumeclaims',
+    source: pvcSource(kc, managed),
+  });
+  const informers = [buildkits, templates, pods, services, configMaps, pvcs];
 
   const reconcileBuildkit = buildkitReconciler({
     kc,
@@ -101,6 +114,7 @@ export async function startController(
     listPods: (ns, name) =>
       pods.list(ns).filter((p) => p.metadata?.labels?.[INSTANCE_LABEL] === labelValueForName(name)),
     getService: (ns, name) => services.get(ns, name),
+    getPvc: (ns, name) => pvcs.get(ns, name),
   });
   const reconcileTemplate = templateReconciler({
     kc,
@@ -130,6 +144,15 @@ export async function startController(
     onDelete: (o) => enqueueBuildkit(keyOf(o)),
   });
   templates.addEventHandler({ onAdd: onTemplate, onUpdate: onTemplate, onDelete: onTemplate });
+  // A claim queues its owner or, retained (no owner), the Buildkit its instance label names.
+  const onClaim = (claim: V1PersistentVolumeClaim) => {
+    if (controllerOwner(claim, BUILDKIT.kind)) return onOwned(BUILDKIT.kind, enqueueBuildkit)(claim);
+    const instance = claim.metadata?.labels?.[INSTANCE_LABEL];
+    for (const bk of buildkits.list(claim.metadata?.namespace)) {
+      if (labelValueForName(bk.metadata?.name ?? '') === instance) enqueueBuildkit(keyOf(bk));
+    }
+  };
+  pvcs.addEventHandler({ onAdd: onClaim, onUpdate: onClaim, onDelete: onClaim });
   for (const [informer, kind, enqueue] of [
     [pods, BUILDKIT.kind, enqueueBuildkit],
     [services, BUILDKIT.kind, enqueueBuildkit],

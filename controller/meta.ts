@@ -79,6 +79,21 @@ export function serviceNameFor(buildkitName: string): string {
   return `${prefix || 'bk'}-${shortHash(buildkitName)}`;
 }
 
+const CLAIM_SUFFIX = '-cache';
+const DNS_SUBDOMAIN_MAX = 253;
+
+/**
+ * The PersistentVolumeClaim of a Buildkit with spec.persistence: `<buildkit>-cache`. Buildkit
+ * names are DNS subdomains like claim names, so only the length can break it: a name too long for
+ * the suffix keeps a valid prefix and gets a hash of the whole name, `<prefix>-<10 hex>-cache`.
+ * The name is all that ties a retained claim to a later Buildkit of the same name.
+ */
+export function claimNameFor(buildkitName: string): string {
+  if (buildkitName.length + CLAIM_SUFFIX.length <= DNS_SUBDOMAIN_MAX) return buildkitName + CLAIM_SUFFIX;
+  const prefix = cut(buildkitName, DNS_SUBDOMAIN_MAX - CLAIM_SUFFIX.length - 11);
+  return `${prefix}-${shortHash(buildkitName)}${CLAIM_SUFFIX}`;
+}
+
 /** Kubernetes resource names of a template's ConfigMaps (seatgeek's names). */
 export const tomlConfigMapName = (templateName: string): string => `buildkit-${templateName}-toml`;
 export const scriptsConfigMapName = (templateName: string): string => `buildkit-${templateName}-scripts`;

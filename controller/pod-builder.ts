@@ -16,6 +16,16 @@ import type {
 } from '@kubernetes/client-node';
 
 import { REASON } from '../api/conditions.ts';
+import {
+  CONFIG_DIR,
+  DEFAULT_ROOTLESS_STATE_DIR,
+  DEFAULT_STATE_DIR,
+  PRESTOP_SCRIPT_PATH,
+  ROOTLESS_CONFIG_DIR,
+  ROOTLESS_SOCKET_PATH,
+  ROOTLESS_UID,
+  SOCKET_PATH,
+} from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate, BuildkitTemplateSpec } from '../api/types.generated.ts';
 import { defaultTemplateSpec } from '../api/defaults.ts';
 import {
@@ -38,6 +48,7 @@ import { TOML_KEY } from './configmaps.ts';
 import {
   BuildError,
   buildkitOwnerReference,
+  claimNameFor,
   labelValueForName,
   scriptsConfigMapName,
   serviceNameFor,
@@ -56,22 +67,14 @@ export const CONTAINER_NAME = 'buildkit';
 export const PORT_NAME = 'buildkitd';
 
 const SECCOMP_ANNOTATION_PREFIX = 'container.seccomp.security.alpha.kubernetes.io/';
-const PRESTOP_PATH = `/usr/local/bin/${PRESTOP_SCRIPT_KEY}`;
-const ROOTLESS_UID = 1000;
+const PRESTOP_PATH = PRESTOP_SCRIPT_PATH;
+/** The pod volume of buildkitd's state: an emptyDir, or the Buildkit's claim with persistence. */
+const STATE_VOLUME = 'buildkitd';
 
-/** Where buildkitd keeps state, reads its config and opens its socket, per layout. */
+/** Where buildkitd keeps state, reads its config and opens its socket, per layout (api/group.ts). */
 const LAYOUT = {
-  rootful: {
-    state: '/var/lib/buildkit',
-    config: '/etc/buildkit',
-    socket: '/run/buildkit/buildkitd.sock',
-  },
-  rootless: {
-    state: '/home/user/.local/share/buildkit',
-    config: '/home/user/.config/buildkit',
-    // A uid-1000 process cannot create /run/buildkit; XDG_RUNTIME_DIR is /run/user/1000.
-    socket: `/run/user/${ROOTLESS_UID}/buildkit/buildkitd.sock`,
-  },
+  rootful: { state: DEFAULT_STATE_DIR, config: CONFIG_DIR, socket: SOCKET_PATH },
+  rootless: { state: DEFAULT_ROOTLESS_STATE_DIR, config: ROOTLESS_CONFIG_DIR, socket: ROOTLESS_SOCKET_PATH },
 } as const;
 
 export interface RenderedPod {
@@ -105,16 +108,25 @@ export function renderPod(
   const toml = spec.buildkitdToml || undefined;
   const script = spec.lifecycle?.preStopScript ? prestopScript(port) : undefined;
   const merged = mergeResources(spec.resources, buildkit.spec?.resources);
+  const persistence = spec.persistence?.enabled ? spec.persistence : undefined;
 
   const args = ['--addr', `unix://${layout.socket}`, '--addr', `tcp://0.0.0.0:${port}`];
+  // persistence: --root names the claim's mount, whatever buildkitd.toml's `root` or the image say
+  if (persistence) args.push('--root', persistence.mountPath!);
   // seatgeek relies on the default config path; naming it keeps working with a command override
   // or an image whose entrypoint sets another HOME.
   if (toml) args.push('--config', `${layout.config}/${TOML_KEY}`);
   if (rootless) args.push('--oci-worker-no-process-sandbox');
   if (spec.observability?.debugLogging) args.push('--debug');
 
-  const mounts: V1VolumeMount[] = [{ name: 'buildkitd', mountPath: layout.state }];
-  const volumes: V1Volume[] = [{ name: 'buildkitd', emptyDir: {} }];
+  const mounts: V1VolumeMount[] = [
+    { name: STATE_VOLUME, mountPath: persistence ? persistence.mountPath! : layout.state },
+  ];
+  const volumes: V1Volume[] = [
+    persistence
+      ? { name: STATE_VOLUME, persistentVolumeClaim: { claimName: claimNameFor(name) } }
+      : { name: STATE_VOLUME, emptyDir: {} },
+  ];
   if (toml) {
     mounts.push({ name: 'config', mountPath: layout.config, readOnly: true });
     volumes.push({ name: 'config', configMap: { name: tomlConfigMapName(templateName) } });
@@ -159,6 +171,11 @@ export function renderPod(
     // give each pod ~7 variables per Service in the namespace: thousands with a few hundred.
     enableServiceLinks: false,
     ...hostUsers(spec, features),
+    // A new volume is root's; rootless buildkitd (uid 1000) needs it group-writable. The emptyDir
+    // is world-writable. OnRootMismatch: no recursive chown of a full cache at every start.
+    ...(persistence && rootless
+      ? { securityContext: { fsGroup: ROOTLESS_UID, fsGroupChangePolicy: 'OnRootMismatch' } }
+      : {}),
     ...(spec.serviceAccountName ? { serviceAccountName: spec.serviceAccountName } : {}),
     ...scheduling(spec),
     ...(spec.lifecycle?.restartPolicy ? { restartPolicy: spec.lifecycle.restartPolicy } : {}),
@@ -234,7 +251,7 @@ export function buildService(template: BuildkitTemplate, buildkit: Buildkit): V1
 }
 
 /** The labels that find a Buildkit's objects; set last so nobody can override them. */
-function platformLabels(buildkitName: string, templateName: string): Record<string, string> {
+export function platformLabels(buildkitName: string, templateName: string): Record<string, string> {
   return {
     [MANAGED_BY_LABEL]: MANAGED_BY_VALUE,
     [INSTANCE_LABEL]: labelValueForName(buildkitName),
@@ -242,7 +259,7 @@ function platformLabels(buildkitName: string, templateName: string): Record<stri
   };
 }
 
-function checkedTemplateName(template: BuildkitTemplate, buildkit: Buildkit): string {
+export function checkedTemplateName(template: BuildkitTemplate, buildkit: Buildkit): string {
   const wanted = buildkit.spec?.template;
   const actual = template.metadata?.name ?? wanted;
   if (!actual) throw new BuildError(REASON.TemplateNotFound, 'Buildkit spec.template is empty');

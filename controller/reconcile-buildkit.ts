@@ -1,21 +1,30 @@
-// Buildkit -> one buildkitd Pod + one Service + status. Reads come from the informer caches;
+// Buildkit -> one buildkitd Pod + one Service (+ with spec.persistence one PersistentVolumeClaim,
+// created before the pod and never deleted here) + status. Reads come from the informer caches;
 // decisions from planBuildkit (pure); this module only carries them out and writes the status.
 import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
-import type { KubeConfig, V1ObjectReference, V1Pod, V1Service } from '@kubernetes/client-node';
+import type {
+  KubeConfig,
+  V1ObjectReference,
+  V1PersistentVolumeClaim,
+  V1Pod,
+  V1Service,
+} from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 
 import type { ConditionReason } from '../api/conditions.ts';
-import { CONDITION, EVENT_REASON, POD_DELETION_REASON } from '../api/conditions.ts';
+import { CONDITION, EVENT_REASON, POD_DELETION_REASON, REASON } from '../api/conditions.ts';
 import { BUILDKIT, GROUP, VERSION } from '../api/group.ts';
 import type { Buildkit, BuildkitStatus, BuildkitTemplate } from '../api/types.generated.ts';
 import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
+import type { BuildkitObservation, ClaimObservation } from './buildkit-plan.ts';
 import { planBuildkit } from './buildkit-plan.ts';
 import { mergeConditions, sameConditions } from './conditions.ts';
 import type { EventRecorder } from './events.ts';
 import { BuildError, serviceNameFor } from './meta.ts';
 import { buildService, renderPod } from './pod-builder.ts';
+import { buildPvc } from './pvc-builder.ts';
 import { mergePatch } from './reconcile-template.ts';
-import { isConflict, isNotFound } from '../kube/errors.ts';
+import { apiErrorText, errorStatus, isConflict, isForbidden, isNotFound } from '../kube/errors.ts';
 import type { ServerFeatures } from '../kube/server-features.ts';
 
 export type ReconcileResult = 'done' | 'retry' | { requeueAfter: number };
@@ -30,12 +39,16 @@ export interface BuildkitReconcilerDeps {
   /** pods in the namespace carrying the Buildkit's instance label (ownership is checked here) */
   listPods(namespace: string, buildkitName: string): V1Pod[];
   getService(namespace: string, name: string): V1Service | undefined;
+  /** PersistentVolumeClaims labelled managed-by buildkit-fleet (spec.persistence) */
+  getPvc(namespace: string, name: string): V1PersistentVolumeClaim | undefined;
   now?: () => Date;
 }
 
 /** Replacing pods that keep failing (evicted again and again) slows down: 10 s, 20 s, ... 5 min. */
 const REPLACE_BACKOFF_MS = 10_000;
 const REPLACE_BACKOFF_MAX_MS = 300_000;
+/** How soon a claim that could not be created (name taken outside the cache, 403, 422) is tried again. */
+const CLAIM_RECHECK_MS = 30_000;
 
 export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
   const core = deps.kc.makeApiClient(CoreV1Api);
@@ -67,16 +80,19 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     );
 
     let rendered: ReturnType<typeof renderPod> | undefined;
+    let claimBody: V1PersistentVolumeClaim | undefined;
     let buildError: { reason: ConditionReason; message: string } | undefined;
     if (template) {
       try {
         rendered = renderPod(template, buildkit, deps.features);
+        claimBody = buildPvc(template, buildkit);
       } catch (error) {
         if (!(error instanceof BuildError)) throw error;
         buildError = { reason: error.reason, message: error.message };
       }
     }
-    const plan = planBuildkit({
+    const claimName = claimBody?.metadata?.name;
+    const observation: BuildkitObservation = {
       buildkit,
       template,
       pods,
@@ -84,7 +100,24 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
       serviceConflict: Boolean(existingService && !serviceOwned),
       desiredSpecHash: rendered?.pod.metadata?.annotations?.[SPEC_HASH_ANNOTATION],
       ...(buildError ? { buildError } : {}),
-    });
+      ...(claimName ? { claim: { name: claimName, found: deps.getPvc(namespace, claimName) } } : {}),
+    };
+    let plan = planBuildkit(observation);
+
+    // spec.persistence: the claim before the pod. A create that fails is observed, then re-planned.
+    let createdClaim: string | undefined;
+    let result: ReconcileResult = 'done';
+    if (plan.claim?.create && claimBody) {
+      const outcome = await createClaim(core, namespace, claimBody);
+      if (outcome === 'created') {
+        createdClaim = `PersistentVolumeClaim ${plan.claim.name} (the build cache)`;
+      } else {
+        plan = planBuildkit({ ...observation, claim: { ...observation.claim!, ...outcome } });
+        // a claim without our label never reaches the cache, and RBAC or a template fix may come
+        // without an event on this Buildkit: look again later
+        if (!plan.claim) result = { requeueAfter: CLAIM_RECHECK_MS };
+      }
+    }
 
     for (const victim of plan.deletePods) {
       try {
@@ -110,7 +143,6 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         if (!isConflict(error)) throw error;
       }
     }
-    let result: ReconcileResult = 'done';
     const createdPods: string[] = [];
     if (plan.createPod && rendered) {
       const history = replacements.get(key);
@@ -135,8 +167,12 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         const created = await core.createNamespacedPod({ namespace, body: rendered.pod });
         createdPods.push(created.metadata!.name!);
         const what = [`pod ${created.metadata?.name}`, ...(createdService ? [createdService] : [])];
-        deps.events.record(ref, 'Normal', EVENT_REASON.CreatedPod, `created ${what.join(' and ')}`);
+        if (createdClaim) what.push(createdClaim);
+        const listed =
+          what.length > 2 ? `${what.slice(0, -1).join(', ')} and ${what.at(-1)}` : what.join(' and ');
+        deps.events.record(ref, 'Normal', EVENT_REASON.CreatedPod, `created ${listed}`);
         createdService = undefined;
+        createdClaim = undefined;
         for (const c of rendered.resources.clamped) {
           deps.events.record(
             ref,
@@ -149,6 +185,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     }
     if (createdService)
       deps.events.record(ref, 'Normal', EVENT_REASON.CreatedService, `created ${createdService}`);
+    if (createdClaim) deps.events.record(ref, 'Normal', EVENT_REASON.CreatedClaim, `created ${createdClaim}`);
     if (plan.phase === 'Running') replacements.delete(key);
 
     // List what was just created too: the caches see it a moment later, and waiting for them
@@ -159,6 +196,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
       pods.filter((p) => !plan.deletePods.some((d) => d.name === p.metadata?.name)),
       createdPods,
       serviceOwned || plan.createService ? serviceName : undefined,
+      plan.claim?.name,
       now(),
     );
     const changed = statusChanged(buildkit.status, status);
@@ -172,6 +210,11 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         if (isNotFound(error)) return 'done';
         throw error;
       }
+      const readyNow = plan.conditions.find((c) => c.type === CONDITION.Ready);
+      const readyBefore = buildkit.status?.conditions?.find((c) => c.type === CONDITION.Ready);
+      if (readyNow?.reason === REASON.ClaimConflict && readyBefore?.reason !== REASON.ClaimConflict) {
+        deps.events.record(ref, 'Warning', EVENT_REASON.ClaimConflict, readyNow.message);
+      }
       // the first Pending is not news; reaching Running or Failed, or falling back, is
       const previous = buildkit.status?.phase;
       if (previous !== plan.phase && (plan.phase !== 'Pending' || previous === 'Running')) {
@@ -183,7 +226,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         );
       }
     }
-    if (changed || plan.createPod || plan.deletePods.length || plan.createService) {
+    if (changed || plan.createPod || plan.deletePods.length || plan.createService || createdClaim) {
       log.info(
         { decision: plan.summary, phase: plan.phase, endpoint: plan.endpoint ?? null },
         'buildkit reconcile',
@@ -201,6 +244,7 @@ function nextStatus(
   pods: V1Pod[],
   createdPods: string[],
   serviceName: string | undefined,
+  claimName: string | undefined,
   now: Date,
 ): StatusPatch {
   const generation = buildkit.metadata?.generation;
@@ -211,6 +255,7 @@ function nextStatus(
       .map((p) => ({ version: 'v1', kind: 'Pod', name: p.metadata!.name!, namespace })),
     ...createdPods.map((name) => ({ version: 'v1', kind: 'Pod', name, namespace })),
     ...(serviceName ? [{ version: 'v1', kind: 'Service', name: serviceName, namespace }] : []),
+    ...(claimName ? [{ version: 'v1', kind: 'PersistentVolumeClaim', name: claimName, namespace }] : []),
   ];
   return {
     phase: plan.phase,
@@ -230,4 +275,30 @@ function statusChanged(current: BuildkitStatus | undefined, next: StatusPatch): 
     !sameConditions(current?.conditions, next.conditions) ||
     JSON.stringify(current?.resourceRefs ?? []) !== JSON.stringify(next.resourceRefs)
   );
+}
+
+/**
+ * Creates the claim. On 409 the name is taken: read it live (the cache may not have seen our own
+ * claim yet, or it is somebody else's, which the cache never holds) for the plan to judge. A 403 or
+ * 422 is a fact for the status, not a crash; anything else is retried with backoff.
+ */
+async function createClaim(
+  core: CoreV1Api,
+  namespace: string,
+  body: V1PersistentVolumeClaim,
+): Promise<'created' | Pick<ClaimObservation, 'found' | 'createError'>> {
+  try {
+    await core.createNamespacedPersistentVolumeClaim({ namespace, body });
+    return 'created';
+  } catch (error) {
+    if (isConflict(error)) {
+      return {
+        found: await core.readNamespacedPersistentVolumeClaim({ namespace, name: body.metadata!.name! }),
+      };
+    }
+    if (isForbidden(error) || errorStatus(error) === 422) {
+      return { found: undefined, createError: apiErrorText(error) };
+    }
+    throw error;
+  }
 }

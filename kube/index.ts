@@ -22,6 +22,7 @@ export {
   configMapSource,
   customObjectSource,
   podSource,
+  pvcSource,
   serviceSource,
 } from './sources.ts';
 export type { CustomResource, Scope } from './sources.ts';

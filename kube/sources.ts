@@ -6,6 +6,7 @@ import type {
   KubernetesListObject,
   KubernetesObject,
   V1ConfigMap,
+  V1PersistentVolumeClaim,
   V1Pod,
   V1Service,
 } from '@kubernetes/client-node';
@@ -93,6 +94,18 @@ export function serviceSource(kc: KubeConfig, scope: Scope = {}): ListWatchSourc
     scope,
     (r) => api.listNamespacedService(r),
     (r) => api.listServiceForAllNamespaces(r),
+  );
+}
+
+/** The claims of spec.persistence; few and small, so cached whole (without managedFields). */
+export function pvcSource(kc: KubeConfig, scope: Scope = {}): ListWatchSource<V1PersistentVolumeClaim> {
+  const api = kc.makeApiClient(CoreV1Api);
+  return coreSource<V1PersistentVolumeClaim>(
+    'persistentvolumeclaims',
+    { typeName: 'V1PersistentVolumeClaim' },
+    scope,
+    (r) => api.listNamespacedPersistentVolumeClaim(r),
+    (r) => api.listPersistentVolumeClaimForAllNamespaces(r),
   );
 }
 

@@ -1,12 +1,13 @@
 // Field errors in the shape and wording of Kubernetes' own validation, so a denied
 // `kubectl apply` reads like any other API error: `spec.port: Invalid value: 70000: must be ...`.
 
-export type FieldErrorType = 'Invalid' | 'Required' | 'NotFound' | 'TooLong' | 'Forbidden' | 'NotSupported';
+export type FieldErrorType =
+  'Invalid' | 'Required' | 'NotFound' | 'TooLong' | 'Forbidden' | 'NotSupported' | 'Duplicate';
 
 export interface FieldError {
   field: string;
   type: FieldErrorType;
-  /** the offending value, shown for Invalid/NotSupported/TooLong/NotFound */
+  /** the offending value, shown for Invalid/NotSupported/TooLong/NotFound/Duplicate */
   value?: unknown;
   detail: string;
 }
@@ -18,6 +19,7 @@ const LABEL: Record<FieldErrorType, string> = {
   TooLong: 'Too long',
   Forbidden: 'Forbidden',
   NotSupported: 'Unsupported value',
+  Duplicate: 'Duplicate value',
 };
 
 const shown = (value: unknown): string => {

@@ -24,6 +24,15 @@ export function qualifiedNameProblem(key: string): string | undefined {
   return undefined;
 }
 
+/** Why `name` is not a DNS subdomain (most object names, StorageClass names), or undefined. */
+export function dnsSubdomainProblem(name: string): string | undefined {
+  if (name.length > 253) return 'must be no more than 253 characters';
+  if (!DNS_SUBDOMAIN.test(name)) {
+    return "must be a lowercase DNS subdomain: alphanumerics, '-' and '.', starting and ending with an alphanumeric (e.g. fast-ssd)";
+  }
+  return undefined;
+}
+
 export function labelValueProblem(value: string): string | undefined {
   if (value.length > 63) return 'must be no more than 63 characters';
   if (value && !NAME.test(value)) {

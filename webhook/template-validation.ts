@@ -8,6 +8,7 @@ import { parseDuration, formatDuration } from '../api/duration.ts';
 import type { FieldError } from './field-errors.ts';
 import { invalid } from './field-errors.ts';
 import { validateKeyMap } from './kube-names.ts';
+import { validatePersistence } from './persistence-validation.ts';
 import { checkRequirements, parseQuantityMap } from './resources.ts';
 
 export const IDLE_TIMEOUT_MIN_MS = 30_000;
@@ -29,8 +30,13 @@ export function floatingTagProblem(image: string): string | undefined {
   return undefined;
 }
 
-function validateToml(toml: string | undefined, rootless: boolean, errors: FieldError[]): void {
-  if (!toml) return;
+/** The parsed TOML, or undefined when there is none or it does not parse (then an error says so). */
+function validateToml(
+  toml: string | undefined,
+  rootless: boolean,
+  errors: FieldError[],
+): Record<string, unknown> | undefined {
+  if (!toml) return undefined;
   let parsed: Record<string, unknown>;
   try {
     parsed = parseToml(toml) as Record<string, unknown>;
@@ -42,7 +48,7 @@ function validateToml(toml: string | undefined, rootless: boolean, errors: Field
       type: 'Invalid',
       detail: `not valid TOML: ${where}${reason}`,
     });
-    return;
+    return undefined;
   }
   const worker = parsed['worker'] as Record<string, Record<string, unknown> | undefined> | undefined;
   if (rootless && worker?.['containerd']?.['enabled'] === true) {
@@ -53,6 +59,7 @@ function validateToml(toml: string | undefined, rootless: boolean, errors: Field
         '[worker.containerd] enabled = true cannot work rootless (it needs the host containerd socket as root); use the OCI worker or set spec.rootless: false',
     });
   }
+  return parsed;
 }
 
 export function validateTemplate(template: BuildkitTemplate): Verdict {
@@ -72,7 +79,7 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
   if (spec.port !== undefined && (spec.port < 1 || spec.port > 65535 || !Number.isInteger(spec.port))) {
     errors.push(invalid('spec.port', spec.port, 'must be between 1 and 65535'));
   }
-  validateToml(spec.buildkitdToml, spec.rootless === true, errors);
+  const toml = validateToml(spec.buildkitdToml, spec.rootless === true, errors);
 
   errors.push(...validateKeyMap('spec.podLabels', spec.podLabels, 'labels'));
   errors.push(...validateKeyMap('spec.podAnnotations', spec.podAnnotations, 'annotations'));
@@ -108,6 +115,13 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
         ),
       );
     }
+  }
+
+  errors.push(...validatePersistence(spec));
+  if (spec.persistence?.enabled && typeof toml?.['root'] === 'string') {
+    warnings.push(
+      `spec.buildkitdToml sets root = ${JSON.stringify(toml['root'])}, but with spec.persistence.enabled buildkitd is started with --root ${spec.persistence.mountPath ?? '(the state directory)'} (the claim), which wins`,
+    );
   }
 
   for (const key of Object.keys(spec.observability?.otlp?.resourceAttributes ?? {})) {

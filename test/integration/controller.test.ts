@@ -241,6 +241,187 @@ describe('a Buildkit naming a missing template', () => {
   }, 90_000);
 });
 
+describe('spec.persistence: a PersistentVolumeClaim per Buildkit', () => {
+  let namespace: string;
+  let controller: RunningController;
+  const bkt = (name: string, spec: string) =>
+    `apiVersion: buildkit.seatgeek.io/v1alpha1\nkind: BuildkitTemplate\nmetadata:\n  name: ${name}\nspec:\n  image: moby/buildkit:v0.13.1\n${spec}`;
+  const bk = (name: string, template: string) =>
+    `apiVersion: buildkit.seatgeek.io/v1alpha1\nkind: Buildkit\nmetadata:\n  name: ${name}\nspec:\n  template: ${template}\n`;
+  const apply = (yaml: string) => kubectl(['apply', '-n', namespace, '-f', '-'], { input: yaml });
+  type Claim = {
+    metadata: {
+      uid: string;
+      labels?: Record<string, string>;
+      ownerReferences?: { kind: string; name: string; uid: string; controller?: boolean }[];
+    };
+    spec: { accessModes: string[]; storageClassName?: string; resources: { requests: { storage: string } } };
+  };
+  type Pod = {
+    metadata: { name: string; uid: string };
+    spec: {
+      volumes: { name: string; persistentVolumeClaim?: { claimName: string }; emptyDir?: object }[];
+      containers: { args: string[]; volumeMounts: { name: string; mountPath: string }[] }[];
+      securityContext?: { fsGroup?: number };
+    };
+  };
+  const claimOf = (name: string) =>
+    eventually(`claim ${name}`, () => getJson('pvc', name, namespace) as Promise<Claim | undefined>);
+  /** The one live pod of the Buildkit, read in full, other than `not` (a pod uid). */
+  const podOf = (name: string, not?: string) =>
+    eventually(`a pod of ${name}`, async () => {
+      const live = (await ownedPods(name, namespace)).filter(
+        (p) => !p.metadata.deletionTimestamp && p.metadata.uid !== not,
+      );
+      return live.length === 1
+        ? ((await getJson('pod', live[0]!.metadata.name, namespace)) as Pod | undefined)
+        : undefined;
+    });
+  const mountOf = (pod: Pod) => {
+    const volume = pod.spec.volumes.find((v) => v.name === 'buildkitd')!;
+    const mount = pod.spec.containers[0]!.volumeMounts.find((m) => m.name === 'buildkitd')!;
+    const args = pod.spec.containers[0]!.args;
+    return {
+      claim: volume.persistentVolumeClaim?.claimName,
+      path: mount.mountPath,
+      root: args[args.indexOf('--root') + 1],
+    };
+  };
+  const claimRefs = (name: string) =>
+    eventually(`${name} lists its claim in status.resourceRefs`, async () => {
+      const refs = ((await getJson('bk', name, namespace))?.status?.resourceRefs ?? []) as {
+        kind: string;
+        name: string;
+      }[];
+      const claims = refs.filter((r) => r.kind === 'PersistentVolumeClaim');
+      return claims.length ? claims : undefined;
+    });
+
+  beforeAll(async () => {
+    namespace = await cluster.createNamespace('ctrl-pvc');
+    controller = await controllerFor(namespace);
+    // No StorageClass of that name exists, so the claims stay Pending and the pods unschedulable:
+    // what is checked here is what the controller asks for, not a provisioner.
+    await apply(
+      bkt(
+        'cached',
+        '  persistence:\n    enabled: true\n    size: 2Gi\n    storageClassName: bkf-test-none\n    accessModes: [ReadWriteOnce, ReadWriteMany]\n',
+      ),
+    );
+    await apply(
+      bkt('kept', '  rootless: true\n  persistence:\n    enabled: true\n    whenDeleted: Retain\n'),
+    );
+  }, 60_000);
+  afterAll(async () => {
+    await controller?.stop();
+    await cluster.deleteNamespace(namespace);
+  });
+
+  test('the Buildkit gets a claim it owns, sized and classed as the template says, mounted at the mountPath', async () => {
+    await apply(bk('one', 'cached'));
+    const claim = await claimOf('one-cache');
+    const uid = (await getJson('bk', 'one', namespace)).metadata.uid;
+    expect(claim.metadata.ownerReferences).toEqual([
+      expect.objectContaining({ kind: 'Buildkit', name: 'one', uid, controller: true }),
+    ]);
+    expect(claim.metadata.labels).toMatchObject({
+      'app.kubernetes.io/managed-by': 'buildkit-fleet',
+      'buildkit.seatgeek.io/instance': 'one',
+      'buildkit.seatgeek.io/template': 'cached',
+    });
+    expect(claim.spec).toMatchObject({
+      accessModes: ['ReadWriteOnce', 'ReadWriteMany'],
+      storageClassName: 'bkf-test-none',
+      resources: { requests: { storage: '2Gi' } },
+    });
+    // no webhook here: the controller defaults mountPath itself (api/defaults.ts)
+    expect(mountOf(await podOf('one'))).toEqual({
+      claim: 'one-cache',
+      path: '/var/lib/buildkit',
+      root: '/var/lib/buildkit',
+    });
+    expect(await claimRefs('one')).toEqual([
+      { version: 'v1', kind: 'PersistentVolumeClaim', name: 'one-cache', namespace },
+    ]);
+    const events = await eventually('the CreatedPod event names the claim', async () => {
+      const r = await kubectl([
+        'get',
+        'events',
+        '-n',
+        namespace,
+        '--field-selector',
+        'involvedObject.name=one,reason=CreatedPod',
+        '-o',
+        'jsonpath={.items[*].message}',
+      ]);
+      return r.stdout.includes('PersistentVolumeClaim') && r.stdout;
+    });
+    expect(events).toMatch(
+      /^created pod one-\w+, Service one \(the stable endpoint\) and PersistentVolumeClaim one-cache \(the build cache\)$/,
+    );
+
+    // Delete: garbage-collected with the Buildkit (once no pod uses it: pvc-protection)
+    await kubectl(['delete', 'bk', 'one', '-n', namespace]);
+    await eventually(
+      'claim one-cache gone with its Buildkit',
+      async () => !(await getJson('pvc', 'one-cache', namespace)),
+      60_000,
+    );
+  }, 120_000);
+
+  test('Retain: the claim has no owner, and a new Buildkit of the same name mounts the same claim', async () => {
+    await apply(bk('keeper', 'kept'));
+    const claim = await claimOf('keeper-cache');
+    expect(claim.metadata.ownerReferences).toBeUndefined();
+    expect(claim.metadata.labels).toMatchObject({ 'buildkit.seatgeek.io/instance': 'keeper' });
+    const first = await podOf('keeper');
+    expect(mountOf(first)).toEqual({
+      claim: 'keeper-cache',
+      path: '/home/user/.local/share/buildkit',
+      root: '/home/user/.local/share/buildkit',
+    });
+    expect(first.spec.securityContext).toMatchObject({ fsGroup: 1000 });
+
+    await kubectl(['delete', 'bk', 'keeper', '-n', namespace]);
+    await eventually(
+      'the pod is garbage-collected',
+      async () => (await ownedPods('keeper', namespace)).length === 0,
+      60_000,
+    );
+    expect((await getJson('pvc', 'keeper-cache', namespace))?.metadata.uid).toBe(claim.metadata.uid);
+
+    await apply(bk('keeper', 'kept'));
+    const second = await podOf('keeper', first.metadata.uid);
+    expect(mountOf(second).claim).toBe('keeper-cache');
+    const after = (await getJson('pvc', 'keeper-cache', namespace)) as Claim;
+    expect(after.metadata.uid).toBe(claim.metadata.uid);
+    expect(after.metadata.ownerReferences).toBeUndefined();
+    expect(await claimRefs('keeper')).toEqual([expect.objectContaining({ name: 'keeper-cache' })]);
+  }, 150_000);
+
+  test("a claim of that name that is not the Buildkit's is reported and never mounted", async () => {
+    await apply(
+      'apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: taken-cache\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n',
+    );
+    await apply(bk('taken', 'cached'));
+    const ready = await eventually('Ready=False ClaimConflict', async () => {
+      const conditions = ((await getJson('bk', 'taken', namespace))?.status?.conditions ?? []) as {
+        type: string;
+        reason: string;
+        message: string;
+      }[];
+      return conditions.find((c) => c.type === 'Ready' && c.reason === 'ClaimConflict');
+    });
+    expect(ready.message).toBe(
+      'PersistentVolumeClaim taken-cache exists and is not labelled for this Buildkit; delete or rename it',
+    );
+    expect(await ownedPods('taken', namespace)).toEqual([]);
+    const claim = (await getJson('pvc', 'taken-cache', namespace)) as Claim;
+    expect(claim.metadata.ownerReferences).toBeUndefined();
+    expect(claim.metadata.labels).toBeUndefined();
+  }, 90_000);
+});
+
 describe('two controller replicas', () => {
   let namespace: string;
   const lines = { a: [] as string[], b: [] as string[] };

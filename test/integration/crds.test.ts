@@ -99,6 +99,20 @@ test('kubectl explain teaches the API', async () => {
   expect(status.stdout).toContain('Pending, Running, ScaledToZero, Waking or Failed');
 });
 
+test('kubectl explain shows spec.persistence and its fields', async () => {
+  const persistence = await explain('buildkittemplate.spec.persistence');
+  expect(persistence).toContain("give each Buildkit its own PersistentVolumeClaim for buildkitd's state");
+  for (const field of ['accessModes', 'enabled', 'mountPath', 'size', 'storageClassName', 'whenDeleted']) {
+    expect(persistence).toMatch(new RegExp(`${field} <`));
+  }
+  expect(await explain('buildkittemplate.spec.persistence.whenDeleted')).toContain(
+    '`Retain` (the claim stays',
+  );
+  expect(await explain('buildkittemplate.spec.persistence.mountPath')).toContain(
+    '/home/user/.local/share/buildkit',
+  );
+});
+
 describe('the schema refuses bad objects', () => {
   let namespace: string;
   beforeAll(async () => {

@@ -84,6 +84,11 @@ describe('invalid manifests are refused with a clear message and nothing is stor
       'spec.podLabels: Invalid value: "a/b/c": invalid key',
     ],
     ['a'.repeat(58), template('a'.repeat(58), '  port: 1234\n'), 'metadata.name: Too long'],
+    [
+      'bad-persistence',
+      template('bad-persistence', '  persistence:\n    enabled: true\n    mountPath: /etc/buildkit/cache\n'),
+      'spec.persistence.mountPath: Invalid value: "/etc/buildkit/cache": must not be, contain or lie inside /etc/buildkit (the buildkitd.toml mount)',
+    ],
   ])('BuildkitTemplate %s', async (name, yaml, message) => {
     for (const dryRun of [[], ['--dry-run=server']]) {
       const r = await apply(yaml, ...dryRun);
@@ -145,6 +150,31 @@ describe('valid manifests', () => {
     expect(JSON.parse(r.stdout).spec.image).toBe('moby/buildkit:latest');
     expect(r.stderr).toContain('uses the floating tag :latest');
     expect(await exists('bkt', 'dry')).toBe(false);
+  });
+
+  test('persistence: schema defaults from the API server, mountPath from the webhook by rootless', async () => {
+    for (const [name, rootless, mountPath] of [
+      ['cache-rootful', false, '/var/lib/buildkit'],
+      ['cache-rootless', true, '/home/user/.local/share/buildkit'],
+    ] as const) {
+      const r = await apply(
+        template(
+          name,
+          `  image: moby/buildkit:v0.13.1\n  rootless: ${rootless}\n  persistence:\n    enabled: true\n`,
+        ),
+        '--dry-run=server',
+        '-o',
+        'json',
+      );
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout).spec.persistence).toEqual({
+        enabled: true,
+        size: '20Gi',
+        accessModes: ['ReadWriteOnce'],
+        whenDeleted: 'Delete',
+        mountPath,
+      });
+    }
   });
 
   test('re-applying the same manifest changes nothing', async () => {

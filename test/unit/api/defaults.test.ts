@@ -24,7 +24,38 @@ describe('BuildkitTemplate defaults', () => {
       hostUsers: true,
       lifecycle: { requireOwner: false, terminationGracePeriodSeconds: 900 },
       autoscaling: { enabled: false, idleTimeout: '5m' },
+      persistence: {
+        enabled: false,
+        size: '20Gi',
+        accessModes: ['ReadWriteOnce'],
+        mountPath: '/var/lib/buildkit',
+        whenDeleted: 'Delete',
+      },
     });
+  });
+
+  test("persistence.mountPath follows rootless: buildkitd's state directory of each layout", () => {
+    expect(defaultTemplateSpec({}).persistence?.mountPath).toBe('/var/lib/buildkit');
+    expect(defaultTemplateSpec({ rootless: false }).persistence?.mountPath).toBe('/var/lib/buildkit');
+    expect(defaultTemplateSpec({ rootless: true }).persistence?.mountPath).toBe(
+      '/home/user/.local/share/buildkit',
+    );
+    // as the API server sends it: schema defaults applied, mountPath (no schema default) missing
+    const stored = template({
+      rootless: true,
+      persistence: { enabled: true, size: '20Gi', accessModes: ['ReadWriteOnce'], whenDeleted: 'Delete' },
+    });
+    const persistenceOps = templateDefaultsPatch(stored).filter((op) =>
+      op.path.startsWith('/spec/persistence'),
+    );
+    expect(persistenceOps).toEqual([
+      { op: 'add', path: '/spec/persistence/mountPath', value: '/home/user/.local/share/buildkit' },
+    ]);
+  });
+
+  test('a mountPath the user set is kept, whatever rootless says', () => {
+    const spec = { rootless: true, persistence: { enabled: true, mountPath: '/cache' } };
+    expect(defaultTemplateSpec(spec).persistence).toMatchObject({ enabled: true, mountPath: '/cache' });
   });
 
   test('a rootless template without an image gets the rootless image (seatgeek bug fixed)', () => {
@@ -44,6 +75,14 @@ describe('BuildkitTemplate defaults', () => {
       hostUsers: false,
       lifecycle: { requireOwner: true, terminationGracePeriodSeconds: 60 },
       autoscaling: { enabled: true, idleTimeout: '90s' },
+      persistence: {
+        enabled: true,
+        size: '100Gi',
+        storageClassName: 'fast-ssd',
+        accessModes: ['ReadWriteOncePod' as const] as ['ReadWriteOncePod'],
+        mountPath: '/var/lib/buildkit',
+        whenDeleted: 'Retain' as const,
+      },
     };
     expect(defaultTemplateSpec(spec)).toEqual(spec);
     expect(templateDefaultsPatch(template(spec))).toEqual([]);
@@ -65,6 +104,9 @@ describe('BuildkitTemplate defaults', () => {
     ['rootless', { rootless: true }],
     ['partial lifecycle', { lifecycle: { preStopScript: true } }],
     ['partial autoscaling', { autoscaling: { enabled: true } }],
+    ['persistence on', { persistence: { enabled: true } }],
+    ['persistence on, rootless', { rootless: true, persistence: { enabled: true, size: '5Gi' } }],
+    ['persistence with a mountPath', { persistence: { enabled: true, mountPath: '/cache' } }],
     ['port 0', { port: 0 }],
     ['full', { port: 1, image: 'x:v1', imagePullPolicy: 'Never', hostUsers: true }],
   ])('is idempotent: the second patch is empty (%s)', (_name, spec) => {

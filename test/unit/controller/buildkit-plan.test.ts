@@ -1,7 +1,7 @@
-import type { V1Pod } from '@kubernetes/client-node';
+import type { V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 
 import type { BuildkitObservation } from '../../../controller/buildkit-plan.ts';
-import { planBuildkit } from '../../../controller/buildkit-plan.ts';
+import { judgeClaim, planBuildkit } from '../../../controller/buildkit-plan.ts';
 import { mergeConditions, sameConditions } from '../../../controller/conditions.ts';
 import type { DesiredCondition } from '../../../controller/conditions.ts';
 import { CONDITION, REASON } from '../../../api/conditions.ts';
@@ -160,6 +160,127 @@ test("a pod that cannot be built is reported with the builder's reason", () => {
 test('an IPv6 service address is bracketed', () => {
   const v6 = { ...service, spec: { clusterIP: 'fd00::10', ports: [{ port: 1234 }] } };
   expect(plan({ service: v6, pods: [pod('a', { ready: true })] }).endpoint).toBe('tcp://[fd00::10]:1234');
+});
+
+describe('persistence: the claim', () => {
+  const labels = {
+    'app.kubernetes.io/managed-by': 'buildkit-fleet',
+    'buildkit.seatgeek.io/instance': 'bk',
+  };
+  const owner = (uid: string, name = 'bk', kind = 'Buildkit') => ({
+    apiVersion: 'buildkit.seatgeek.io/v1alpha1',
+    kind,
+    name,
+    uid,
+    controller: true,
+  });
+  const claim = (meta: V1PersistentVolumeClaim['metadata'] = {}): V1PersistentVolumeClaim => ({
+    metadata: { name: 'bk-cache', labels, ownerReferences: [owner('u1')], ...meta },
+  });
+  const withClaim = (found: V1PersistentVolumeClaim | undefined, o: Partial<BuildkitObservation> = {}) =>
+    plan({ claim: { name: 'bk-cache', found }, ...o });
+
+  test('no persistence: no claim in the plan, nothing changes', () => {
+    expect(plan({}).claim).toBeUndefined();
+  });
+
+  test('missing: created first, with the pod; the summary says so', () => {
+    const p = withClaim(undefined);
+    expect(p).toMatchObject({ createPod: true, claim: { name: 'bk-cache', create: true } });
+    expect(p.summary).toBe('Pending/PodCreating: create claim bk-cache, create pod');
+  });
+
+  test('owned by this Buildkit: mounted, listed, not created again', () => {
+    expect(withClaim(claim())).toMatchObject({ createPod: true, claim: { name: 'bk-cache', create: false } });
+    const running = withClaim(claim(), { pods: [pod('a', { ready: true })] });
+    expect(running).toMatchObject({ createPod: false, phase: 'Running', claim: { create: false } });
+  });
+
+  test('retained (no owner, labelled for this Buildkit): re-adopted, i.e. mounted again', () => {
+    const retained = claim({ ownerReferences: undefined });
+    expect(withClaim(retained)).toMatchObject({
+      createPod: true,
+      claim: { name: 'bk-cache', create: false },
+    });
+    expect(judgeClaim({ name: 'bk-cache', found: retained }, buildkit)).toEqual({ usable: true });
+    // a non-controller owner reference does not make it somebody else's
+    const extra = claim({ ownerReferences: [{ ...owner('x', 'job', 'Pod'), controller: false }] });
+    expect(judgeClaim({ name: 'bk-cache', found: extra }, buildkit).usable).toBe(true);
+  });
+
+  test.each([
+    ['no labels at all (a user claim)', claim({ labels: undefined, ownerReferences: undefined })],
+    [
+      'labelled for another Buildkit',
+      claim({ labels: { ...labels, 'buildkit.seatgeek.io/instance': 'other' }, ownerReferences: undefined }),
+    ],
+    [
+      'not managed by buildkit-fleet',
+      claim({ labels: { 'buildkit.seatgeek.io/instance': 'bk' }, ownerReferences: undefined }),
+    ],
+  ])('%s: a conflict; no pod is created and nothing is adopted', (_name, found) => {
+    const p = withClaim(found);
+    expect(p).toMatchObject({ createPod: false, phase: 'Pending', claim: undefined });
+    expect(ready(p)).toEqual({
+      type: 'Ready',
+      status: 'False',
+      reason: 'ClaimConflict',
+      message:
+        'PersistentVolumeClaim bk-cache exists and is not labelled for this Buildkit; delete or rename it',
+    });
+  });
+
+  test('controlled by something else: a conflict that names it', () => {
+    const p = withClaim(claim({ ownerReferences: [owner('s1', 'db', 'StatefulSet')] }));
+    expect(p.createPod).toBe(false);
+    expect(ready(p)).toMatchObject({
+      reason: 'ClaimConflict',
+      message:
+        'PersistentVolumeClaim bk-cache is controlled by StatefulSet db, not this Buildkit; delete or rename it',
+    });
+  });
+
+  test("an earlier Buildkit of the same name (another uid) still owns it: wait for Kubernetes' garbage collector", () => {
+    const p = withClaim(claim({ ownerReferences: [owner('u0')] }));
+    expect(p.createPod).toBe(false);
+    expect(ready(p)).toMatchObject({
+      reason: 'ClaimConflict',
+      message: expect.stringContaining(
+        'belongs to an earlier Buildkit of this name (uid u0); waiting for Kubernetes',
+      ),
+    });
+  });
+
+  test('being deleted: wait for it to go, then a new one is created', () => {
+    const p = withClaim(claim({ deletionTimestamp: new Date() }));
+    expect(p).toMatchObject({ createPod: false, claim: undefined });
+    expect(ready(p)).toMatchObject({ reason: 'ClaimTerminating' });
+  });
+
+  test('refused by the API server: ClaimFailed with its message, no pod', () => {
+    const p = plan({
+      claim: { name: 'bk-cache', found: undefined, createError: 'persistentvolumeclaims is forbidden' },
+    });
+    expect(p).toMatchObject({ createPod: false, claim: undefined });
+    expect(ready(p)).toMatchObject({
+      reason: 'ClaimFailed',
+      message: 'cannot create PersistentVolumeClaim bk-cache: persistentvolumeclaims is forbidden',
+    });
+  });
+
+  test('a blocked claim never touches a running pod', () => {
+    const p = withClaim(claim({ labels: undefined, ownerReferences: undefined }), {
+      pods: [pod('a', { ready: true })],
+    });
+    expect(p).toMatchObject({ createPod: false, deletePods: [], phase: 'Running' });
+    expect(ready(p).reason).toBe('Running');
+  });
+
+  test('no claim is created while there is nothing to mount it (missing template, build error)', () => {
+    expect(withClaim(undefined, { template: undefined }).claim).toBeUndefined();
+    const failed = withClaim(undefined, { buildError: { reason: 'UnsupportedField', message: 'x' } });
+    expect(failed).toMatchObject({ createPod: false, claim: undefined });
+  });
 });
 
 describe('conditions', () => {

@@ -1,6 +1,6 @@
-// Golden files of buildPod and buildService: one YAML per scenario and server shape under
-// test/unit/controller/golden/pods/<scenario>.<shape>.yaml (and test/unit/controller/golden/services/<scenario>.yaml). The test
-// renders each one and compares it with the committed file.
+// Golden files of buildPod, buildService and buildPvc: one YAML per scenario and server shape under
+// test/unit/controller/golden/pods/<scenario>.<shape>.yaml (and test/unit/controller/golden/services/<scenario>.yaml,
+// test/unit/controller/golden/pvcs/<scenario>.yaml). The test renders each one and compares it with the committed file.
 //
 //   UPDATE_GOLDEN=1 npm run test:unit -- test/unit/controller/pod-builder.test.ts
 //
@@ -28,8 +28,11 @@ import {
   SPEC_HASH_ANNOTATION,
   TEMPLATE_LABEL,
 } from '../../../api/labels.ts';
-import { BuildError } from '../../../controller/meta.ts';
+import { PRESTOP_SCRIPT_PATH } from '../../../api/group.ts';
+import { BuildError, claimNameFor } from '../../../controller/meta.ts';
 import { buildPod, buildService, renderPod } from '../../../controller/pod-builder.ts';
+import { PRESTOP_SCRIPT_KEY } from '../../../controller/prestop.ts';
+import { buildPvc } from '../../../controller/pvc-builder.ts';
 import type { ServerFeatures } from '../../../kube/server-features.ts';
 import { serverFeatures } from '../../../kube/server-features.ts';
 import { goldenDir } from '../../support/golden.ts';
@@ -222,7 +225,40 @@ const SCENARIOS: Record<string, Scenario> = {
     template: template({ rootless: true }),
     buildkit: buildkit({}, 'ci.example.com.a-very-long-buildkit-instance-name-for-pipeline-job-1234567890'),
   },
+  // spec.persistence: the claim replaces the state emptyDir and is buildkitd's --root
+  persistence: {
+    template: template({ persistence: { enabled: true } }),
+    buildkit: buildkit(),
+  },
+  'persistence-rootless': {
+    template: template({
+      rootless: true,
+      image: 'moby/buildkit:rootless',
+      persistence: {
+        enabled: true,
+        size: '50Gi',
+        storageClassName: 'fast-ssd',
+        accessModes: ['ReadWriteOncePod'],
+      },
+    }),
+    buildkit: buildkit(),
+  },
+  'persistence-retain': {
+    template: template({
+      buildkitdToml: '[worker.oci]\n  enabled = true\n',
+      lifecycle: { preStopScript: true },
+      persistence: {
+        enabled: true,
+        whenDeleted: 'Retain',
+        mountPath: '/cache',
+        accessModes: ['ReadWriteMany'],
+      },
+    }),
+    buildkit: buildkit(),
+  },
 };
+
+const PERSISTENCE_SCENARIOS = ['persistence', 'persistence-rootless', 'persistence-retain'];
 
 /** What the golden file holds: the pod, or the error the builder refuses with. */
 function render(scenario: Scenario, features: ServerFeatures): { pod?: V1Pod; text: string } {
@@ -251,6 +287,23 @@ describe('buildPod golden files', () => {
     expectGolden(
       `pods/${name}.${shape}.yaml`,
       header(name, shape, features) + render(scenario, features).text,
+    );
+  });
+});
+
+describe('buildPvc golden files', () => {
+  test.each([...PERSISTENCE_SCENARIOS, 'long-name-persistence'])('%s', (name) => {
+    const scenario =
+      name === 'long-name-persistence'
+        ? {
+            ...SCENARIOS['long-name']!,
+            template: template({ rootless: true, persistence: { enabled: true } }),
+          }
+        : SCENARIOS[name]!;
+    expectGolden(
+      `pvcs/${name}.yaml`,
+      `# buildPvc golden file: scenario "${name}". UPDATE_GOLDEN=1 rewrites it; review changes.\n` +
+        stringify(buildPvc(scenario.template, scenario.buildkit), { sortMapEntries: true, lineWidth: 0 }),
     );
   });
 });
@@ -350,6 +403,15 @@ describe('fields the server knows', () => {
     const service = buildService(SCENARIOS[name]!.template, SCENARIOS[name]!.buildkit);
     expect(check120(service, 'io.k8s.api.core.v1.Service', 'service')).toEqual([]);
     expect(unknownToClientNode(service, 'V1Service', 'service')).toEqual([]);
+  });
+
+  test.each(PERSISTENCE_SCENARIOS)('the %s claim uses only fields Kubernetes 1.20 knows', (name) => {
+    const pvc = buildPvc(SCENARIOS[name]!.template, SCENARIOS[name]!.buildkit)!;
+    expect(check120(pvc.spec, 'io.k8s.api.core.v1.PersistentVolumeClaimSpec', 'pvc.spec')).toEqual([]);
+    expect(check120(pvc.metadata, 'io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta', 'pvc.metadata')).toEqual(
+      [],
+    );
+    expect(unknownToClientNode(pvc, 'V1PersistentVolumeClaim', 'pvc')).toEqual([]);
   });
 
   test('legacy shapes never carry hostUsers, gRPC probes or the AppArmor field', () => {
@@ -551,5 +613,144 @@ describe('buildPod', () => {
     expect(buildPod(raw, buildkit(), SHAPES.modern!)).toEqual(
       buildPod(defaulted, buildkit(), SHAPES.modern!),
     );
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// spec.persistence
+
+describe('persistence', () => {
+  const modern = SHAPES.modern!;
+  const buildkitd = (pod: V1Pod) => pod.spec!.containers[0]!;
+
+  test('off (the default): no claim, the state emptyDir as before', () => {
+    for (const spec of [
+      {},
+      { persistence: { enabled: false, mountPath: '/cache' } },
+    ] as BuildkitTemplateSpec[]) {
+      expect(buildPvc(template(spec), buildkit())).toBeUndefined();
+      const pod = buildPod(template(spec), buildkit(), modern);
+      expect(pod.spec!.volumes).toEqual([{ name: 'buildkitd', emptyDir: {} }]);
+      expect(buildkitd(pod).args).not.toContain('--root');
+      expect(pod.spec!.securityContext).toBeUndefined();
+    }
+  });
+
+  test.each([
+    ['rootful', false, '/var/lib/buildkit'],
+    ['rootless', true, '/home/user/.local/share/buildkit'],
+  ])('%s: the claim is mounted at the defaulted mountPath, which is --root', (_name, rootless, path) => {
+    const pod = buildPod(template({ rootless, persistence: { enabled: true } }), buildkit(), modern);
+    expect(pod.spec!.volumes).toEqual([
+      { name: 'buildkitd', persistentVolumeClaim: { claimName: 'test-buildkit-cache' } },
+    ]);
+    expect(buildkitd(pod).volumeMounts).toEqual([{ name: 'buildkitd', mountPath: path }]);
+    const args = buildkitd(pod).args!;
+    expect(args[args.indexOf('--root') + 1]).toBe(path);
+  });
+
+  test('rootless: the volume is made group-writable for uid 1000 (fsGroup), without a chown at every start', () => {
+    const pod = buildPod(template({ rootless: true, persistence: { enabled: true } }), buildkit(), modern);
+    expect(pod.spec!.securityContext).toEqual({ fsGroup: 1000, fsGroupChangePolicy: 'OnRootMismatch' });
+    const rootful = buildPod(template({ persistence: { enabled: true } }), buildkit(), modern);
+    expect(rootful.spec!.securityContext).toBeUndefined();
+  });
+
+  test('the pod and its claim agree on the name; the spec hash tells persistence apart', () => {
+    for (const name of PERSISTENCE_SCENARIOS) {
+      const { template: t, buildkit: b } = SCENARIOS[name]!;
+      const pod = buildPod(t, b, modern);
+      const pvc = buildPvc(t, b)!;
+      expect(pod.spec!.volumes![0]!.persistentVolumeClaim!.claimName).toBe(pvc.metadata!.name);
+      expect(pvc.metadata!.namespace).toBe(pod.metadata!.namespace);
+    }
+    const hash = (t: BuildkitTemplate) =>
+      buildPod(t, buildkit(), modern).metadata!.annotations![SPEC_HASH_ANNOTATION];
+    expect(hash(template({ persistence: { enabled: true } }))).not.toBe(hash(template({})));
+  });
+
+  test('the claim carries the platform labels; it is owned by the Buildkit only with whenDeleted: Delete', () => {
+    const { template: t, buildkit: b } = SCENARIOS.persistence!;
+    const pvc = buildPvc(t, b)!;
+    const service = buildService(t, b);
+    expect(pvc.metadata!.labels).toEqual(service.metadata!.labels);
+    expect(pvc.metadata!.ownerReferences).toEqual(service.metadata!.ownerReferences);
+    expect(pvc.metadata!.ownerReferences![0]).toMatchObject({
+      kind: 'Buildkit',
+      uid: BUILDKIT_UID,
+      controller: true,
+    });
+    const retained = buildPvc(SCENARIOS['persistence-retain']!.template, b)!;
+    expect(retained.metadata).not.toHaveProperty('ownerReferences');
+    expect(retained.metadata!.labels![INSTANCE_LABEL]).toBe('test-buildkit');
+  });
+
+  test('size, class and access modes come from the template; an empty class is left unset (the default class)', () => {
+    const pvc = buildPvc(SCENARIOS['persistence-rootless']!.template, buildkit())!;
+    expect(pvc.spec).toEqual({
+      accessModes: ['ReadWriteOncePod'],
+      resources: { requests: { storage: '50Gi' } },
+      storageClassName: 'fast-ssd',
+    });
+    const defaults = buildPvc(
+      template({ persistence: { enabled: true, storageClassName: '' } }),
+      buildkit(),
+    )!;
+    expect(defaults.spec).toEqual({
+      accessModes: ['ReadWriteOnce'],
+      resources: { requests: { storage: '20Gi' } },
+    });
+    expect(
+      buildPvc(template({ persistence: { enabled: true, size: 1073741824 } }), buildkit())!.spec!.resources,
+    ).toEqual({ requests: { storage: '1073741824' } });
+  });
+
+  test('buildPvc is deterministic and does not modify its inputs', () => {
+    for (const name of PERSISTENCE_SCENARIOS) {
+      const frozen = deepFreeze(structuredClone(SCENARIOS[name]!));
+      expect(buildPvc(frozen.template, frozen.buildkit)).toEqual(
+        buildPvc(SCENARIOS[name]!.template, SCENARIOS[name]!.buildkit),
+      );
+    }
+  });
+
+  test('buildPvc refuses what buildPod refuses: another template, a Buildkit without uid', () => {
+    const on = { persistence: { enabled: true } };
+    expect(() => buildPvc(template(on, 'other'), buildkit())).toThrow(
+      expect.objectContaining({ reason: 'TemplateMismatch' }),
+    );
+    const b = buildkit();
+    delete b.metadata!.uid;
+    expect(() => buildPvc(template(on), b)).toThrow(expect.objectContaining({ reason: 'MissingMetadata' }));
+    // Retain needs no owner reference, but the claim is still refused with the pod
+    expect(() =>
+      buildPod(template({ persistence: { enabled: true, whenDeleted: 'Retain' } }), b, modern),
+    ).toThrow(BuildError);
+  });
+
+  test('claim names: <buildkit>-cache, valid and distinct for names of any length', () => {
+    expect(claimNameFor('test-buildkit')).toBe('test-buildkit-cache');
+    expect(claimNameFor('ci.example.com.job-1')).toBe('ci.example.com.job-1-cache');
+    const subdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+    const longest = `${'a'.repeat(60)}.${'b'.repeat(60)}.${'c'.repeat(60)}.${'d'.repeat(60)}-x.yz`.slice(
+      0,
+      253,
+    );
+    for (const name of [
+      longest,
+      `${'a'.repeat(246)}.bcdef-`.slice(0, 253).replace(/-$/, 'g'),
+      'a'.repeat(247),
+    ]) {
+      const claim = claimNameFor(name);
+      expect(claim.length).toBeLessThanOrEqual(253);
+      expect(claim).toMatch(subdomain);
+      expect(claim.endsWith('-cache')).toBe(true);
+    }
+    expect(claimNameFor('a'.repeat(247))).toBe(`${'a'.repeat(247)}-cache`);
+    expect(claimNameFor('a'.repeat(248))).not.toBe(claimNameFor(`${'a'.repeat(247)}b`));
+  });
+
+  test('the preStop script path is where the scripts ConfigMap key is mounted', () => {
+    expect(PRESTOP_SCRIPT_PATH.endsWith(`/${PRESTOP_SCRIPT_KEY}`)).toBe(true);
   });
 });

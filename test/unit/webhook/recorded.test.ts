@@ -20,10 +20,12 @@ test('seed template CREATE: the rootless image is defaulted; schema defaults alr
   expect((request.object as unknown as BuildkitTemplate).spec).toMatchObject({
     imagePullPolicy: 'IfNotPresent',
     hostUsers: true,
+    persistence: { enabled: false, size: '20Gi', accessModes: ['ReadWriteOnce'], whenDeleted: 'Delete' },
   });
   const { response } = await mutateTemplate(request);
-  // ... so the only thing left to default is what depends on another field
+  // ... so the only things left to default are those that depend on another field
   expect(patchOf(response.patch)).toEqual([
+    { op: 'add', path: '/spec/persistence/mountPath', value: '/home/user/.local/share/buildkit' },
     { op: 'add', path: '/spec/image', value: 'moby/buildkit:rootless' },
   ]);
   expect(response.uid).toBe(request.uid);

@@ -158,6 +158,150 @@ describe('BuildkitTemplate validation', () => {
   });
 });
 
+describe('BuildkitTemplate spec.persistence validation', () => {
+  const valid = { port: 1234, image: 'moby/buildkit:v0.13.1', resources: { maximum: { memory: '16Gi' } } };
+  const withPersistence = (persistence: Record<string, unknown>, rootless = false) => ({
+    ...valid,
+    ...(rootless ? { rootless: true, image: 'moby/buildkit:v0.13.1-rootless' } : {}),
+    persistence: { enabled: true, ...persistence },
+  });
+
+  test.each([
+    [
+      { size: 'lots' },
+      'spec.persistence.size: Invalid value: "lots": must be a Kubernetes quantity, e.g. 20Gi',
+    ],
+    [{ size: '0' }, 'spec.persistence.size: Invalid value: "0": must be greater than zero'],
+    [{ size: 0 }, 'spec.persistence.size: Invalid value: 0: must be greater than zero'],
+    [{ size: '-1Gi' }, 'spec.persistence.size: Invalid value: "-1Gi": must be greater than zero'],
+    [
+      { storageClassName: 'Fast_SSD' },
+      'spec.persistence.storageClassName: Invalid value: "Fast_SSD": must be a lowercase DNS subdomain',
+    ],
+    [{ storageClassName: 'fast-' }, 'spec.persistence.storageClassName: Invalid value: "fast-"'],
+    [{ storageClassName: 'a'.repeat(254) }, 'must be no more than 253 characters'],
+    [{ mountPath: 'cache' }, 'spec.persistence.mountPath: Invalid value: "cache": must be an absolute path'],
+    [{ mountPath: '/' }, 'spec.persistence.mountPath: Invalid value: "/": must not be /'],
+    [
+      { mountPath: '/var/lib/../cache' },
+      `spec.persistence.mountPath: Invalid value: "/var/lib/../cache": must not contain '..'`,
+    ],
+    [{ mountPath: '/..' }, "must not contain '..'"],
+    [
+      { mountPath: '/var//lib/buildkit' },
+      'Invalid value: "/var//lib/buildkit": must be normalized (no "//", "." or trailing "/"; e.g. /var/lib/buildkit)',
+    ],
+    [{ mountPath: '/var/./cache' }, 'must be normalized'],
+    [{ mountPath: '/cache/' }, 'must be normalized (no "//", "." or trailing "/"; e.g. /cache)'],
+    [
+      { mountPath: '/etc/buildkit' },
+      'spec.persistence.mountPath: Invalid value: "/etc/buildkit": must not be, contain or lie inside /etc/buildkit (the buildkitd.toml mount)',
+    ],
+    [{ mountPath: '/etc' }, 'must not be, contain or lie inside /etc/buildkit (the buildkitd.toml mount)'],
+    [{ mountPath: '/etc/buildkit/cache' }, 'lie inside /etc/buildkit'],
+    [{ mountPath: '/usr/local/bin' }, '/usr/local/bin/buildkit-prestop.sh (the preStop script mount)'],
+    [{ mountPath: '/usr' }, '(the preStop script mount)'],
+    [{ mountPath: '/run/buildkit' }, "/run/buildkit (buildkitd's socket directory)"],
+    [{ mountPath: '/run' }, "(buildkitd's socket directory)"],
+    [{ mountPath: '/var/run/secrets' }, '(the service account token mount)'],
+    [{ mountPath: '/etc/hosts' }, '/etc/hosts (a file the kubelet mounts)'],
+    [{ mountPath: '/dev/shm' }, '/dev (a kernel filesystem)'],
+    [{ mountPath: '/proc' }, '/proc (a kernel filesystem)'],
+    [
+      { accessModes: ['ReadWriteOnce', 'ReadWriteMany', 'ReadWriteOnce'] },
+      'spec.persistence.accessModes[2]: Duplicate value: "ReadWriteOnce": listed twice',
+    ],
+    [
+      { accessModes: ['ReadWriteOncePod', 'ReadWriteMany'] },
+      'spec.persistence.accessModes: Invalid value: ["ReadWriteOncePod","ReadWriteMany"]: ReadWriteOncePod may not be combined with other access modes',
+    ],
+  ])('refuses %j', async (persistence, expected) => {
+    const response = await validate(withPersistence(persistence));
+    expect(response.allowed).toBe(false);
+    expect(response.status?.code).toBe(422);
+    expect(messageOf(response)).toContain(expected);
+  });
+
+  test.each([
+    ['/home/user/.config/buildkit', '/home/user/.config/buildkit (the buildkitd.toml mount)'],
+    ['/home/user', '/home/user/.config/buildkit (the buildkitd.toml mount)'],
+    ['/run/user/1000', "/run/user/1000/buildkit (buildkitd's socket directory)"],
+  ])('refuses the rootless mountPath %s', async (mountPath, expected) => {
+    const response = await validate(withPersistence({ mountPath }, true));
+    expect(messageOf(response)).toContain(
+      `spec.persistence.mountPath: Invalid value: "${mountPath}": must not be, contain or lie inside ${expected}`,
+    );
+  });
+
+  test.each([
+    ['the rootful default', {}, false],
+    ['the rootful state directory', { mountPath: '/var/lib/buildkit' }, false],
+    ['the rootless state directory', { mountPath: '/home/user/.local/share/buildkit' }, true],
+    ['a path of its own', { mountPath: '/cache' }, false],
+    ['a name that only starts like a reserved path', { mountPath: '/etc/buildkitd-cache' }, false],
+    ["the other layout's config directory", { mountPath: '/home/user/.config/buildkit' }, false],
+    ['every field', { size: '100Gi', storageClassName: 'fast.ssd-1', accessModes: ['ReadWriteMany'] }, false],
+    ['a size in bytes', { size: 21474836480 }, false],
+    ['an empty storageClassName (the default class)', { storageClassName: '' }, false],
+    ['ReadWriteOncePod alone', { accessModes: ['ReadWriteOncePod'] }, false],
+    ['Retain', { whenDeleted: 'Retain' }, false],
+  ])('allows %s', async (_name, persistence, rootless) => {
+    expect(await validate(withPersistence(persistence, rootless))).toEqual({
+      uid: expect.any(String),
+      allowed: true,
+    });
+  });
+
+  test('the fields are checked with persistence disabled too (they are stored, and enabling comes later)', async () => {
+    const response = await validate({ ...valid, persistence: { enabled: false, mountPath: '/' } });
+    expect(messageOf(response)).toContain('spec.persistence.mountPath: Invalid value: "/"');
+  });
+
+  test('every persistence problem is reported at once, with structured causes', async () => {
+    const response = await validate(
+      withPersistence({
+        size: 'x',
+        storageClassName: 'UPPER',
+        mountPath: 'rel',
+        accessModes: ['ReadWriteMany', 'ReadWriteMany'],
+      }),
+    );
+    expect(response.status?.details?.causes?.map((c) => [c.field, c.reason])).toEqual([
+      ['spec.persistence.size', 'FieldInvalid'],
+      ['spec.persistence.storageClassName', 'FieldInvalid'],
+      ['spec.persistence.mountPath', 'FieldInvalid'],
+      ['spec.persistence.accessModes[1]', 'FieldDuplicate'],
+    ]);
+  });
+
+  test("the webhook's own default passes its validation, in both layouts (defaults then validate)", async () => {
+    for (const rootless of [false, true]) {
+      const spec = withPersistence({}, rootless);
+      const mutated = await mutateTemplate(templateRequest(spec));
+      const ops = JSON.parse(Buffer.from(mutated.response.patch!, 'base64').toString()) as {
+        path: string;
+        value: unknown;
+      }[];
+      const mountPath = ops.find((op) => op.path === '/spec/persistence/mountPath')!.value;
+      expect(mountPath).toBe(rootless ? '/home/user/.local/share/buildkit' : '/var/lib/buildkit');
+      const response = await validate({ ...spec, persistence: { ...spec.persistence, mountPath } });
+      expect(response.allowed).toBe(true);
+    }
+  });
+
+  test('warns when buildkitd.toml sets root, which --root overrides with persistence', async () => {
+    const spec = {
+      ...withPersistence({ mountPath: '/var/lib/buildkit' }),
+      buildkitdToml: 'root = "/somewhere/else"\n',
+    };
+    expect((await validate(spec)).warnings).toEqual([
+      'spec.buildkitdToml sets root = "/somewhere/else", but with spec.persistence.enabled buildkitd is started with --root /var/lib/buildkit (the claim), which wins',
+    ]);
+    const off = { ...spec, persistence: { enabled: false } };
+    expect((await validate(off)).warnings).toBeUndefined();
+  });
+});
+
 describe('Buildkit validation', () => {
   const templates = new Map<string, BuildkitTemplate>([
     [

@@ -96,8 +96,12 @@ function endedMessage(pod: V1Pod): string {
   return `pod ${pod.metadata?.name} ${pod.status?.phase === 'Succeeded' ? 'completed' : 'failed'}: ${why}`;
 }
 
-function servicePort(service: V1Service | undefined): number | undefined {
-  return service?.spec?.ports?.[0]?.port;
+/** `tcp://<clusterIP>:<port>` of the Service, or undefined while it has no cluster IP. */
+export function serviceEndpoint(service: V1Service | undefined): string | undefined {
+  const port = service?.spec?.ports?.[0]?.port;
+  const clusterIP = service?.spec?.clusterIP;
+  if (!port || !clusterIP || clusterIP === 'None') return undefined;
+  return `tcp://${clusterIP.includes(':') ? `[${clusterIP}]` : clusterIP}:${port}`;
 }
 
 export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
@@ -241,12 +245,7 @@ export function planBuildkit(o: BuildkitObservation): BuildkitPlan {
     );
   }
 
-  const port = servicePort(o.service);
-  const clusterIP = o.service?.spec?.clusterIP;
-  const endpoint =
-    phase === 'Running' && port && clusterIP && clusterIP !== 'None'
-      ? `tcp://${clusterIP.includes(':') ? `[${clusterIP}]` : clusterIP}:${port}`
-      : undefined;
+  const endpoint = phase === 'Running' ? serviceEndpoint(o.service) : undefined;
 
   const actions = [
     claimPlan?.create && `create claim ${claimPlan.name}`,

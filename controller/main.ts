@@ -22,8 +22,10 @@ import { shutdownSignal } from '../telemetry/shutdown.ts';
 import { startMetricsServer } from '../telemetry/metrics-server.ts';
 import type { ParsedOptions } from '../flags/options.ts';
 import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE } from '../api/labels.ts';
+import { activatorSettings } from './autoscale/activator-settings.ts';
+import { startAutoscaling } from './autoscale/wiring.ts';
 import { kubeEventRecorder } from './events.ts';
-import { labelValueForName } from './meta.ts';
+import { labelValueForName, serviceNameFor } from './meta.ts';
 import { buildkitReconciler } from './reconcile-buildkit.ts';
 import { templateReconciler } from './reconcile-template.ts';
 import {
@@ -104,10 +106,52 @@ export async function startController(
   });
   const informers = [buildkits, templates, pods, services, configMaps, pvcs];
 
+  const events = kubeEventRecorder(kc, logger);
+  const ownedPods = (bk: Buildkit) =>
+    pods
+      .list(bk.metadata?.namespace)
+      .filter(
+        (p) =>
+          p.metadata?.labels?.[INSTANCE_LABEL] === labelValueForName(bk.metadata?.name ?? '') &&
+          p.metadata?.ownerReferences?.some((r) => r.controller && r.uid === bk.metadata?.uid),
+      );
+  // The queues of the current leadership term; undefined while not leading.
+  let queues: { buildkits: WorkQueue<string>; templates: WorkQueue<string> } | undefined;
+  const enqueueBuildkit = (key: string) => queues?.buildkits.add(key);
+  const settings = activatorSettings(options['activator-address'], options['activator-ports']);
+  const autoscaling = startAutoscaling({
+    kc,
+    logger,
+    registry,
+    events,
+    settings: {
+      activator: settings,
+      listenHost: options['activator-listen-host'],
+      maxHeld: options['activator-max-held'],
+      holdTimeoutMs: options['activator-hold-timeout'] * 1000,
+      scaleIntervalMs: options['scale-interval'] * 1000,
+      fenceSettleMs: options['fence-settle'] * 1000,
+    },
+    caches: {
+      buildkits: () => [...buildkits.list()],
+      template: (ns, name) => templates.get(ns, name),
+      pods: ownedPods,
+      service: (bk) => {
+        const service = services.get(bk.metadata?.namespace ?? '', serviceNameFor(bk.metadata?.name ?? ''));
+        return service?.metadata?.ownerReferences?.some((r) => r.controller && r.uid === bk.metadata?.uid)
+          ? service
+          : undefined;
+      },
+    },
+    enqueueBuildkit,
+  });
+
   const reconcileBuildkit = buildkitReconciler({
     kc,
     logger,
-    events: kubeEventRecorder(kc, logger),
+    events,
+    autoscale: autoscaling.autoscale,
+    activatorsRoute: settings.addresses.length > 0,
     features,
     getBuildkit: (ns, name) => buildkits.get(ns, name),
     getTemplate: (ns, name) => templates.get(ns, name),
@@ -123,9 +167,6 @@ export async function startController(
     getConfigMap: (ns, name) => configMaps.get(ns, name),
   });
 
-  // The queues of the current leadership term; undefined while not leading.
-  let queues: { buildkits: WorkQueue<string>; templates: WorkQueue<string> } | undefined;
-  const enqueueBuildkit = (key: string) => queues?.buildkits.add(key);
   const enqueueTemplate = (key: string) => queues?.templates.add(key);
   const onTemplate = (t: BuildkitTemplate & KubernetesObject) => {
     enqueueTemplate(keyOf(t));
@@ -143,6 +184,19 @@ export async function startController(
     onUpdate: (o) => enqueueBuildkit(keyOf(o)),
     onDelete: (o) => enqueueBuildkit(keyOf(o)),
   });
+  // The activator follows every change of a Buildkit, its pods and its Service, in every replica;
+  // the leader's idle scaler reads a target's sidecars again when its pods change.
+  const activatorFollows = (o: KubernetesObject) => {
+    const owner = controllerOwner(o, BUILDKIT.kind);
+    autoscaling.changed(owner ? buildkits.get(o.metadata?.namespace ?? '', owner.name) : undefined);
+  };
+  for (const informer of [buildkits, pods, services] as Informer<KubernetesObject>[]) {
+    informer.addEventHandler({
+      onAdd: activatorFollows,
+      onUpdate: activatorFollows,
+      onDelete: activatorFollows,
+    });
+  }
   templates.addEventHandler({ onAdd: onTemplate, onUpdate: onTemplate, onDelete: onTemplate });
   // A claim queues its owner or, retained (no owner), the Buildkit its instance label names.
   const onClaim = (claim: V1PersistentVolumeClaim) => {
@@ -181,6 +235,7 @@ export async function startController(
     const running = [
       term.buildkits.run((key) => reconcileBuildkit(...splitKey(key)), options.workers),
       term.templates.run((key) => reconcileTemplate(...splitKey(key)), options.workers),
+      autoscaling.lead(signal),
     ];
     await new Promise<void>((resolve) => {
       if (signal.aborted) resolve();
@@ -230,6 +285,7 @@ export async function startController(
         if (elector) await elector.stop();
         standalone?.abort();
         await standaloneWork;
+        await autoscaling.stop();
         await Promise.all(informers.map((i) => i.stop()));
         await metrics.close();
         logger.info('controller stopped');

@@ -14,7 +14,16 @@ import type { Logger } from 'pino';
 import type { ConditionReason } from '../api/conditions.ts';
 import { CONDITION, EVENT_REASON, POD_DELETION_REASON, REASON } from '../api/conditions.ts';
 import { BUILDKIT, GROUP, VERSION } from '../api/group.ts';
-import type { Buildkit, BuildkitStatus, BuildkitTemplate } from '../api/types.generated.ts';
+import type {
+  Buildkit,
+  BuildkitAutoscalingStatus,
+  BuildkitStatus,
+  BuildkitTemplate,
+} from '../api/types.generated.ts';
+import type { AutoscalePlan } from './autoscale/plan.ts';
+import { withAutoscaling } from './autoscale/plan.ts';
+import type { AutoscaleStep } from './autoscale/reconcile-autoscale.ts';
+import { isAutoscaled } from './autoscale/reconcile-autoscale.ts';
 import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
 import type { BuildkitObservation, ClaimObservation } from './buildkit-plan.ts';
 import { planBuildkit } from './buildkit-plan.ts';
@@ -41,6 +50,10 @@ export interface BuildkitReconcilerDeps {
   getService(namespace: string, name: string): V1Service | undefined;
   /** PersistentVolumeClaims labelled managed-by buildkit-fleet (spec.persistence) */
   getPvc(namespace: string, name: string): V1PersistentVolumeClaim | undefined;
+  /** scale to zero (controller/autoscale/); without it autoscaled templates only get the sidecar */
+  autoscale?: AutoscaleStep;
+  /** whether Services can be routed to activators (scale to zero is on) */
+  activatorsRoute?: boolean;
   now?: () => Date;
 }
 
@@ -104,6 +117,16 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     };
     let plan = planBuildkit(observation);
 
+    // Scale to zero: the autoscale step plans, routes the Service, and may fence the pod away.
+    let autoPlan: AutoscalePlan | undefined;
+    const service = serviceOwned ? existingService : undefined;
+    if (deps.autoscale && template && isAutoscaled(template) && !buildError) {
+      const ctx = { buildkit, template, pods, service, ref };
+      autoPlan = await deps.autoscale.prepare(ctx);
+      if (autoPlan.scaleDown && (await deps.autoscale.scaleDown(ctx, autoPlan))) return 'done';
+      plan = withAutoscaling(plan, autoPlan, service, Boolean(deps.activatorsRoute));
+    }
+
     // spec.persistence: the claim before the pod. A create that fails is observed, then re-planned.
     let createdClaim: string | undefined;
     let result: ReconcileResult = 'done';
@@ -113,6 +136,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         createdClaim = `PersistentVolumeClaim ${plan.claim.name} (the build cache)`;
       } else {
         plan = planBuildkit({ ...observation, claim: { ...observation.claim!, ...outcome } });
+        if (autoPlan) plan = withAutoscaling(plan, autoPlan, service, Boolean(deps.activatorsRoute));
         // a claim without our label never reaches the cache, and RBAC or a template fix may come
         // without an event on this Buildkit: look again later
         if (!plan.claim) result = { requeueAfter: CLAIM_RECHECK_MS };
@@ -198,6 +222,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
       serviceOwned || plan.createService ? serviceName : undefined,
       plan.claim?.name,
       now(),
+      autoPlan,
     );
     const changed = statusChanged(buildkit.status, status);
     if (changed) {
@@ -236,7 +261,31 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
   };
 }
 
-type StatusPatch = Omit<BuildkitStatus, 'endpoint'> & { endpoint: string | null };
+type Nullable<T> = { [K in keyof T]: T[K] | null };
+type StatusPatch = Omit<BuildkitStatus, 'endpoint' | 'autoscaling'> & {
+  endpoint: string | null;
+  autoscaling?: Nullable<BuildkitAutoscalingStatus>;
+};
+
+/** status.autoscaling as a merge patch: a field the plan dropped is sent as null, which clears it. */
+function autoscalingStatus(
+  current: BuildkitStatus | undefined,
+  auto: AutoscalePlan,
+): Pick<StatusPatch, 'autoscaling' | 'lastActivityTime'> {
+  const r = auto.record;
+  return {
+    autoscaling: {
+      activatorPort: r.activatorPort ?? null,
+      idleSince: r.idleSince ?? null,
+      idleEvidence: r.idleEvidence ?? null,
+      scaledToZeroTime: r.scaledToZeroTime ?? null,
+      wakeStartTime: r.wakeStartTime ?? null,
+    },
+    ...(auto.lastActivityTime && auto.lastActivityTime !== current?.lastActivityTime
+      ? { lastActivityTime: auto.lastActivityTime }
+      : {}),
+  };
+}
 
 function nextStatus(
   buildkit: Buildkit,
@@ -246,6 +295,7 @@ function nextStatus(
   serviceName: string | undefined,
   claimName: string | undefined,
   now: Date,
+  auto: AutoscalePlan | undefined,
 ): StatusPatch {
   const generation = buildkit.metadata?.generation;
   const namespace = buildkit.metadata?.namespace ?? '';
@@ -264,11 +314,25 @@ function nextStatus(
     observedGeneration: generation,
     conditions: mergeConditions(buildkit.status?.conditions, plan.conditions, generation, now),
     resourceRefs: refs,
+    ...(auto ? autoscalingStatus(buildkit.status, auto) : {}),
   };
+}
+
+function sameAutoscaling(
+  current: BuildkitAutoscalingStatus | undefined,
+  next: StatusPatch['autoscaling'],
+): boolean {
+  if (!next) return true;
+  const c = current ?? {};
+  return (Object.keys(next) as (keyof BuildkitAutoscalingStatus)[]).every(
+    (k) => JSON.stringify(c[k] ?? null) === JSON.stringify(next[k] ?? null),
+  );
 }
 
 function statusChanged(current: BuildkitStatus | undefined, next: StatusPatch): boolean {
   return (
+    !sameAutoscaling(current?.autoscaling, next.autoscaling) ||
+    (next.lastActivityTime !== undefined && next.lastActivityTime !== current?.lastActivityTime) ||
     current?.phase !== next.phase ||
     (current?.endpoint ?? null) !== next.endpoint ||
     current?.observedGeneration !== next.observedGeneration ||

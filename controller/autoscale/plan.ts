@@ -9,12 +9,14 @@
 // - awake: otherwise.
 // A wake starts when the wake-requested annotation appears on an instance at zero (an activator
 // holding a client sets it, or a CI job); the annotation is removed once the instance runs.
-import type { V1Pod } from '@kubernetes/client-node';
+import type { V1Pod, V1Service } from '@kubernetes/client-node';
 
 import type { ConditionReason } from '../../api/conditions.ts';
 import { CONDITION, REASON } from '../../api/conditions.ts';
 import type { Phase } from '../../api/group.ts';
 import type { BuildkitAutoscalingStatus } from '../../api/types.generated.ts';
+import type { BuildkitPlan } from '../buildkit-plan.ts';
+import { serviceEndpoint } from '../buildkit-plan.ts';
 import type { DesiredCondition } from '../conditions.ts';
 import type { IdleDecision } from './idle-decision.ts';
 
@@ -141,4 +143,36 @@ export function planAutoscale(o: AutoscaleObservation): AutoscalePlan {
     record: d ? { ...base, idleSince: d.record.idleSince, idleEvidence: d.record.idleEvidence } : base,
     ...(d?.lastActivity ? { lastActivityTime: d.lastActivity } : {}),
   };
+}
+
+/**
+ * The Buildkit plan with autoscaling's say in it (pure): no pod (and no claim created) at zero,
+ * the phase, the Active condition, Ready explaining a scale-down, and the endpoint published
+ * whenever the Service routes somewhere (to the pod, or to the activators that wake it).
+ */
+export function withAutoscaling(
+  plan: BuildkitPlan,
+  auto: AutoscalePlan,
+  service: V1Service | undefined,
+  activatorsRoute: boolean,
+): BuildkitPlan {
+  const next: BuildkitPlan = { ...plan, conditions: [...plan.conditions, auto.condition] };
+  if (auto.phase) next.phase = auto.phase;
+  if (!auto.mayHavePod) {
+    next.createPod = false;
+    if (next.claim) next.claim = { ...next.claim, create: false };
+    next.conditions = next.conditions.map((c) =>
+      c.type === CONDITION.Ready
+        ? {
+            type: CONDITION.Ready,
+            status: 'False',
+            reason: REASON.ScaledToZero,
+            message: auto.condition.message,
+          }
+        : c,
+    );
+  }
+  if (activatorsRoute || next.phase === 'Running') next.endpoint = serviceEndpoint(service);
+  next.summary = `${plan.summary} [autoscaling: ${auto.state}, ${auto.condition.reason}]`;
+  return next;
 }

@@ -151,7 +151,8 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
         pods,
         ready: pods.some(isReady),
         decision: scaler?.decision(key),
-        activatorPort: portFor(key, record),
+        // no activator to route to: no port either (and no listener in any replica)
+        activatorPort: deps.activator.addresses.length > 0 ? portFor(key, record) : record?.activatorPort,
       });
       const log = deps.logger.child({ kind: BUILDKIT.kind, namespace, name });
       if (plan.mayHavePod) await deps.tokens.ensure(namespace);
@@ -352,3 +353,6 @@ function autoscaleMetrics(registry: Registry) {
     ),
   };
 }
+
+/** What the Buildkit reconciler calls. */
+export type AutoscaleStep = Pick<ReturnType<typeof autoscaleReconciler>, 'prepare' | 'scaleDown'>;

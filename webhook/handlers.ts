@@ -13,8 +13,8 @@ import { validateBuildkitCreate, validateBuildkitUpdate } from './buildkit-valid
 import type { InjectionConfig } from './pod-injection/index.ts';
 import { injectSidecar, keepBehindSidecar } from './pod-injection/index.ts';
 import { templateDefaultsPatch } from '../api/defaults.ts';
-import type { Verdict } from './template-validation.ts';
-import { validateTemplate } from './template-validation.ts';
+import type { TemplateLimits, Verdict } from './template-validation.ts';
+import { DEFAULT_TEMPLATE_LIMITS, validateTemplate } from './template-validation.ts';
 
 /** Reads a BuildkitTemplate from the API server; undefined when it does not exist. */
 export type TemplateReader = (namespace: string, name: string) => Promise<BuildkitTemplate | undefined>;
@@ -66,14 +66,19 @@ export const mutateTemplate: Handler = async (request) => {
   };
 };
 
-export const validateTemplateHandler: Handler = async (request) => {
-  const wrong = expectKind(request, BUILDKIT_TEMPLATE.kind);
-  if (wrong) return wrong;
-  if (request.operation !== 'CREATE' && request.operation !== 'UPDATE') {
-    return { response: allow(request.uid), reason: `${request.operation} is not validated` };
-  }
-  return fromVerdict(request, validateTemplate((request.object ?? {}) as BuildkitTemplate));
-};
+export function templateValidationHandler(limits: TemplateLimits = DEFAULT_TEMPLATE_LIMITS): Handler {
+  return async (request) => {
+    const wrong = expectKind(request, BUILDKIT_TEMPLATE.kind);
+    if (wrong) return wrong;
+    if (request.operation !== 'CREATE' && request.operation !== 'UPDATE') {
+      return { response: allow(request.uid), reason: `${request.operation} is not validated` };
+    }
+    return fromVerdict(request, validateTemplate((request.object ?? {}) as BuildkitTemplate, limits));
+  };
+}
+
+/** With the default limits. */
+export const validateTemplateHandler: Handler = templateValidationHandler();
 
 export function validateBuildkitHandler(readTemplate: TemplateReader): Handler {
   return async (request) => {

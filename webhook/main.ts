@@ -7,6 +7,8 @@ import { certConfigFromOptions, createCa, createServingCert, startCertSource } f
 import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { readServerVersion } from '../kube/server-version.ts';
 import { UsageError } from '../flags/errors.ts';
+import { parseDuration } from '../api/duration.ts';
+import { IDLE_TIMEOUT_MAX_MS, type TemplateLimits } from './template-validation.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { shutdownSignal } from '../telemetry/shutdown.ts';
 import type { ParsedOptions } from '../flags/options.ts';
@@ -17,7 +19,7 @@ import {
   mutatePodHandler,
   mutateTemplate,
   validateBuildkitHandler,
-  validateTemplateHandler,
+  templateValidationHandler,
 } from './handlers.ts';
 import { injectionConfigFromOptions } from './injection-options.ts';
 import type { TemplateReader } from './handlers.ts';
@@ -30,6 +32,17 @@ export { WEBHOOK_OPTIONS } from './options.ts';
 import type { WEBHOOK_OPTIONS } from './options.ts';
 
 export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
+
+/** --min-idle-timeout: a duration from 1s up to the 24h maximum. */
+export function templateLimitsFromOptions(minIdleTimeout: string): TemplateLimits {
+  const ms = parseDuration(minIdleTimeout);
+  if (ms === undefined || ms < 1000 || ms > IDLE_TIMEOUT_MAX_MS) {
+    throw new UsageError(
+      `--min-idle-timeout ${JSON.stringify(minIdleTimeout)}: must be a duration from 1s to 24h, e.g. 30s or 2m`,
+    );
+  }
+  return { minIdleTimeoutMs: ms };
+}
 
 function parseLabel(text: string | undefined): Record<string, string> | undefined {
   if (text === undefined) return undefined;
@@ -73,6 +86,7 @@ export async function startWebhook(
   if (options.local && !options.kubeconfig)
     throw new UsageError('--local needs --kubeconfig (or KUBECONFIG)');
   const namespaceLabels = parseLabel(options['namespace-label']);
+  const templateLimits = templateLimitsFromOptions(options['min-idle-timeout']);
   const injection = injectionConfigFromOptions(options, options.local);
   const certConfig = options.local ? undefined : certConfigFromOptions(options);
 
@@ -116,7 +130,7 @@ export async function startWebhook(
   const app = createApp({
     routes: {
       [ROUTES.mutateTemplate]: mutateTemplate,
-      [ROUTES.validateTemplate]: validateTemplateHandler,
+      [ROUTES.validateTemplate]: templateValidationHandler(templateLimits),
       [ROUTES.validateBuildkit]: validateBuildkitHandler(readTemplate),
       [ROUTES.mutatePod]: mutatePodHandler({ config: injection, features }),
     },

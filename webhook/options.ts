@@ -27,6 +27,13 @@ const SERVER_OPTIONS = {
       'Development mode: make a CA and a cert for 127.0.0.1, register the webhook configurations with the cluster pointing at this process, remove them on exit',
     default: false,
   },
+  'min-idle-timeout': {
+    type: 'string',
+    env: 'BKF_MIN_IDLE_TIMEOUT',
+    description:
+      'The shortest spec.autoscaling.idleTimeout a BuildkitTemplate may set, as a duration (30s, 1m); shorter ones are refused',
+    default: '30s',
+  },
   'config-name': {
     type: 'string',
     env: 'BKF_WEBHOOK_CONFIG_NAME',

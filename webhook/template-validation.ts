@@ -14,6 +14,13 @@ import { checkRequirements, parseQuantityMap } from './resources.ts';
 export const IDLE_TIMEOUT_MIN_MS = 30_000;
 export const IDLE_TIMEOUT_MAX_MS = 24 * 3_600_000;
 
+/** Admin-set bounds the webhook checks templates against (the webhook's flags). */
+export interface TemplateLimits {
+  /** the shortest spec.autoscaling.idleTimeout a template may set (--min-idle-timeout) */
+  minIdleTimeoutMs: number;
+}
+export const DEFAULT_TEMPLATE_LIMITS: TemplateLimits = { minIdleTimeoutMs: IDLE_TIMEOUT_MIN_MS };
+
 export interface Verdict {
   errors: FieldError[];
   warnings: string[];
@@ -62,7 +69,10 @@ function validateToml(
   return parsed;
 }
 
-export function validateTemplate(template: BuildkitTemplate): Verdict {
+export function validateTemplate(
+  template: BuildkitTemplate,
+  bounds: TemplateLimits = DEFAULT_TEMPLATE_LIMITS,
+): Verdict {
   const errors: FieldError[] = [];
   const warnings: string[] = [];
   const name = template.metadata?.name ?? '';
@@ -106,12 +116,12 @@ export function validateTemplate(template: BuildkitTemplate): Verdict {
       errors.push(
         invalid('spec.autoscaling.idleTimeout', idle, 'must be a duration such as 90s, 5m or 1h30m'),
       );
-    } else if (ms < IDLE_TIMEOUT_MIN_MS || ms > IDLE_TIMEOUT_MAX_MS) {
+    } else if (ms < bounds.minIdleTimeoutMs || ms > IDLE_TIMEOUT_MAX_MS) {
       errors.push(
         invalid(
           'spec.autoscaling.idleTimeout',
           idle,
-          `must be between ${formatDuration(IDLE_TIMEOUT_MIN_MS)} and ${formatDuration(IDLE_TIMEOUT_MAX_MS)}`,
+          `must be between ${formatDuration(bounds.minIdleTimeoutMs)} and ${formatDuration(IDLE_TIMEOUT_MAX_MS)}`,
         ),
       );
     }

@@ -92,7 +92,10 @@ describeRealNode('scale to zero on the real node', () => {
 
   beforeAll(async () => {
     cluster = await startCluster({ nodes: 0, realNode: true });
-    platform = await startPlatform(cluster, 'bkf-scale-to-zero', CONTROLLER_FLAGS);
+    platform = await startPlatform(cluster, 'bkf-scale-to-zero', CONTROLLER_FLAGS, [
+      '--min-idle-timeout',
+      '5s',
+    ]);
     cacheDir = path.join(cluster.dir, 'pv-cache');
     fs.mkdirSync(cacheDir, { recursive: true });
     await cluster.kubectl(['create', 'namespace', NAMESPACE]);

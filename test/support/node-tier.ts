@@ -73,13 +73,23 @@ export async function startPlatform(
   cluster: LocalCluster,
   configName: string,
   controllerFlags: string[] = [],
+  webhookFlags: string[] = [],
 ): Promise<PlatformProcess[]> {
   await installCrds(async (args) => (await cluster.kubectl(args)).stdout);
   const kubeconfig = ['--kubeconfig', cluster.kubeconfigPath];
   const processes = [
     startPlatformProcess(
       'webhook',
-      ['webhook', '--local', ...kubeconfig, '--config-name', configName, '--sidecar-image', SIDECAR_IMAGE],
+      [
+        'webhook',
+        '--local',
+        ...kubeconfig,
+        '--config-name',
+        configName,
+        '--sidecar-image',
+        SIDECAR_IMAGE,
+        ...webhookFlags,
+      ],
       cluster.dir,
     ),
     startPlatformProcess('controller', controllerArgs(cluster, controllerFlags), cluster.dir),

@@ -6,9 +6,11 @@ import { changedSpecFields } from '../../../webhook/buildkit-validation.ts';
 import type { TemplateReader } from '../../../webhook/handlers.ts';
 import {
   mutateTemplate,
+  templateValidationHandler,
   validateBuildkitHandler,
   validateTemplateHandler,
 } from '../../../webhook/handlers.ts';
+import { templateLimitsFromOptions } from '../../../webhook/main.ts';
 import { buildkitRequest, templateRequest } from '../../support/admission-requests.ts';
 
 const validate = async (spec: Record<string, unknown>, name?: string) =>
@@ -465,5 +467,31 @@ describe('AdmissionReview parsing', () => {
   ])('refuses %s', (_name, body, message) => {
     expect(() => parseAdmissionReview(body)).toThrow(BadReviewError);
     expect(() => parseAdmissionReview(body)).toThrow(message);
+  });
+});
+
+describe('--min-idle-timeout', () => {
+  test('a shorter minimum admits a shorter idle timeout, and the error names the configured bound', async () => {
+    const handler = templateValidationHandler({ minIdleTimeoutMs: 5000 });
+    const ok = (await handler(templateRequest({ autoscaling: { enabled: true, idleTimeout: '6s' } })))
+      .response;
+    expect(ok.allowed).toBe(true);
+    const short = (await handler(templateRequest({ autoscaling: { enabled: true, idleTimeout: '4s' } })))
+      .response;
+    expect(short.allowed).toBe(false);
+    expect(short.status?.message).toContain(
+      'spec.autoscaling.idleTimeout: Invalid value: "4s": must be between 5s and 24h',
+    );
+    // the default still refuses 6s
+    expect(
+      (await validateTemplateHandler(templateRequest({ autoscaling: { idleTimeout: '6s' } }))).response
+        .allowed,
+    ).toBe(false);
+  });
+
+  test.each(['0s', '500ms', '25h', 'soon'])('the flag value %s is refused with the flag name', (value) => {
+    expect(() => templateLimitsFromOptions(value)).toThrow(
+      `--min-idle-timeout "${value}": must be a duration from 1s to 24h`,
+    );
   });
 });

@@ -7,6 +7,7 @@
 // Timestamps become Date objects (the shape the typed list calls return), whether the object came
 // from a list or as raw JSON from a watch, so the cache never holds both shapes.
 import type {
+  V1Container,
   V1ContainerState,
   V1ContainerStatus,
   V1ObjectMeta,
@@ -85,14 +86,31 @@ function slimContainerStatus(c: V1ContainerStatus): V1ContainerStatus {
   }) as V1ContainerStatus;
 }
 
-/** A pod as the buildkit reconciler reads it: metadata, node, phase, conditions, container states. */
+/** Only the named ports of each container: how the scaler and the activator find the sidecar. */
+function namedPorts(containers: V1Container[] | undefined): V1Container[] | undefined {
+  const kept = containers
+    ?.map((c) => ({
+      name: c.name,
+      ports: c.ports?.filter((p) => p.name).map((p) => ({ name: p.name, containerPort: p.containerPort })),
+    }))
+    .filter((c) => c.ports?.length);
+  return kept?.length ? kept : undefined;
+}
+
+/**
+ * A pod as the buildkit reconciler reads it: metadata, node, named container ports, phase,
+ * conditions, container states.
+ */
 export function slimPod(pod: V1Pod): V1Pod {
   const status = pod.status;
+  const containers = namedPorts(pod.spec?.containers);
+  const initContainers = namedPorts(pod.spec?.initContainers);
+  const spec = defined({ nodeName: pod.spec?.nodeName, containers, initContainers });
   return defined({
     apiVersion: pod.apiVersion,
     kind: pod.kind,
     metadata: slimMetadata(pod.metadata),
-    spec: pod.spec?.nodeName ? ({ nodeName: pod.spec.nodeName } as V1Pod['spec']) : undefined,
+    spec: Object.keys(spec).length ? (spec as unknown as V1Pod['spec']) : undefined,
     status: status
       ? defined({
           phase: status.phase,

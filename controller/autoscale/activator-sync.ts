@@ -73,7 +73,11 @@ export function startActivatorSync(o: ActivatorSyncOptions): ActivatorSync {
     for (const s of sources) {
       const pod = forwardPod(s.pods);
       const uid = pod?.metadata?.uid ?? '';
-      if (pod && s.activatorPort && !confirmed.has(uid) && !confirming.has(uid)) void confirm(s.key, pod);
+      if (pod && s.activatorPort && !confirmed.has(uid) && !confirming.has(uid)) {
+        confirm(s.key, pod).catch((error: Error) =>
+          o.logger.error({ target: s.key, err: error.message }, 'readiness check failed'),
+        );
+      }
     }
     try {
       await o.activator.setTargets(activatorTargets(sources, confirmed));

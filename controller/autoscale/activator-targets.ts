@@ -25,7 +25,7 @@ export function servicePodPort(service: V1Service | undefined, pod: V1Pod): numb
   if (typeof target === 'number') return target;
   if (target === undefined) return undefined;
   if (/^[0-9]+$/.test(target)) return Number(target);
-  for (const c of pod.spec?.containers ?? []) {
+  for (const c of [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])]) {
     const port = c.ports?.find((p) => p.name === target);
     if (port) return port.containerPort;
   }

@@ -17,7 +17,10 @@ export interface SidecarAddress {
 export function sidecarAddress(pod: V1Pod): SidecarAddress | { error: string } {
   const host = pod.status?.podIP;
   if (!host) return { error: 'the pod has no IP yet' };
-  const container = pod.spec?.containers.find((c) => c.name === SIDECAR_CONTAINER_NAME);
+  // a regular container, or a native sidecar (an init container that keeps running)
+  const container = [...(pod.spec?.containers ?? []), ...(pod.spec?.initContainers ?? [])].find(
+    (c) => c.name === SIDECAR_CONTAINER_NAME,
+  );
   const port = container?.ports?.find((p) => p.name === STATS_PORT_NAME)?.containerPort;
   if (!port) return { error: 'the pod has no injected sidecar (no stats port)' };
   return { host, port };

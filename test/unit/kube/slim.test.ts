@@ -151,7 +151,34 @@ test('the pod plan sees the owner, labels and spec-hash annotation it needs', ()
   expect(slim.metadata?.ownerReferences?.[0]?.uid).toBe('u1');
   expect(slim.metadata?.labels).toEqual((golden['metadata'] as { labels: object }).labels);
   expect(slim.metadata?.annotations?.['buildkit-fleet.io/spec-hash']).toBeDefined();
-  expect(slim.spec).toEqual({ nodeName: 'hollow-0' });
+  // of the spec only the node and the named container ports (how the sidecar is found)
+  expect(Object.keys(slim.spec ?? {}).sort()).toEqual(['containers', 'nodeName']);
+  expect(slim.spec?.nodeName).toBe('hollow-0');
+  const full = (
+    golden['spec'] as { containers: { name: string; ports?: { name?: string; containerPort: number }[] }[] }
+  ).containers;
+  expect(slim.spec?.containers).toEqual(
+    full
+      .filter((c) => c.ports?.some((p) => p.name))
+      .map((c) => ({
+        name: c.name,
+        ports: c.ports!.filter((p) => p.name).map((p) => ({ name: p.name, containerPort: p.containerPort })),
+      })),
+  );
+});
+
+test('the sidecar as a native sidecar (an init container) keeps its named ports too', () => {
+  const raw = rawPod(states['ready']!);
+  (raw['spec'] as Record<string, unknown>)['initContainers'] = [
+    {
+      name: 'buildkit-fleet-sidecar',
+      image: 'x',
+      ports: [{ name: 'bkf-stats', containerPort: 9436 }, { containerPort: 1 }],
+    },
+  ];
+  expect(slimPod(raw as V1Pod).spec?.initContainers).toEqual([
+    { name: 'buildkit-fleet-sidecar', ports: [{ name: 'bkf-stats', containerPort: 9436 }] },
+  ]);
 });
 
 test('a slim Service keeps its address and ports, not its managedFields', () => {

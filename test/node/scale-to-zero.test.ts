@@ -6,6 +6,7 @@
 // The tests share one cluster and run in order.
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
@@ -130,6 +131,10 @@ spec: { template: ${TEMPLATE} }
 
   afterAll(async () => {
     await Promise.all(platform.map((p) => p.stop()));
+    // the platform's logs outlive the cluster folder, for a look after a failure
+    const keep = path.join(os.tmpdir(), 'bkf-scale-to-zero-logs');
+    fs.mkdirSync(keep, { recursive: true });
+    for (const p of platform) fs.copyFileSync(p.logPath, path.join(keep, path.basename(p.logPath)));
     await cluster?.stop();
   }, 120_000);
 

@@ -144,6 +144,7 @@ export async function startController(
       },
     },
     enqueueBuildkit,
+    endpointSliceVersion: features.endpointSliceVersion,
   });
 
   const reconcileBuildkit = buildkitReconciler({

@@ -54,6 +54,11 @@ export interface ServerFeatures {
    * that can check (e.g. a dry-run create that keeps `hostUsers: false`) may set hostUsers to true.
    */
   hostUsersBehindGate: boolean;
+  /**
+   * The EndpointSlice API version: `discovery.k8s.io/v1` from 1.21 (GA), `v1beta1` before (which
+   * kube-proxy reads from 1.19 on). The activator route is an EndpointSlice.
+   */
+  endpointSliceVersion: 'v1' | 'v1beta1';
   /** 1.20 is the oldest server the platform builds pods for (the local control plane). */
   supported: boolean;
 }
@@ -97,6 +102,7 @@ export function serverFeatures(version: ServerVersion | undefined): ServerFeatur
     seccompField: atLeast(v, 1, 19),
     hostUsers: atLeast(v, 1, 33),
     hostUsersBehindGate: atLeast(v, 1, 25) && !atLeast(v, 1, 33),
+    endpointSliceVersion: atLeast(v, 1, 21) ? 'v1' : 'v1beta1',
     supported: atLeast(v, OLDEST_SUPPORTED.major, OLDEST_SUPPORTED.minor),
   };
 }

@@ -1,5 +1,7 @@
 // Puts the activator route in place or takes it away (the slice itself is activator-route.ts).
-import { DiscoveryV1Api } from '@kubernetes/client-node';
+// Through the generic object API, so the same code writes `discovery.k8s.io/v1` and, on servers
+// before 1.21, `v1beta1` (the same shape for what the route uses).
+import { CustomObjectsApi } from '@kubernetes/client-node';
 import type { KubeConfig, V1EndpointSlice } from '@kubernetes/client-node';
 
 import { isConflict, isNotFound } from '../../kube/errors.ts';
@@ -13,11 +15,12 @@ export interface RouteWriter {
   remove(namespace: string, serviceName: string): Promise<boolean>;
 }
 
-export function routeWriter(kc: KubeConfig): RouteWriter {
-  const api = kc.makeApiClient(DiscoveryV1Api);
+export function routeWriter(kc: KubeConfig, version: 'v1' | 'v1beta1' = 'v1'): RouteWriter {
+  const api = kc.makeApiClient(CustomObjectsApi);
+  const at = { group: 'discovery.k8s.io', version, plural: 'endpointslices' };
   const read = async (namespace: string, name: string): Promise<V1EndpointSlice | undefined> => {
     try {
-      return await api.readNamespacedEndpointSlice({ namespace, name });
+      return (await api.getNamespacedCustomObject({ ...at, namespace, name })) as V1EndpointSlice;
     } catch (error) {
       if (isNotFound(error)) return undefined;
       throw error;
@@ -25,20 +28,21 @@ export function routeWriter(kc: KubeConfig): RouteWriter {
   };
   return {
     async ensure(route) {
-      const desired = buildActivatorSlice(route);
+      const desired = { ...buildActivatorSlice(route), apiVersion: `discovery.k8s.io/${version}` };
       const name = desired.metadata!.name!;
       const current = await read(route.namespace, name);
       if (sliceRoutesAs(current, desired)) return false;
       if (!current) {
         try {
-          await api.createNamespacedEndpointSlice({ namespace: route.namespace, body: desired });
+          await api.createNamespacedCustomObject({ ...at, namespace: route.namespace, body: desired });
           return true;
         } catch (error) {
           if (!isConflict(error)) throw error;
         }
       }
       const latest = current ?? (await read(route.namespace, name));
-      await api.replaceNamespacedEndpointSlice({
+      await api.replaceNamespacedCustomObject({
+        ...at,
         namespace: route.namespace,
         name,
         body: {
@@ -50,7 +54,7 @@ export function routeWriter(kc: KubeConfig): RouteWriter {
     },
     async remove(namespace, serviceName) {
       try {
-        await api.deleteNamespacedEndpointSlice({ namespace, name: activatorSliceName(serviceName) });
+        await api.deleteNamespacedCustomObject({ ...at, namespace, name: activatorSliceName(serviceName) });
         return true;
       } catch (error) {
         if (isNotFound(error)) return false;

@@ -44,6 +44,7 @@ export function startAutoscaling(o: {
   settings: AutoscalingSettings;
   caches: AutoscalingCaches;
   enqueueBuildkit(key: string): void;
+  endpointSliceVersion: 'v1' | 'v1beta1';
 }) {
   const custom = o.kc.makeApiClient(CustomObjectsApi);
   const log = o.logger.child({ component: 'activator' });
@@ -86,7 +87,7 @@ export function startAutoscaling(o: {
     events: o.events,
     registry: o.registry,
     tokens: fenceTokens(o.kc.makeApiClient(CoreV1Api)),
-    routes: routeWriter(o.kc),
+    routes: routeWriter(o.kc, o.endpointSliceVersion),
     activator: o.settings.activator,
     scaler: () => scaler,
     listBuildkits: () => o.caches.buildkits(),

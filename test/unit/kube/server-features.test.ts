@@ -50,6 +50,7 @@ describe('serverFeatures', () => {
       seccompField: true,
       hostUsers: false,
       hostUsersBehindGate: false,
+      endpointSliceVersion: 'v1beta1',
       supported: true,
     });
   });
@@ -63,6 +64,7 @@ describe('serverFeatures', () => {
       seccompField: true,
       hostUsers: false,
       hostUsersBehindGate: true,
+      endpointSliceVersion: 'v1',
       supported: true,
     });
   });

@@ -62,6 +62,12 @@ const active = (status: 'True' | 'False', reason: ConditionReason, message: stri
   message,
 });
 
+function decidedOn(d: IdleDecision, pods: V1Pod[]): boolean {
+  const names = new Set(pods.map((p) => p.metadata?.name));
+  const evidence = d.record.idleEvidence ?? [];
+  return evidence.length === names.size && evidence.every((e) => names.has(e.pod));
+}
+
 export function isAtZero(record: BuildkitAutoscalingStatus | undefined): boolean {
   const zero = record?.scaledToZeroTime ? Date.parse(record.scaledToZeroTime) : undefined;
   if (zero === undefined) return false;
@@ -136,7 +142,8 @@ export function planAutoscale(o: AutoscaleObservation): AutoscalePlan {
     mayHavePod: true,
     // Hold clients while no pod is ready (first start, a restart) rather than refuse them.
     routeToActivator: !o.ready,
-    scaleDown: Boolean(d?.scaleDown && o.ready && o.pods.length > 0),
+    // only a decision about these very pods (one made before a wake speaks of pods long gone)
+    scaleDown: Boolean(d?.scaleDown && o.ready && o.pods.length > 0 && decidedOn(d, o.pods)),
     wakeStarts: false,
     clearWakeRequest: o.wakeRequested && o.ready,
     condition,

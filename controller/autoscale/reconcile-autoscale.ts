@@ -100,6 +100,16 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
   // Records this leader wrote that the cache may not show yet (the later time of each wins).
   const written = new Map<string, BuildkitAutoscalingStatus>();
   const reservedPorts = new Map<string, number>();
+  // Pods this leader removed that the cache may still show as running (uids, by target).
+  const removed = new Map<string, Set<string>>();
+  const runningPods = (key: string, pods: V1Pod[]) => {
+    const gone = removed.get(key);
+    const running = live(pods);
+    if (!gone) return running;
+    const still = running.filter((p) => gone.has(p.metadata?.uid ?? ''));
+    if (still.length === 0) removed.delete(key); // the cache caught up
+    return running.filter((p) => !gone.has(p.metadata?.uid ?? ''));
+  };
   const routedToPod = new Set<string>();
 
   const effectiveRecord = (key: string, fromCache: BuildkitAutoscalingStatus | undefined) => {
@@ -140,7 +150,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       const namespace = buildkit.metadata!.namespace!;
       const name = buildkit.metadata!.name!;
       const key = `${namespace}/${name}`;
-      const pods = live(ctx.pods);
+      const pods = runningPods(key, ctx.pods);
       const record = effectiveRecord(key, buildkit.status?.autoscaling);
       const scaler = deps.scaler();
       const plan = planAutoscale({
@@ -267,6 +277,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       });
       metrics.fenceSeconds.observe((Date.now() - started) / 1000);
       if (outcome.scaled) {
+        removed.set(key, new Set(pods.map((p) => p.metadata?.uid ?? '')));
         metrics.scaleDowns.inc({ kind: BUILDKIT.kind, outcome: 'scaled' });
         const message = `scaled to zero: ${plan.condition.message}; removed pod(s) ${outcome.pods.join(', ')}, the claim and endpoint stay`;
         deps.events.record(ctx.ref, 'Normal', EVENT_REASON.ScaledToZero, message);
@@ -291,6 +302,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       written.delete(key);
       reservedPorts.delete(key);
       routedToPod.delete(key);
+      removed.delete(key);
     },
   };
 }

@@ -85,6 +85,8 @@ test('awake: the idle decision is the Active condition and the record; it scales
   expect(p.record).toMatchObject({ activatorPort: 20000, idleSince: '2026-12-01T12:00:00.000Z' });
   expect(p.condition).toMatchObject({ status: 'True', reason: REASON.ScalingDown });
   expect(planAutoscale(observe({ decision, ready: false })).scaleDown).toBe(false);
+  // a decision about another pod (made before a wake) never scales the new one down
+  expect(planAutoscale(observe({ decision, pods: [{ metadata: { name: 'bk-1' } }] })).scaleDown).toBe(false);
 });
 
 test('awake without a ready pod holds clients at the activators; without a reading it waits', () => {

@@ -11,10 +11,10 @@
 // holding a client sets it, or a CI job); the annotation is removed once the instance runs.
 import type { V1Pod, V1Service } from '@kubernetes/client-node';
 
-import type { ConditionReason } from '../../api/conditions.ts';
+import type { ConditionReason, ConditionType } from '../../api/conditions.ts';
 import { CONDITION, REASON } from '../../api/conditions.ts';
 import type { Phase } from '../../api/group.ts';
-import type { BuildkitAutoscalingStatus } from '../../api/types.generated.ts';
+import type { BuildkitAutoscalingStatus, Condition } from '../../api/types.generated.ts';
 import type { BuildkitPlan } from '../buildkit-plan.ts';
 import { serviceEndpoint } from '../buildkit-plan.ts';
 import type { DesiredCondition } from '../conditions.ts';
@@ -68,6 +68,29 @@ function decidedOn(d: IdleDecision, pods: V1Pod[]): boolean {
   return evidence.length === names.size && evidence.every((e) => names.has(e.pod));
 }
 
+const zeroMessage = (at: string | undefined) =>
+  `scaled to zero at ${at}; a client connecting to the endpoint wakes it`;
+
+/**
+ * The conditions as the scale-down records them together with the phase (pure): Ready and
+ * Active say "scaled to zero" at once, the others stay as they are, in their order.
+ */
+export function zeroConditions(previous: Condition[] | undefined, zeroAt: string): DesiredCondition[] {
+  const message = zeroMessage(zeroAt);
+  const replaced = (type: ConditionType): DesiredCondition => ({
+    type,
+    status: 'False',
+    reason: REASON.ScaledToZero,
+    message,
+  });
+  const kept = (previous ?? []).map((c) =>
+    c.type === CONDITION.Ready || c.type === CONDITION.Active
+      ? replaced(c.type)
+      : ({ type: c.type, status: c.status, reason: c.reason, message: c.message } as DesiredCondition),
+  );
+  return kept.some((c) => c.type === CONDITION.Active) ? kept : [...kept, replaced(CONDITION.Active)];
+}
+
 export function isAtZero(record: BuildkitAutoscalingStatus | undefined): boolean {
   const zero = record?.scaledToZeroTime ? Date.parse(record.scaledToZeroTime) : undefined;
   if (zero === undefined) return false;
@@ -90,11 +113,7 @@ export function planAutoscale(o: AutoscaleObservation): AutoscalePlan {
       scaleDown: false,
       wakeStarts: false,
       clearWakeRequest: false,
-      condition: active(
-        'False',
-        REASON.ScaledToZero,
-        `scaled to zero at ${o.record?.scaledToZeroTime}; a client connecting to the endpoint wakes it`,
-      ),
+      condition: active('False', REASON.ScaledToZero, zeroMessage(o.record?.scaledToZeroTime)),
       record: base,
     };
   }

@@ -13,13 +13,14 @@ import { BUILDKIT, GROUP, VERSION } from '../../api/group.ts';
 import { WAKE_REQUESTED_ANNOTATION } from '../../api/labels.ts';
 import type { Buildkit, BuildkitAutoscalingStatus, BuildkitTemplate } from '../../api/types.generated.ts';
 import { isNotFound } from '../../kube/errors.ts';
+import { mergeConditions } from '../conditions.ts';
 import type { EventRecorder } from '../events.ts';
 import { mergePatch } from '../reconcile-template.ts';
 import { allocateActivatorPort } from './activator-route.ts';
 import type { FenceTokens } from './fence-token.ts';
 import type { IdleScaler, IdleTarget } from './idle-scaler.ts';
 import type { AutoscalePlan } from './plan.ts';
-import { planAutoscale } from './plan.ts';
+import { planAutoscale, zeroConditions } from './plan.ts';
 import type { RouteWriter } from './route-writer.ts';
 import { runScaleDown } from './scale-down.ts';
 import { clearWakeRequest } from './wake-request.ts';
@@ -256,7 +257,16 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
               name,
               body: {
                 metadata: { resourceVersion: buildkit.metadata?.resourceVersion },
-                status: { phase: 'ScaledToZero', autoscaling: record },
+                status: {
+                  phase: 'ScaledToZero',
+                  autoscaling: record,
+                  conditions: mergeConditions(
+                    buildkit.status?.conditions,
+                    zeroConditions(buildkit.status?.conditions, zeroAt),
+                    buildkit.metadata?.generation,
+                    deps.now(),
+                  ),
+                },
               },
             },
             mergePatch,

@@ -1,8 +1,10 @@
 import type { V1Pod } from '@kubernetes/client-node';
 
+import type { Condition } from '../../../../api/types.generated.ts';
+
 import { CONDITION, REASON } from '../../../../api/conditions.ts';
 import type { AutoscaleObservation } from '../../../../controller/autoscale/plan.ts';
-import { isAtZero, planAutoscale } from '../../../../controller/autoscale/plan.ts';
+import { isAtZero, planAutoscale, zeroConditions } from '../../../../controller/autoscale/plan.ts';
 import { decideIdle } from '../../../../controller/autoscale/idle-decision.ts';
 
 const NOW = Date.parse('2026-12-01T12:00:00Z');
@@ -93,4 +95,19 @@ test('awake without a ready pod holds clients at the activators; without a readi
   const p = planAutoscale(observe({ ready: false, pods: [] }));
   expect(p).toMatchObject({ routeToActivator: true, scaleDown: false });
   expect(p.condition).toMatchObject({ reason: REASON.AwaitingFreshStats });
+});
+
+test('the scale-down records Ready and Active as scaled to zero, keeping the other conditions in place', () => {
+  const previous: Condition[] = [
+    { type: 'TemplateResolved', status: 'True', reason: 'TemplateFound', message: 't' },
+    { type: 'Ready', status: 'True', reason: 'Running', message: 'r' },
+    { type: 'Active', status: 'True', reason: 'ScalingDown', message: 'a' },
+  ];
+  const message = 'scaled to zero at 2026-12-01T12:00:00.000Z; a client connecting to the endpoint wakes it';
+  expect(zeroConditions(previous, '2026-12-01T12:00:00.000Z')).toEqual([
+    { type: 'TemplateResolved', status: 'True', reason: 'TemplateFound', message: 't' },
+    { type: 'Ready', status: 'False', reason: 'ScaledToZero', message },
+    { type: 'Active', status: 'False', reason: 'ScaledToZero', message },
+  ]);
+  expect(zeroConditions([], 'T').map((c) => c.type)).toEqual(['Active']);
 });

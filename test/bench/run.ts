@@ -5,6 +5,8 @@ const BENCHMARKS: Record<string, () => Promise<{ run: () => Promise<void> }>> = 
   controller: () => import('./controller.ts'),
   sidecar: () => import('./sidecar.ts'),
   'cold-start': () => import('./cold-start.ts'),
+  wake: () => import('./wake.ts'),
+  activator: () => import('./activator.ts'),
 };
 
 const wanted = process.argv.slice(2);

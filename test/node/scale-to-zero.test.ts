@@ -281,9 +281,17 @@ spec: { template: ${TEMPLATE} }
   test('the controller killed mid-idle and restarted neither restarts nor shortens the idle clock', async () => {
     await healthCheck(endpoint, 120_000);
     await phase('Running');
+    // The clock starts at the first idle reading, and again if the woken call's own connection
+    // shows up in a later one: take it once it has held still for a few scaler intervals.
+    let seen: { value: string; since: number } | undefined;
     const idle = await waitFor(
-      'the idle clock to start',
-      async () => (await buildkit()).status?.autoscaling?.idleSince,
+      'the idle clock to start and hold still',
+      async () => {
+        const value = (await buildkit()).status?.autoscaling?.idleSince;
+        if (!value) return undefined;
+        if (seen?.value !== value) seen = { value, since: Date.now() };
+        return Date.now() - seen.since >= 1500 ? value : undefined;
+      },
       { timeoutMs: 30_000, intervalMs: 200 },
     );
     const controller = platform.find((p) => p.logPath.endsWith('controller.log'))!;

@@ -1,13 +1,17 @@
 // `buildkit-fleet sidecar`: the activity-tracking L4 proxy injected in front of buildkitd, with its
 // stats port. No Kubernetes access: the controller pulls the stats, so the sidecar needs no RBAC.
 //
-// Shutdown: on SIGTERM the listener closes (new connections are refused; the pod is leaving the
-// Service anyway and /readyz fails from then on) and open connections keep flowing until they
-// close or --grace runs out; the stats port stays up until the end for the preStop hook and the
-// controller. The kubelet's terminationGracePeriodSeconds is the hard bound above --grace.
+// Shutdown: on SIGTERM the listener closes once the clients queued in its backlog are accepted
+// (new connections are refused; the pod is leaving the Service anyway and /readyz fails from then
+// on) and open connections keep flowing until they close or --grace runs out; the stats port
+// stays up until the end for the preStop hook and the controller. With a handoff address from the
+// fence (handoff.ts) the listener first stays open while clients keep arriving, and sends each
+// new one to that address (--handoff-linger). The kubelet's terminationGracePeriodSeconds is the
+// hard bound above --grace.
 //
 // Also runnable on its own (`node sidecar/main.ts --listen ...`) for data-path tests.
 import { realpathSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -19,6 +23,7 @@ import type { HostPort, ParsedOptions } from '../flags/options.ts';
 import { optionsHelp, parseOptions } from '../flags/options.ts';
 import { readTokenFile } from './auth.ts';
 import { createFenceControl } from './fence.ts';
+import { formatHostPort } from './handoff.ts';
 import type { Proxy } from './proxy.ts';
 import { SIDECAR_V8_FLAGS } from './process-settings.ts';
 import { resolveHostPort } from './proxy.ts';
@@ -114,10 +119,10 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     logger,
   );
   const fence = createFenceControl(
-    () => proxy.counters.opened,
-    (state, opened) =>
+    () => proxy.counts(),
+    (state, { opened, backlog }) =>
       logger.warn(
-        { opened, openedAtFence: state.openedAtFence, open: proxy.counters.open },
+        { opened, openedAtFence: state.openedAtFence, open: proxy.counters.open, backlog },
         'client connected while fenced: fence broken',
       ),
   );
@@ -125,15 +130,19 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     bootId: proxy.bootId,
     startedAt: proxy.startedAt,
     counters: proxy.counters,
+    counts: () => proxy.counts(),
     fence,
     stopping: () => stopping,
   };
+  // the bound addresses, for the handoff checks (set once both listen)
+  let bound: { listen: HostPort; stats: HostPort } = { listen: options.listen, stats: options.stats };
   const statsServer: StatsServer = createStatsServer({
     source,
     registry: createSidecarMetrics(source),
-    upstream,
+    upstream: upstreamAddress,
     logger,
     ...(tokenFile !== undefined ? { tokenFile } : {}),
+    handoffContext: () => ({ ...bound, upstream: upstreamAddress }),
   });
 
   const bind = async (what: string, address: HostPort, start: () => Promise<{ port: number }>) => {
@@ -156,14 +165,33 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
     throw error;
   }
 
+  bound = { listen, stats };
+
+  const lingerMs = options['handoff-linger'] * 1000;
   let stopped: Promise<boolean> | undefined;
   const stop = (graceMs: number) =>
     (stopped ??= (async () => {
       stopping = true;
+      const deadline = Date.now() + graceMs;
+      const handoff = fence.state().handoff;
+      if (handoff) {
+        proxy.handOff(handoff);
+        logger.info(
+          { handoff: formatHostPort(handoff), lingerMs, graceMs },
+          'handing off: new connections go to the handoff address while they keep arriving',
+        );
+        logger.flush();
+        const lingered = await lingerWhileArriving(proxy, lingerMs, deadline);
+        logger.info({ handedOff: proxy.counters.handedOff, ms: lingered }, 'handoff linger over');
+      }
       await proxy.stopAccepting();
-      logger.info({ open: proxy.counters.open, graceMs }, 'stopped accepting; waiting for open connections');
+      const remainingMs = Math.max(0, deadline - Date.now());
+      logger.info(
+        { open: proxy.counters.open, graceMs: remainingMs },
+        'stopped accepting; waiting for open connections',
+      );
       logger.flush();
-      const drained = await proxy.waitForDrain(graceMs);
+      const drained = await proxy.waitForDrain(remainingMs);
       if (!drained) {
         logger.warn({ open: proxy.counters.open }, 'grace period over: resetting open connections');
         proxy.destroyAll();
@@ -182,6 +210,34 @@ export async function startSidecar(options: SidecarOptions, logger: Logger): Pro
   logger.flush();
   return { proxy, engine, listen, stats, stop };
 }
+
+/**
+ * Waits while connections keep arriving: until none was accepted for lingerMs, or the deadline.
+ * Resolves with how long it waited (ms).
+ */
+async function lingerWhileArriving(proxy: Proxy, lingerMs: number, deadline: number): Promise<number> {
+  const arrived = () => {
+    const { opened, backlog } = proxy.counts();
+    return opened + backlog;
+  };
+  const started = Date.now();
+  let seen = arrived();
+  let quietSince = started;
+  for (;;) {
+    const now = Date.now();
+    const end = Math.min(quietSince + lingerMs, deadline);
+    if (now >= end) return now - started;
+    await sleep(Math.min(LINGER_POLL_MS, end - now));
+    const count = arrived();
+    if (count !== seen) {
+      seen = count;
+      quietSince = Date.now();
+    }
+  }
+}
+
+/** How often the handoff linger looks for new connections. */
+const LINGER_POLL_MS = 50;
 
 export async function runSidecarCommand(options: SidecarOptions): Promise<number> {
   // before the data path runs hot, so its code is compiled under these flags

@@ -1,7 +1,8 @@
-// The native data path (sidecar/native/proxy-engine.cc, built by scripts/build-native.ts) behind
-// the same Proxy interface as the JavaScript one in proxy.ts. The engine runs its own epoll loop
-// on its own thread; this module turns its rare events into log lines and promises and exposes
-// its counters, which the loop writes into a Float64Array that this side reads at scrape time.
+// The native data path (sidecar/native/: the epoll loop and its Node-API binding, built by
+// scripts/build-native.ts) behind the same Proxy interface as the JavaScript one in proxy.ts. The
+// engine runs its own epoll loop on its own thread; this module turns its rare events into log
+// lines and promises and exposes its counters, which the loop writes into a Float64Array that
+// this side reads at scrape time. The listen backlog is read from /proc (listen-backlog.ts).
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
@@ -10,7 +11,9 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 import { logAcceptFailing, logAcceptingAgain } from './accept-trouble.ts';
-import type { Proxy, ProxyCounters, ProxyOptions } from './proxy.ts';
+import type { BacklogReader } from './listen-backlog.ts';
+import { backlogReader } from './listen-backlog.ts';
+import type { Proxy, ProxyCounters, ProxyCounts, ProxyOptions } from './proxy.ts';
 import { LISTEN_BACKLOG, proxySettings, resolveHostPort } from './proxy.ts';
 
 /** The addon's file, relative to the repository (or the installed package) root. */
@@ -43,9 +46,10 @@ interface NativeEngineModule {
   destroyAll(engine: EngineHandle): void;
   watchDrain(engine: EngineHandle, on: boolean): void;
   close(engine: EngineHandle): void;
+  handOff(engine: EngineHandle, host: string, port: number): void;
 }
 
-// Slots of the counters array (the Counter enum in proxy-engine.cc).
+// Slots of the counters array (the Counter enum in native/epoll-loop.h).
 const OPEN = 0;
 const OPENED = 1;
 const CLOSED = 2;
@@ -56,7 +60,11 @@ const UPSTREAM_FAILURES = 6;
 const PENDING_BYTES = 7;
 const BUFFERS_IN_USE = 8;
 const BUFFERS_IDLE = 9;
-const COUNTERS = 10;
+const HANDED_OFF = 10;
+const ACCEPT_SEQ = 11;
+const COUNTERS = 12;
+/** how often counts() reads again when the loop was accepting meanwhile */
+const COUNT_ATTEMPTS = 5;
 
 /** Where the addon is: next to the sources (sidecar/ → ..) or to the build output (dist/sidecar/ → ../..). */
 export function nativeEnginePath(): string | undefined {
@@ -87,7 +95,11 @@ export function loadNativeEngine(): NativeEngineModule {
   } catch (error) {
     throw new Error(`cannot load ${path}: ${(error as Error).message}`, { cause: error });
   }
-  if (engine.counterCount !== COUNTERS || typeof engine.create !== 'function') {
+  if (
+    engine.counterCount !== COUNTERS ||
+    typeof engine.create !== 'function' ||
+    typeof engine.handOff !== 'function'
+  ) {
     throw new Error(`${path} is from another version of buildkit-fleet: run \`npm run build:native\``);
   }
   return (loaded = engine);
@@ -120,12 +132,21 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
     get upstreamFailures() {
       return view[UPSTREAM_FAILURES]!;
     },
+    get handedOff() {
+      return view[HANDED_OFF]!;
+    },
   };
   const events = new EventEmitter();
   let listening = false;
   /** set once stopAccepting() was asked; shared by every caller (the listener closes once) */
   let stopping: Promise<void> | undefined;
   let closed = false;
+  /** the listener's accept queue, while it is open */
+  let backlog: BacklogReader | undefined;
+  const forgetBacklog = () => {
+    backlog?.close();
+    backlog = undefined;
+  };
 
   const handle = engine.create(
     target.host,
@@ -141,6 +162,7 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
     if (closed) return;
     closed = true;
     engine.close(handle);
+    forgetBacklog();
     events.emit('stopped-accepting');
     events.emit('drained');
   };
@@ -169,6 +191,8 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
         logAcceptingAgain(logger, event.ms ?? 0);
         break;
       case 'stopped-accepting':
+        // the listener is closed: its port may be anybody's now
+        forgetBacklog();
         events.emit('stopped-accepting');
         closeWhenDone();
         break;
@@ -203,6 +227,10 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
       if (listening || closed) throw new Error('proxy is already listening or stopped');
       const bound = engine.listen(handle, ip, port, LISTEN_BACKLOG, keepAliveSeconds);
       listening = true;
+      backlog = backlogReader(ip, bound);
+      if (backlog.unavailable) {
+        logger.warn({ reason: backlog.unavailable }, 'listen backlog unknown: reported as 0');
+      }
       return { address: ip, port: bound, family: net.isIPv6(ip) ? 'IPv6' : 'IPv4' };
     },
     stopAccepting() {
@@ -238,6 +266,25 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
     },
     destroyAll() {
       if (!closed) engine.destroyAll(handle);
+    },
+    counts() {
+      // The loop accepts on its own thread while this reads: a client leaves the backlog (accept)
+      // and then joins the counters. The loop makes kAcceptSeq odd around each accept, so a
+      // reading between an even value and the same value again missed nobody. The backlog is
+      // read first: a client accepted after that shows twice rather than not at all.
+      let reading: ProxyCounts = { open: 0, opened: 0, closed: 0, backlog: 0 };
+      for (let attempt = 0; attempt < COUNT_ATTEMPTS; attempt++) {
+        const seq = view[ACCEPT_SEQ]!;
+        const queued = backlog?.read() ?? 0;
+        reading = { open: view[OPEN]!, opened: view[OPENED]!, closed: view[CLOSED]!, backlog: queued };
+        if (seq % 2 === 0 && view[ACCEPT_SEQ] === seq) return reading;
+      }
+      // accepting all along (a burst): count the client being accepted now as waiting
+      return view[ACCEPT_SEQ]! % 2 === 1 ? { ...reading, backlog: reading.backlog + 1 } : reading;
+    },
+    handOff(to) {
+      if (!net.isIP(to.host)) throw new Error(`handoff ${to.host}: an IP address is needed`);
+      if (!closed) engine.handOff(handle, to.host, to.port);
     },
     bufferedBytes: () => view[PENDING_BYTES]!,
     readBuffers: () => ({ inUse: view[BUFFERS_IN_USE]!, idle: view[BUFFERS_IDLE]! }),

@@ -39,5 +39,12 @@ export const SIDECAR_OPTIONS = {
     description: 'On SIGTERM, seconds to keep serving open connections before resetting them',
     default: '900',
   },
+  'handoff-linger': {
+    type: 'seconds',
+    env: 'BKF_SIDECAR_HANDOFF_LINGER',
+    description:
+      'On SIGTERM with a handoff address (POST /fence?handoff=<ip>:<port>), keep accepting and proxy each new connection to that address instead of buildkitd until none arrived for this many seconds (within --grace); without a handoff address new connections are refused at once',
+    default: '5',
+  },
   'log-level': { ...COMMON_OPTIONS['log-level'], env: 'BKF_SIDECAR_LOG_LEVEL' },
 } as const;

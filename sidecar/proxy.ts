@@ -22,15 +22,23 @@
 //   time of the last byte are counted per read, so an idle connection or a bare FIN is no activity.
 // - An upstream connect that fails or takes longer than connectTimeoutMs resets the client and
 //   counts an upstream failure, unless the proxy itself had no descriptor left (accept-trouble.ts).
+// - Stopping accepting takes the clients the kernel has already queued in the listen backlog
+//   before the listener closes: closing a listening socket resets every client still queued, and
+//   those clients had connected.
+// - handOff(): new connections go to another address from then on (the stopping sidecar's late
+//   clients, handoff.ts), counted in handedOff as well as in opened.
 import { randomUUID } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 
 import type { HostPort } from '../flags/options.ts';
 import { AcceptTrouble } from './accept-trouble.ts';
+import type { BacklogReader } from './listen-backlog.ts';
+import { backlogReader } from './listen-backlog.ts';
 import { connectTimeouts } from './js-engine/connect-timeouts.ts';
 import type { ProxyState } from './js-engine/connection.ts';
 import { Connection, HOLD_ONE } from './js-engine/connection.ts';
@@ -50,6 +58,8 @@ export interface ProxyCounters {
   lastActivityMs: number | null;
   /** connections closed because the upstream could not be reached */
   upstreamFailures: number;
+  /** connections of `opened` that were proxied to the handoff address instead of the upstream */
+  handedOff: number;
 }
 
 export interface ProxyOptions {
@@ -60,6 +70,15 @@ export interface ProxyOptions {
   connectTimeoutMs?: number;
   /** TCP keepalive on client sockets so vanished clients do not stay "open" forever; default 15 s */
   keepAliveInitialDelayMs?: number;
+}
+
+/** One reading of the connection counts (Proxy.counts). */
+export interface ProxyCounts {
+  open: number;
+  opened: number;
+  closed: number;
+  /** clients connected by the kernel and waiting in the listen backlog to be accepted */
+  backlog: number;
 }
 
 /** The read buffers an engine pools itself (the JavaScript one has none: Node allocates each read). */
@@ -76,8 +95,22 @@ export interface Proxy {
   /** live counters; read-only for callers */
   readonly counters: Readonly<ProxyCounters>;
   listen(host: string, port: number): Promise<AddressInfo>;
-  /** closes the listener: new connections are refused, open ones keep flowing */
+  /**
+   * Closes the listener once the clients already queued in its backlog are accepted (they are
+   * served, not reset): new connections are refused from then on, open ones keep flowing.
+   */
   stopAccepting(): Promise<void>;
+  /**
+   * open, opened and closed with the clients whose connection the kernel completed and the proxy
+   * has not accepted yet (`backlog`), read together: a client moving from the backlog to open
+   * while they are read is never missed (it may show in both).
+   */
+  counts(): ProxyCounts;
+  /**
+   * From now on new connections go to `to` (an IP address) instead of the upstream, and count in
+   * handedOff; open ones keep their upstream.
+   */
+  handOff(to: HostPort): void;
   /** resolves true once open === 0, false if timeoutMs passes first */
   waitForDrain(timeoutMs: number): Promise<boolean>;
   /** resets every open connection (end of the grace period) */
@@ -109,9 +142,20 @@ export function proxySettings(options: ProxyOptions): {
   };
 }
 
+/** When stopping, the JavaScript engine closes its listener once nobody arrived for this long... */
+const STOP_QUIET_MS = 50;
+/** ...or once it has been stopping for this long, whatever arrives. */
+const STOP_DRAIN_MS = 500;
+const STOP_POLL_MS = 10;
+
+/** A setImmediate turn of the event loop. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 /** The JavaScript data path (`--engine js`): needs nothing built, and runs on the main thread. */
 export function createProxy(options: ProxyOptions): Proxy {
-  const { upstream: target, logger } = options;
+  const { logger } = options;
+  let target = options.upstream;
+  let handingOff = false;
   const { connectTimeoutMs, keepAliveSeconds } = proxySettings(options);
   const events = new EventEmitter();
   const state: ProxyState = {
@@ -123,6 +167,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       bytesOut: 0,
       lastActivityMs: null,
       upstreamFailures: 0,
+      handedOff: 0,
     },
     logger,
     connections: new Set(),
@@ -136,11 +181,52 @@ export function createProxy(options: ProxyOptions): Proxy {
   const accept = (client: net.Socket) => {
     counters.opened++;
     counters.open++;
+    if (handingOff) counters.handedOff++;
     new Connection(state, client, target);
     timeouts.watch();
   };
 
   let server: net.Server | undefined;
+  let backlog: BacklogReader | undefined;
+  let stopping: Promise<void> | undefined;
+
+  /**
+   * Closes the listener once nobody has arrived for STOP_QUIET_MS and an event-loop turn has
+   * polled it and found nobody to accept. libuv accepts every queued client when its poll phase
+   * finds the listener readable, and each accepted client counts in `opened` before the callback
+   * returns; so when `opened` stands still across two turns (a poll phase in between), the backlog
+   * was empty at that poll, and the listener closes right after it, in the same turn. The quiet
+   * period lets the handshakes under way complete first (one answered but not yet acknowledged
+   * would be reset by the close). Clients keep being accepted, and served, meanwhile, for at most
+   * STOP_DRAIN_MS: a stream of new clients must not keep the listener open. What is left is a
+   * client whose handshake starts in the last moment before the close, after a quiet period; the
+   * native engine refuses new handshakes first and has not even that (native/epoll-loop.cc).
+   */
+  async function closeWhenBacklogEmpty(listener: net.Server): Promise<void> {
+    const started = Date.now();
+    let seen = counters.opened;
+    let quietSince = started;
+    for (;;) {
+      const now = Date.now();
+      if (counters.opened !== seen) {
+        seen = counters.opened;
+        quietSince = now;
+      }
+      if (now - started >= STOP_DRAIN_MS) break;
+      if (now - quietSince < STOP_QUIET_MS) {
+        await sleep(Math.min(STOP_POLL_MS, STOP_QUIET_MS - (now - quietSince)));
+        continue;
+      }
+      await nextTurn();
+      await nextTurn();
+      if (counters.opened === seen) break;
+    }
+    // close() shuts the listening socket at once (new clients are refused from here on); its
+    // callback would wait for every open connection, which is waitForDrain's job
+    listener.close();
+    backlog?.close();
+    backlog = undefined;
+  }
   return {
     bootId: randomUUID(),
     startedAt: new Date(),
@@ -179,14 +265,30 @@ export function createProxy(options: ProxyOptions): Proxy {
       listener.on('error', (error: NodeJS.ErrnoException) =>
         state.acceptTrouble.failed(error.code ?? error.message),
       );
-      return listener.address() as AddressInfo;
+      const bound = listener.address() as AddressInfo;
+      backlog = backlogReader(bound.address, bound.port);
+      if (backlog.unavailable) {
+        logger.warn({ reason: backlog.unavailable }, 'listen backlog unknown: reported as 0');
+      }
+      return bound;
     },
     stopAccepting() {
-      // close() shuts the listening socket at once (new clients are refused from here on); its
-      // callback would wait for every open connection, which is waitForDrain's job
-      server?.close();
-      server = undefined;
-      return Promise.resolve();
+      if (stopping) return stopping;
+      const listener = server;
+      if (!listener) return Promise.resolve();
+      return (stopping = closeWhenBacklogEmpty(listener).finally(() => (server = undefined)));
+    },
+    // accepts run on this thread: nothing moves between the reads
+    counts: () => ({
+      open: counters.open,
+      opened: counters.opened,
+      closed: counters.closed,
+      backlog: backlog?.read() ?? 0,
+    }),
+    handOff(to) {
+      if (!net.isIP(to.host)) throw new Error(`handoff ${to.host}: an IP address is needed`);
+      target = to;
+      handingOff = true;
     },
     waitForDrain(timeoutMs) {
       if (counters.open === 0) return Promise.resolve(true);

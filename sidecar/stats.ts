@@ -5,12 +5,16 @@
 //   GET  /stats    JSON counters (StatsSnapshot)
 //   GET  /metrics  Prometheus text
 //   GET  /healthz  200 while the process runs
-//   GET  /readyz   200 when buildkitd accepts a TCP connection (no byte sent) and we are not stopping
-//   GET  /drained  200 when open == 0, else 503 (the preStop hook polls it with busybox wget)
-//   GET  /fence    {fenced, fenceBroken, open, opened, bootId}
-//   POST /fence    bearer token; fences, answers {open, opened, closed, bootId, fenced, fenceBroken}
-//   POST /unfence  bearer token; clears the fence
-// GET /fence is unauthenticated like /stats: it reveals nothing /stats does not.
+//   GET  /readyz   200 when buildkitd accepts a TCP connection (no byte sent) and we are not stopping;
+//                  ?check=grpc: when buildkitd answers the gRPC health check SERVING (grpc-health.ts)
+//   GET  /drained  200 when open == 0 and backlog == 0, else 503
+//   GET  /fence    the fence (FenceAnswer)
+//   POST /fence    bearer token; fences (?handoff=<ip>:<port> records the handoff address), answers
+//                  the fence
+//   POST /unfence  bearer token; clears the fence and the handoff address
+// GET /fence is unauthenticated like /stats: it reveals nothing /stats does not. `backlog` is the
+// number of clients the kernel has connected that the proxy has not accepted yet
+// (listen-backlog.ts): every answer that shows `open` shows it, and treats it like open.
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
@@ -19,7 +23,11 @@ import { readdirSync } from 'node:fs';
 import type { HostPort } from '../flags/options.ts';
 import { authorize } from './auth.ts';
 import type { FenceControl, FenceState } from './fence.ts';
-import type { ProxyCounters } from './proxy.ts';
+import { isClean } from './fence.ts';
+import { grpcHealthCheck } from './grpc-health.ts';
+import type { HandoffContext } from './handoff.ts';
+import { formatHostPort, parseHandoff } from './handoff.ts';
+import type { ProxyCounters, ProxyCounts } from './proxy.ts';
 import { checkUpstream } from './proxy.ts';
 import { listenOn } from '../telemetry/listen.ts';
 import type { MetricsText } from './metrics-text.ts';
@@ -28,6 +36,8 @@ import { createMetricsText } from './metrics-text.ts';
 export interface StatsSnapshot {
   bootId: string;
   open: number;
+  /** clients connected by the kernel, waiting in the listen backlog to be accepted */
+  backlog: number;
   opened: number;
   closed: number;
   bytesIn: number;
@@ -37,7 +47,11 @@ export interface StatsSnapshot {
   fenced: boolean;
   fenceBroken: boolean;
   upstreamFailures: number;
-  /** SIGTERM received: no new connections, waiting for open ones */
+  /** connections proxied to the handoff address (while stopping), part of `opened` */
+  handedOff: number;
+  /** the handoff address recorded with the fence, `host:port`; null when none */
+  handoff: string | null;
+  /** SIGTERM received: no new connections (or, with a handoff address, only for it) */
   stopping: boolean;
 }
 
@@ -45,18 +59,36 @@ export interface StatsSource {
   bootId: string;
   startedAt: Date;
   counters: Readonly<ProxyCounters>;
+  /** open, opened, closed and the listen backlog, read together (Proxy.counts) */
+  counts(): ProxyCounts;
   fence: FenceControl;
   stopping(): boolean;
 }
 
+/** What GET /fence, POST /fence and POST /unfence answer. */
+export interface FenceAnswer {
+  bootId: string;
+  fenced: boolean;
+  fenceBroken: boolean;
+  /** fenced, not broken, nothing open and nobody waiting: the pod may go */
+  clean: boolean;
+  open: number;
+  backlog: number;
+  opened: number;
+  closed: number;
+  handoff: string | null;
+}
+
 export function snapshot(source: StatsSource): StatsSnapshot {
   const c = source.counters;
+  const counts = source.counts();
   const fence: FenceState = source.fence.state();
   return {
     bootId: source.bootId,
-    open: c.open,
-    opened: c.opened,
-    closed: c.closed,
+    open: counts.open,
+    backlog: counts.backlog,
+    opened: counts.opened,
+    closed: counts.closed,
     bytesIn: c.bytesIn,
     bytesOut: c.bytesOut,
     lastActivity: c.lastActivityMs === null ? null : new Date(c.lastActivityMs).toISOString(),
@@ -64,7 +96,26 @@ export function snapshot(source: StatsSource): StatsSnapshot {
     fenced: fence.fenced,
     fenceBroken: fence.fenceBroken,
     upstreamFailures: c.upstreamFailures,
+    handedOff: c.handedOff,
+    handoff: fence.handoff && formatHostPort(fence.handoff),
     stopping: source.stopping(),
+  };
+}
+
+/** The fence as the control answers it, read now (the fence first: its read may see a client). */
+export function fenceAnswer(source: StatsSource): FenceAnswer {
+  const fence = source.fence.state();
+  const c = source.counts();
+  return {
+    bootId: source.bootId,
+    fenced: fence.fenced,
+    fenceBroken: fence.fenceBroken,
+    clean: isClean(fence, c.open, c.backlog),
+    open: c.open,
+    backlog: c.backlog,
+    opened: c.opened,
+    closed: c.closed,
+    handoff: fence.handoff && formatHostPort(fence.handoff),
   };
 }
 
@@ -78,12 +129,22 @@ export function createSidecarMetrics(source: StatsSource): MetricsText {
   const c = source.counters;
   const { counter, gauge } = metrics;
   gauge('buildkit_fleet_sidecar_open_connections', 'Client connections open now.', () => c.open);
+  gauge(
+    'buildkit_fleet_sidecar_backlog_connections',
+    'Client connections the kernel has completed that wait in the listen backlog, not accepted yet.',
+    () => source.counts().backlog,
+  );
   counter('buildkit_fleet_sidecar_connections_opened_total', 'Client connections accepted.', () => c.opened);
   counter('buildkit_fleet_sidecar_connections_closed_total', 'Client connections closed.', () => c.closed);
   counter(
     'buildkit_fleet_sidecar_upstream_failures_total',
     'Client connections reset because buildkitd could not be reached.',
     () => c.upstreamFailures,
+  );
+  counter(
+    'buildkit_fleet_sidecar_connections_handed_off_total',
+    'Client connections accepted while stopping and proxied to the handoff address instead of buildkitd.',
+    () => c.handedOff,
   );
   counter('buildkit_fleet_sidecar_received_bytes_total', 'Bytes from clients to buildkitd.', () => c.bytesIn);
   counter('buildkit_fleet_sidecar_sent_bytes_total', 'Bytes from buildkitd to clients.', () => c.bytesOut);
@@ -164,6 +225,8 @@ export interface StatsServerOptions {
   /** the bearer token file guarding /fence and /unfence; without it they answer 403 */
   tokenFile?: string;
   readyTimeoutMs?: number;
+  /** what a handoff address is checked against (the bound addresses are known once listening) */
+  handoffContext(): HandoffContext;
 }
 
 export interface StatsServer {
@@ -179,11 +242,30 @@ interface Reply {
 
 const json = (status: number, body: unknown): Reply => ({ status, body });
 
+/** The parameters of POST /fence: `handoff` once at most, nothing else. */
+export function fenceQuery(
+  query: URLSearchParams,
+  context: HandoffContext,
+): { handoff?: HostPort } | { error: string } {
+  for (const key of new Set(query.keys())) {
+    if (key !== 'handoff') return { error: `unknown parameter ${JSON.stringify(key)} (only handoff)` };
+  }
+  const values = query.getAll('handoff');
+  if (values.length === 0) return {};
+  if (values.length > 1) return { error: 'handoff: give it once' };
+  const parsed = parseHandoff(values[0]!, context);
+  return 'error' in parsed ? parsed : { handoff: parsed.address };
+}
+
 export function createStatsServer(options: StatsServerOptions): StatsServer {
   const { source, registry, logger } = options;
   const readyTimeoutMs = options.readyTimeoutMs ?? 1000;
 
-  async function control(req: http.IncomingMessage, action: 'fence' | 'unfence'): Promise<Reply> {
+  async function control(
+    req: http.IncomingMessage,
+    action: 'fence' | 'unfence',
+    query: URLSearchParams,
+  ): Promise<Reply> {
     if (options.tokenFile === undefined) {
       return json(403, { error: 'fence control is disabled: the sidecar runs without --token-file' });
     }
@@ -192,24 +274,56 @@ export function createStatsServer(options: StatsServerOptions): StatsServer {
       logger.warn({ action, remote: req.socket.remoteAddress, reason: auth.reason }, 'fence request refused');
       return json(auth.status, { error: auth.status === 401 ? 'unauthorized' : 'token unavailable' });
     }
+    let handoff: HostPort | undefined;
+    if (action === 'fence') {
+      const parsed = fenceQuery(query, options.handoffContext());
+      if ('error' in parsed) {
+        logger.warn(
+          { action, remote: req.socket.remoteAddress, reason: parsed.error },
+          'fence request refused',
+        );
+        return json(400, { error: parsed.error });
+      }
+      handoff = parsed.handoff;
+    }
     const before = source.fence.state();
-    const after = action === 'fence' ? source.fence.fence(Date.now()) : source.fence.unfence();
-    const c = source.counters;
+    if (action === 'fence') source.fence.fence(Date.now(), handoff);
+    else source.fence.unfence();
+    const answer = fenceAnswer(source);
     logger.info(
-      { action, wasFenced: before.fenced, fenceBroken: before.fenceBroken, open: c.open, opened: c.opened },
+      {
+        action,
+        wasFenced: before.fenced,
+        fenceBroken: before.fenceBroken,
+        open: answer.open,
+        backlog: answer.backlog,
+        opened: answer.opened,
+        ...(handoff ? { handoff: answer.handoff } : {}),
+      },
       action === 'fence' ? 'fenced' : 'unfenced',
     );
-    return json(200, {
-      bootId: source.bootId,
-      open: c.open,
-      opened: c.opened,
-      closed: c.closed,
-      fenced: after.fenced,
-      fenceBroken: after.fenceBroken,
-    });
+    return json(200, answer);
   }
 
-  async function route(req: http.IncomingMessage, path: string): Promise<Reply> {
+  async function ready(query: URLSearchParams): Promise<Reply> {
+    const checks = query.getAll('check');
+    if (checks.length > 1) return json(400, { error: 'check: give it once' });
+    const check = checks[0] ?? 'tcp';
+    if (check !== 'tcp' && check !== 'grpc') {
+      return json(400, { error: `check ${JSON.stringify(check)}: must be tcp or grpc` });
+    }
+    if (source.stopping()) return { status: 503, body: 'stopping\n' };
+    if (check === 'tcp') {
+      const up = await checkUpstream(options.upstream, readyTimeoutMs);
+      return up ? { status: 200, body: 'ok\n' } : { status: 503, body: 'buildkitd not accepting\n' };
+    }
+    const health = await grpcHealthCheck(options.upstream, readyTimeoutMs);
+    return health.serving
+      ? { status: 200, body: 'ok\n' }
+      : { status: 503, body: `buildkitd gRPC health check: ${health.reason}\n` };
+  }
+
+  async function route(req: http.IncomingMessage, path: string, query: URLSearchParams): Promise<Reply> {
     const method = req.method ?? 'GET';
     const get = method === 'GET' || method === 'HEAD';
     const allow = (methods: string) => json(405, { error: `use ${methods}` });
@@ -221,32 +335,18 @@ export function createStatsServer(options: StatsServerOptions): StatsServer {
         return { status: 200, body: registry.metrics(), contentType: registry.contentType };
       case '/healthz':
         return get ? { status: 200, body: 'ok\n' } : allow('GET');
-      case '/readyz': {
-        if (!get) return allow('GET');
-        if (source.stopping()) return { status: 503, body: 'stopping\n' };
-        const up = await checkUpstream(options.upstream, readyTimeoutMs);
-        return up ? { status: 200, body: 'ok\n' } : { status: 503, body: 'buildkitd not accepting\n' };
-      }
+      case '/readyz':
+        return get ? ready(query) : allow('GET');
       case '/drained': {
         if (!get) return allow('GET');
-        const open = source.counters.open;
-        return json(open === 0 ? 200 : 503, { open });
+        const { open, backlog } = source.counts();
+        return json(open === 0 && backlog === 0 ? 200 : 503, { open, backlog });
       }
-      case '/fence': {
-        if (method === 'POST') return control(req, 'fence');
-        if (!get) return allow('GET, POST');
-        const f = source.fence.state();
-        const c = source.counters;
-        return json(200, {
-          bootId: source.bootId,
-          fenced: f.fenced,
-          fenceBroken: f.fenceBroken,
-          open: c.open,
-          opened: c.opened,
-        });
-      }
+      case '/fence':
+        if (method === 'POST') return control(req, 'fence', query);
+        return get ? json(200, fenceAnswer(source)) : allow('GET, POST');
       case '/unfence':
-        return method === 'POST' ? control(req, 'unfence') : allow('POST');
+        return method === 'POST' ? control(req, 'unfence', query) : allow('POST');
       default:
         return json(404, { error: 'not found' });
     }
@@ -255,8 +355,11 @@ export function createStatsServer(options: StatsServerOptions): StatsServer {
   const server = http.createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, (req, res) => {
     // bodies are ignored; drain them so keep-alive connections stay usable
     req.resume();
-    const path = (req.url ?? '/').split('?', 1)[0]!;
-    route(req, path).then(
+    const url = req.url ?? '/';
+    const at = url.indexOf('?');
+    const path = at < 0 ? url : url.slice(0, at);
+    const query = new URLSearchParams(at < 0 ? '' : url.slice(at + 1));
+    route(req, path, query).then(
       (reply) => {
         const text = typeof reply.body === 'string' ? reply.body : `${JSON.stringify(reply.body)}\n`;
         res.writeHead(reply.status, {

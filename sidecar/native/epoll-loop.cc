@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -20,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -86,6 +88,9 @@ constexpr int kAcceptsPerWake = 64;
 constexpr int kReadsPerWake = 16;
 constexpr int kEventsPerWait = 256;
 constexpr int64_t kAcceptPauseMs = 100;
+// How long a stopping listener that refuses new handshakes stays open for those already under
+// way (their last ACK is one round trip away) before its backlog is taken and it closes.
+constexpr int64_t kStopSettleMs = 50;
 
 int64_t NowMs(clockid_t clock) {
   timespec ts;
@@ -505,6 +510,7 @@ void StartConnection(Engine* engine, int clientFd, int upstreamFd) {
   engine->all = connection;
   Store(engine, kOpen, Load(engine, kOpen) + 1);
   Store(engine, kOpened, Load(engine, kOpened) + 1);
+  if (engine->handingOff) Store(engine, kHandedOff, Load(engine, kHandedOff) + 1);
 
   int fd = upstreamFd;
   connection->upstream.fd = fd;
@@ -549,47 +555,119 @@ void CannotAccept(Engine* engine, int listener, int error) {
   else if (engine->acceptFailing) AcceptingAgain(engine);
 }
 
-// The upstream socket is made before the client is accepted, so a client is only taken off the
-// backlog when both of its descriptors exist: at the descriptor limit new clients wait in the
-// backlog (and are served once descriptors free up) instead of being accepted and reset.
-void OnAcceptable(Engine* engine) {
-  int listener = engine->listener.load();
-  for (int i = 0; i < kAcceptsPerWake; i++) {
+enum AcceptResult { kAccepted, kBacklogEmpty, kCannotAccept };
+
+// Takes the next client off the backlog. The upstream socket is made before the client is
+// accepted, so a client is only taken off the backlog when both of its descriptors exist: at the
+// descriptor limit new clients wait in the backlog (and are served once descriptors free up)
+// instead of being accepted and reset.
+AcceptResult AcceptNext(Engine* engine, int listener) {
+  if (engine->nextUpstreamFd < 0) {
+    engine->nextUpstreamFd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (engine->nextUpstreamFd < 0) {
-      engine->nextUpstreamFd = socket(engine->upstream.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-      if (engine->nextUpstreamFd < 0) {
-        CannotAccept(engine, listener, errno);
-        return;
-      }
+      CannotAccept(engine, listener, errno);
+      return kCannotAccept;
     }
+  }
+  for (;;) {
+    // odd from before the client leaves the backlog until it is in the counters (kAcceptSeq)
+    Store(engine, kAcceptSeq, Load(engine, kAcceptSeq) + 1);
+    // seen before the client leaves the backlog (a release store alone may pass the syscall)
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     // accepted sockets inherit TCP_NODELAY and keepalive from the listener
     int fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
       int upstreamFd = engine->nextUpstreamFd;
       engine->nextUpstreamFd = -1;
       StartConnection(engine, fd, upstreamFd);
-      continue;
+      Store(engine, kAcceptSeq, Load(engine, kAcceptSeq) + 1);
+      return kAccepted;
     }
+    Store(engine, kAcceptSeq, Load(engine, kAcceptSeq) + 1);
     if (errno == EINTR || errno == ECONNABORTED) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       // the backlog is empty: every client that waited has been taken
       if (engine->acceptFailing) AcceptingAgain(engine);
-      return;
+      return kBacklogEmpty;
     }
     CannotAccept(engine, listener, errno);
-    return;
+    return kCannotAccept;
   }
 }
 
-void StopAccepting(Engine* engine) {
+void OnAcceptable(Engine* engine) {
+  int listener = engine->listener.load();
+  for (int i = 0; i < kAcceptsPerWake; i++) {
+    if (AcceptNext(engine, listener) != kAccepted) return;
+  }
+}
+
+// Closes the listener, with `takeQueued` after taking every client queued in its backlog (all of
+// them, not a share per wake-up): closing a listening socket resets the clients still queued in
+// it. Between the last accept, which finds the backlog empty, and the close there is no other
+// work. At the descriptor limit the queued clients cannot be taken, and are reset.
+void StopAccepting(Engine* engine, bool takeQueued) {
   if (engine->stoppedAccepting) return;
   engine->stoppedAccepting = true;
-  int listener = engine->listener.exchange(-1);
+  engine->stopPending = false;
+  int listener = engine->listener.load();
+  if (takeQueued && listener >= 0) {
+    while (AcceptNext(engine, listener) == kAccepted) {
+    }
+  }
+  listener = engine->listener.exchange(-1);
   if (listener >= 0) close(listener);
   if (engine->nextUpstreamFd >= 0) close(engine->nextUpstreamFd);
   engine->nextUpstreamFd = -1;
   engine->acceptPaused = false;
   PostSimple(engine, kEventStoppedAccepting);
+}
+
+// A classic BPF socket filter that drops a bare SYN (SYN without ACK) and lets every other segment
+// through. TCP runs a listener's filter on each segment for it with the data at the TCP header,
+// whose flags are byte 13: new handshakes stop at the filter (the client sends its SYN again a
+// second later and then finds the port closed: refused), while those under way, whose final ACK
+// is still coming, complete into the backlog.
+bool RefuseNewHandshakes(int listener) {
+  static sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),  // SYN | ACK
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0),
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffff),
+  };
+  sock_fprog program = {static_cast<unsigned short>(sizeof(code) / sizeof(code[0])), code};
+  return setsockopt(listener, SOL_SOCKET, SO_ATTACH_FILTER, &program, sizeof(program)) == 0;
+}
+
+// Stops accepting without resetting anybody who connected: the listener first refuses new
+// handshakes, stays open kStopSettleMs for those under way (a handshake the listener has answered
+// but whose last ACK had not come would be reset by the close), accepting as clients come, and
+// then StopAccepting takes its backlog and closes it (Loop, once stopAtMs is reached). Without
+// the filter (it cannot be attached) it does that at once.
+void BeginStopAccepting(Engine* engine) {
+  if (engine->stoppedAccepting || engine->stopPending) return;
+  int listener = engine->listener.load();
+  if (listener < 0 || !RefuseNewHandshakes(listener)) {
+    StopAccepting(engine, true);
+    return;
+  }
+  engine->stopPending = true;
+  engine->stopAtMs = NowMs(CLOCK_MONOTONIC) + kStopSettleMs;
+}
+
+// The handoff address becomes the upstream of the connections accepted from now on.
+void TakeHandOff(Engine* engine) {
+  {
+    std::lock_guard<std::mutex> lock(engine->handoffMutex);
+    if (engine->handoffLength == 0) return;
+    engine->upstream = engine->handoff;
+    engine->upstreamLength = engine->handoffLength;
+  }
+  engine->handingOff = true;
+  // made for the old upstream, whose address family may differ
+  if (engine->nextUpstreamFd >= 0) close(engine->nextUpstreamFd);
+  engine->nextUpstreamFd = -1;
 }
 
 void DestroyAll(Engine* engine, const std::string& reason) {
@@ -617,10 +695,16 @@ void Loop(Engine* engine) {
       engine->acceptPaused = false;
       SetListenerInterest(engine, true);
     }
+    if (engine->stopPending && now >= engine->stopAtMs) StopAccepting(engine, true);
     FreeDead(engine);
     int64_t timeout = -1;
     if (engine->connectingHead) {
       timeout = engine->connectingHead->startedMonoMs + engine->connectTimeoutMs - now;
+    }
+    if (engine->stopPending) {
+      int64_t stop = engine->stopAtMs - now;
+      if (stop < 1) stop = 1;
+      if (timeout < 0 || stop < timeout) timeout = stop;
     }
     if (engine->acceptPaused) {
       int64_t resume = engine->acceptPausedUntil - now;
@@ -642,12 +726,14 @@ void Loop(Engine* engine) {
         (void)!read(engine->wake, &ignored, sizeof(ignored));
         uint32_t commands = engine->commands.exchange(0);
         if (commands & kExit) {
-          StopAccepting(engine);
+          StopAccepting(engine, false);
           DestroyAll(engine, "reset by the proxy (closed)");
           FreeDead(engine);
           return;
         }
-        if (commands & kStopAccepting) StopAccepting(engine);
+        // before stopping: the clients taken from the backlog then go to the handoff address too
+        if (commands & kHandOff) TakeHandOff(engine);
+        if (commands & kStopAccepting) BeginStopAccepting(engine);
         if (commands & kDestroyAll) DestroyAll(engine, "reset by the proxy (grace period over)");
       } else if (tag == &kListenerTag) {
         if (engine->listener.load() >= 0 && !engine->acceptPaused) OnAcceptable(engine);
@@ -750,6 +836,15 @@ void Command(Engine* engine, uint32_t command) {
   engine->commands.fetch_or(command);
   uint64_t one = 1;
   (void)!write(engine->wake, &one, sizeof(one));
+}
+
+void HandOff(Engine* engine, const sockaddr_storage& address, socklen_t length) {
+  {
+    std::lock_guard<std::mutex> lock(engine->handoffMutex);
+    engine->handoff = address;
+    engine->handoffLength = length;
+  }
+  Command(engine, kHandOff);
 }
 
 // Stops the loop (resetting open connections) and waits for its thread; idempotent.

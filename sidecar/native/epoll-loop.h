@@ -22,12 +22,17 @@
 // - backpressure: what the destination's kernel buffer does not take at once is kept in a
 //   per-direction buffer and the source is not read until it is sent, so the proxy holds at most
 //   one read per direction;
-// - the client is not read before the upstream is connected (its bytes wait in its kernel buffer).
+// - the client is not read before the upstream is connected (its bytes wait in its kernel buffer);
+// - stopping accepting resets nobody who connected: the listener first refuses new handshakes
+//   (a socket filter drops bare SYNs), stays open a moment for the handshakes under way, then
+//   takes every client queued in its backlog, in one go, and only then closes: a listener closed
+//   with clients queued, or with a handshake it answered still completing, resets them;
+// - a handoff (HandOff) switches the upstream of new connections, which count in kHandedOff.
 //
 // Thread safety: the loop thread owns every socket and connection. The JavaScript thread only
 // creates the listening socket (before the loop sees it), sets command bits and wakes the loop
-// through an eventfd, and reads the counters (8-byte aligned stores and loads, each atomic on
-// the platforms Node supports). The functions declared at the end of this header are the ones
+// through an eventfd, hands it a handoff address under a mutex, and reads the counters (8-byte
+// aligned stores and loads, each atomic on the platforms Node supports). The functions declared at the end of this header are the ones
 // the JavaScript thread calls; everything else in epoll-loop.cc runs on the loop thread.
 #ifndef SIDECAR_NATIVE_EPOLL_LOOP_H_
 #define SIDECAR_NATIVE_EPOLL_LOOP_H_
@@ -37,6 +42,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,6 +63,10 @@ enum Counter {
   kPendingBytes,
   kBuffersInUse,
   kBuffersIdle,
+  kHandedOff,
+  // odd while an accept is under way (from accept4 until the counters include the client), so
+  // a reader of the backlog and the counters can tell it did not miss one in between
+  kAcceptSeq,
   kCounterCount,
 };
 
@@ -64,6 +74,8 @@ enum Command : uint32_t {
   kStopAccepting = 1,
   kDestroyAll = 2,
   kExit = 4,
+  // the address in Engine::handoff becomes the upstream of new connections
+  kHandOff = 8,
 };
 
 enum EventKind {
@@ -107,6 +119,10 @@ struct Engine {
   std::thread thread;
   bool running = false;
   bool joined = false;
+  // the handoff address, written by the JavaScript thread (HandOff) and taken by the loop
+  std::mutex handoffMutex;
+  sockaddr_storage handoff{};
+  socklen_t handoffLength = 0;
 
   // loop-thread state
   char readBuffer[kReadBytes];
@@ -131,7 +147,12 @@ struct Engine {
   int64_t acceptFailingSinceMs = 0;
   // the next connection's upstream socket, made before its client is accepted (OnAcceptable)
   int nextUpstreamFd = -1;
+  // stopping: new handshakes are refused, the listener closes at stopAtMs (BeginStopAccepting)
+  bool stopPending = false;
+  int64_t stopAtMs = 0;
   bool stoppedAccepting = false;
+  // new connections go to the handoff address (counted in kHandedOff)
+  bool handingOff = false;
 };
 
 // errno as its name (ECONNREFUSED), the way events and errors report it
@@ -149,6 +170,10 @@ bool StartListening(Engine* engine, const sockaddr_storage& address, socklen_t l
 
 // Sets command bits for the loop thread and wakes it.
 void Command(Engine* engine, uint32_t command);
+
+// Makes `address` the upstream of the connections accepted from now on (the loop takes it at
+// its next wake-up); open connections keep theirs.
+void HandOff(Engine* engine, const sockaddr_storage& address, socklen_t length);
 
 // Stops the loop (resetting open connections) and waits for its thread; idempotent.
 void Shutdown(Engine* engine);

@@ -216,7 +216,9 @@ napi_value Create(napi_env env, napi_callback_info info) {
   void* data = nullptr;
   if (isTyped) CHECK(napi_get_typedarray_info(env, argv[4], &type, &length, &data, nullptr, nullptr));
   if (!isTyped || type != napi_float64_array || length < kCounterCount) {
-    napi_throw_type_error(env, nullptr, "native proxy: counters must be a Float64Array of 10");
+    std::string message =
+        "native proxy: counters must be a Float64Array of " + std::to_string(static_cast<int>(kCounterCount));
+    napi_throw_type_error(env, nullptr, message.c_str());
     return nullptr;
   }
 
@@ -341,6 +343,24 @@ napi_value WatchDrain(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// handOff(engine, host, port): connections accepted from now on go to host:port (an IP address)
+napi_value HandOffJs(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  JsEngine* engine = EngineCall(env, info, argv);
+  if (!engine) return nullptr;
+  std::string host;
+  int32_t port = 0;
+  sockaddr_storage address;
+  socklen_t length = 0;
+  if (!GetString(env, argv[1], &host) || napi_get_value_int32(env, argv[2], &port) != napi_ok ||
+      port <= 0 || port > 65535 || !ParseAddress(host, port, &address, &length)) {
+    napi_throw_type_error(env, nullptr, "native proxy: the handoff must be an IP address and a port");
+    return nullptr;
+  }
+  if (engine->running && !engine->joined) HandOff(engine, address, length);
+  return nullptr;
+}
+
 // close(engine): resets open connections, stops the loop thread and lets the process exit
 napi_value CloseJs(napi_env env, napi_callback_info info) {
   napi_value argv[1];
@@ -363,6 +383,7 @@ NAPI_MODULE_INIT() {
   } functions[] = {
       {"create", Create},         {"listen", Listen},         {"stopAccepting", StopAcceptingJs},
       {"destroyAll", DestroyAllJs}, {"watchDrain", WatchDrain}, {"close", CloseJs},
+      {"handOff", HandOffJs},
   };
   for (auto& function : functions) {
     napi_value value;

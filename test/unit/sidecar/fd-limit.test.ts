@@ -2,7 +2,7 @@
 // open keeps flowing, the proxy does not spin or flood its log, nothing is blamed on buildkitd,
 // and new clients get through again once descriptors free up. The native engine makes a client's
 // upstream socket before it accepts the client, so at the limit new clients wait in the backlog
-// and are served later; libuv (the js engine) closes them at once.
+// and are served later (and shown as `backlog` meanwhile); libuv (the js engine) closes them at once.
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,9 +10,13 @@ import { jest } from '@jest/globals';
 
 import { cleanups, runCleanups, startSidecarToEcho } from '../../support/sidecar.ts';
 import type { SidecarProcess } from '../../support/sidecar.ts';
+import { rawHttp, tokenFile } from './helpers.ts';
 
 jest.setTimeout(60_000);
 afterEach(runCleanups);
+
+const TOKEN = 'fd-limit-token';
+const token = tokenFile(TOKEN);
 
 /**
  * Low enough to reach with a few dozen connections (node itself holds about 25 descriptors). Each
@@ -74,7 +78,7 @@ const stats = (port: number) => statsUntil(port);
 
 async function startLimited(engine: string, limit: number) {
   const sidecar = await startSidecarToEcho(
-    ['--engine', engine],
+    ['--engine', engine, '--token-file', token],
     ['sh', '-c', `ulimit -n ${limit} && exec "$0" "$@"`],
   );
   expect(sidecar.serving['engine']).toBe(engine);
@@ -136,12 +140,26 @@ async function ticksInOneSecond(pid: number): Promise<number> {
 describe.each(FILE_LIMITS)('ulimit -n %i', (limit) => {
   test('native engine: open connections keep flowing, new clients wait in the backlog and are served once descriptors free up', async () => {
     const { child, listen, stats: statsPort } = await startLimited('native', limit);
+    // a stats connection made (and the fence set) while descriptors are left: at the limit the
+    // stats port cannot accept a new one
+    const control = await rawHttp(statsPort);
+    const [fenced] = await control.send({ method: 'POST', path: '/fence', token: TOKEN });
+    expect(fenced!.json()).toMatchObject({ fenced: true, clean: true });
     const { served, turnedAway } = await step(
       'filling up to the limit',
       child,
       fillToLimit(listen, child.waitFor(OUT_OF_DESCRIPTORS)),
     );
     expect(served.length).toBeGreaterThanOrEqual(5);
+    // the held client is connected and waits in the backlog: the sidecar says so, and the fence
+    // is not clean (its count is read without a new descriptor)
+    const [fence, snapshot] = await step(
+      'the fence at the limit',
+      child,
+      control.send({ path: '/fence' }, { path: '/stats' }),
+    );
+    expect(fence!.json()).toMatchObject({ backlog: 1, open: served.length, clean: false, fenceBroken: true });
+    expect(snapshot!.json()).toMatchObject({ backlog: 1, open: served.length });
 
     // the engine retries every 100 ms; neither the retries nor the held client make it spin or log again
     expect(await ticksInOneSecond(child.proc.pid!)).toBeLessThan(50);

@@ -24,7 +24,7 @@ import {
 
 test('the native engine is built and loads', () => {
   expect(nativeEnginePath()).toMatch(/build\/native\/proxy-engine\.node$/);
-  expect(loadNativeEngine().counterCount).toBe(10);
+  expect(loadNativeEngine().counterCount).toBe(12);
 });
 
 proxySuite('native');

@@ -28,7 +28,7 @@ test('SIGTERM: open connections keep working until they close, new ones are refu
   expect(await roundTrip(socket, 'after')).toBe('after');
   const drained = await fetch(`http://127.0.0.1:${stats}/drained`);
   expect(drained.status).toBe(503);
-  expect(await drained.json()).toEqual({ open: 1 });
+  expect(await drained.json()).toEqual({ open: 1, backlog: 0 });
   expect(child.proc.exitCode).toBeNull();
 
   socket.end();

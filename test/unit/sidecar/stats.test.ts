@@ -16,7 +16,7 @@ import { UsageError } from '../../../flags/errors.ts';
 import { parseOptions } from '../../../flags/options.ts';
 import type { HostPort } from '../../../flags/options.ts';
 import { bearerToken, tokenFromFileText, tokensMatch } from '../../../sidecar/auth.ts';
-import { UNFENCED, createFenceControl, fence, observeOpened, unfence } from '../../../sidecar/fence.ts';
+import { UNFENCED, createFenceControl, fence, isClean, observe, unfence } from '../../../sidecar/fence.ts';
 import type { RunningSidecar } from '../../../sidecar/main.ts';
 import { SIDECAR_OPTIONS, sameEndpoint, startSidecar } from '../../../sidecar/main.ts';
 import { chooseEngine } from '../../../sidecar/engines.ts';
@@ -109,6 +109,9 @@ describe('stats port', () => {
       lastActivity: null,
       fenced: false,
       fenceBroken: false,
+      backlog: 0,
+      handedOff: 0,
+      handoff: null,
       bootId: running.proxy.bootId,
     });
     expect(new Date(before['startedAt'] as string).getTime()).toBeLessThanOrEqual(Date.now());
@@ -119,17 +122,18 @@ describe('stats port', () => {
     const socket = await connect(running);
     expect(await roundTrip(socket, 'hello')).toBe('hello');
     const during = (await http(running, '/stats')).json();
-    expect(during).toMatchObject({ open: 1, opened: 1, closed: 0, bytesIn: 5, bytesOut: 5 });
+    expect(during).toMatchObject({ open: 1, backlog: 0, opened: 1, closed: 0, bytesIn: 5, bytesOut: 5 });
     expect(typeof during['lastActivity']).toBe('string');
     const drained = await http(running, '/drained');
     expect(drained.status).toBe(503);
-    expect(drained.json()).toEqual({ open: 1 });
+    expect(drained.json()).toEqual({ open: 1, backlog: 0 });
 
     const scrape = await http(running, '/metrics');
     expect(scrape.contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
     const metrics = scrape.body;
     expect(metrics).toContain('# TYPE buildkit_fleet_sidecar_open_connections gauge\n');
     expect(metrics).toContain('buildkit_fleet_sidecar_open_connections 1');
+    expect(metrics).toContain('buildkit_fleet_sidecar_backlog_connections 0');
     expect(metrics).toContain('buildkit_fleet_sidecar_connections_opened_total 1');
     expect(metrics).toContain('buildkit_fleet_sidecar_received_bytes_total 5');
     expect(metrics).toContain('buildkit_fleet_sidecar_sent_bytes_total 5');
@@ -144,7 +148,7 @@ describe('stats port', () => {
 
     socket.end();
     await until('closed', () => running.proxy.counters.closed === 1);
-    expect((await http(running, '/drained')).status).toBe(200);
+    expect(await http(running, '/drained')).toMatchObject({ status: 200, body: '{"open":0,"backlog":0}\n' });
     // readyz connects to buildkitd directly: it never shows up as a client connection
     expect((await http(running, '/readyz')).status).toBe(200);
     const after = (await http(running, '/stats')).json();
@@ -213,20 +217,44 @@ describe('stats port', () => {
     const running = await sidecar({ host: '127.0.0.1', port });
     expect(await http(running, '/readyz')).toMatchObject({ status: 503 });
     expect((await http(running, '/stats')).json()).toMatchObject({ opened: 0 });
+  });
 
-    const up = await sidecar(await echoServer());
-    expect((await http(up, '/readyz')).status).toBe(200);
-    // the stats port outlives the listener while a connection drains; one round trip first, so the
-    // proxy has taken the connection from the listen backlog (a connection still waiting there is
-    // not counted yet, which the scale-to-zero work has to deal with separately)
-    const socket = await connect(up);
-    expect(await roundTrip(socket, 'first')).toBe('first');
-    const stopping = up.stop(5000);
-    expect((await http(up, '/readyz')).status).toBe(503);
-    expect((await http(up, '/stats')).json()).toMatchObject({ stopping: true, open: 1 });
-    expect(await roundTrip(socket, 'still')).toBe('still');
-    socket.end();
-    expect(await stopping).toBe(true);
+  describe.each(['native', 'js'])('%s engine', (engine) => {
+    const start = async () => sidecar(await echoServer(), ['--token-file', tokenFile, '--engine', engine]);
+
+    test('a client is counted the moment its connect returns: open or, not accepted yet, backlog', async () => {
+      const running = await start();
+      // /stats right after each connect, racing the proxy's accept: wherever the client is, it shows
+      const sockets: net.Socket[] = [];
+      for (let i = 1; i <= 30; i++) {
+        sockets.push(await connect(running));
+        const stats = (await http(running, '/stats')).json();
+        expect({ visible: (stats['open'] as number) + (stats['backlog'] as number) }).toEqual({ visible: i });
+        const drained = await http(running, '/drained');
+        expect(drained.status).toBe(503);
+      }
+      sockets.forEach((socket) => socket.destroy());
+      await until('closed', () => running.proxy.counters.closed === 30);
+      expect((await http(running, '/drained')).status).toBe(200);
+    });
+
+    test('stopping: a client that connected just before is served, not reset, and /stats shows it', async () => {
+      const up = await start();
+      expect((await http(up, '/readyz')).status).toBe(200);
+      // no round trip first: the client may still wait in the listen backlog when the stop begins
+      const socket = await connect(up);
+      const stopping = up.stop(5000);
+      expect((await http(up, '/readyz')).status).toBe(503);
+      const stats = (await http(up, '/stats')).json();
+      expect(stats).toMatchObject({ stopping: true });
+      expect((stats['open'] as number) + (stats['backlog'] as number)).toBe(1);
+      // the stats port outlives the listener while the connection drains
+      expect(await roundTrip(socket, 'still')).toBe('still');
+      expect((await http(up, '/stats')).json()).toMatchObject({ stopping: true, open: 1, backlog: 0 });
+      socket.end();
+      expect(await stopping).toBe(true);
+      expect(up.proxy.counters).toMatchObject({ opened: 1, closed: 1, upstreamFailures: 0 });
+    });
   });
 
   test('every start has a new boot id', async () => {
@@ -263,10 +291,13 @@ describe('fence control', () => {
     expect(fenced.json()).toEqual({
       bootId: running.proxy.bootId,
       open: 1,
+      backlog: 0,
       opened: 1,
       closed: 0,
       fenced: true,
       fenceBroken: false,
+      clean: false,
+      handoff: null,
     });
     // a connection open before the fence does not break it (the controller sees open: 1)
     expect(await roundTrip(early, 'b')).toBe('b');
@@ -277,10 +308,13 @@ describe('fence control', () => {
     });
     early.end();
     await until('closed', () => running.proxy.counters.closed === 1);
+    // the only connection closed: the fence is clean, the pod may go
     expect((await http(running, '/fence')).json()).toMatchObject({
       fenced: true,
       fenceBroken: false,
+      clean: true,
       open: 0,
+      backlog: 0,
     });
 
     const late = await connect(running);
@@ -288,6 +322,7 @@ describe('fence control', () => {
     expect((await http(running, '/fence')).json()).toMatchObject({
       fenced: true,
       fenceBroken: true,
+      clean: false,
       open: 1,
       opened: 2,
     });
@@ -331,36 +366,70 @@ describe('fence control', () => {
     expect((await http(running, '/fence')).json()).toMatchObject({ fenced: false });
   });
 
-  test('pure transitions: a fence breaks when the opened counter passes its value at the fence', () => {
+  test('pure transitions: a fence breaks when the opened counter passes its value at the fence, or a client waits', () => {
     const f = fence(UNFENCED, 1000, 7);
-    expect(f).toEqual({ fenced: true, fenceBroken: false, fencedAtMs: 1000, openedAtFence: 7 });
-    expect(observeOpened(UNFENCED, 9)).toEqual({ state: UNFENCED, broke: false });
+    expect(f).toEqual({
+      fenced: true,
+      fenceBroken: false,
+      fencedAtMs: 1000,
+      openedAtFence: 7,
+      handoff: null,
+    });
+    expect(observe(UNFENCED, { opened: 9, backlog: 2 })).toEqual({ state: UNFENCED, broke: false });
     // connections that closed under the fence do not matter, only ones accepted under it
-    expect(observeOpened(f, 7)).toEqual({ state: f, broke: false });
-    const broken = observeOpened(f, 8);
+    expect(observe(f, { opened: 7, backlog: 0 })).toEqual({ state: f, broke: false });
+    const broken = observe(f, { opened: 8, backlog: 0 });
     expect(broken).toEqual({ state: { ...f, fenceBroken: true }, broke: true });
-    expect(observeOpened(broken.state, 9).broke).toBe(false);
+    // a client waiting in the listen backlog will be accepted under the fence: it breaks it too
+    expect(observe(f, { opened: 7, backlog: 1 })).toEqual({
+      state: { ...f, fenceBroken: true },
+      broke: true,
+    });
+    expect(observe(broken.state, { opened: 9, backlog: 0 }).broke).toBe(false);
     expect(fence(broken.state, 2000, 9)).toBe(broken.state);
     expect(unfence(broken.state)).toEqual(UNFENCED);
+    // clean: fenced, unbroken, nothing open, nobody waiting
+    expect(isClean(f, 0, 0)).toBe(true);
+    expect(isClean(f, 1, 0)).toBe(false);
+    expect(isClean(f, 0, 1)).toBe(false);
+    expect(isClean(broken.state, 0, 0)).toBe(false);
+    expect(isClean(UNFENCED, 0, 0)).toBe(false);
+    // a handoff address comes with a POST, replaces an earlier one, and survives a retry without one
+    const at = { host: '10.0.0.7', port: 1234 };
+    const withHandoff = fence(UNFENCED, 1000, 7, at);
+    expect(withHandoff).toMatchObject({ fenced: true, handoff: at });
+    expect(fence(withHandoff, 2000, 8)).toBe(withHandoff);
+    const moved = fence(broken.state, 3000, 9, { host: '10.0.0.8', port: 1 });
+    expect(moved).toEqual({ ...broken.state, handoff: { host: '10.0.0.8', port: 1 } });
+    expect(unfence(withHandoff)).toEqual(UNFENCED);
   });
 
-  test('the live fence reads the counter: broken once, reported once, cleared by unfence', () => {
+  test('the live fence reads the counter and the backlog: broken once, reported once, cleared by unfence', () => {
     let opened = 3;
-    const reports: number[] = [];
+    let backlog = 0;
+    const reports: { opened: number; backlog: number }[] = [];
     const control = createFenceControl(
-      () => opened,
-      (_state, now) => reports.push(now),
+      () => ({ opened, backlog }),
+      (_state, arrivals) => reports.push(arrivals),
     );
     expect(control.fence(100)).toMatchObject({ fenced: true, openedAtFence: 3 });
     expect(control.state().fenceBroken).toBe(false);
     opened = 5;
     expect(control.state().fenceBroken).toBe(true);
     expect(control.state().fenceBroken).toBe(true);
-    expect(reports).toEqual([5]);
+    expect(reports).toEqual([{ opened: 5, backlog: 0 }]);
     // a retried fence keeps the break
     expect(control.fence(200)).toMatchObject({ fenceBroken: true, fencedAtMs: 100 });
     expect(control.unfence()).toEqual(UNFENCED);
     expect(control.fence(300)).toMatchObject({ fenceBroken: false, openedAtFence: 5 });
+    control.unfence();
+    // a client already waiting when the fence is set breaks it at once
+    backlog = 1;
+    expect(control.fence(400)).toMatchObject({ fenced: true, fenceBroken: true });
+    expect(reports).toEqual([
+      { opened: 5, backlog: 0 },
+      { opened: 5, backlog: 1 },
+    ]);
   });
 
   test('token parsing and comparison', () => {
@@ -444,9 +513,11 @@ describe('options', () => {
       BKF_SIDECAR_GRACE: '30',
       BKF_SIDECAR_LOG_LEVEL: 'debug',
       BKF_SIDECAR_ENGINE: 'js',
+      BKF_SIDECAR_HANDOFF_LINGER: '2.5',
     });
     expect(parsed).toEqual({
       engine: 'js',
+      'handoff-linger': 2.5,
       listen: { host: '0.0.0.0', port: 2000 },
       upstream: { host: '127.0.0.1', port: 2001 },
       stats: { host: '127.0.0.1', port: 2002 },
@@ -490,9 +561,11 @@ describe('options', () => {
 /** Every family the sidecar's /metrics has, in order (process_open_fds on Linux only). */
 const SIDECAR_METRIC_NAMES = [
   'open_connections',
+  'backlog_connections',
   'connections_opened_total',
   'connections_closed_total',
   'upstream_failures_total',
+  'connections_handed_off_total',
   'received_bytes_total',
   'sent_bytes_total',
   'last_activity_timestamp_seconds',
@@ -762,22 +835,30 @@ describe('metrics text', () => {
       bytesOut: 987654321,
       lastActivityMs: 1795319492081,
       upstreamFailures: 1,
+      handedOff: 4,
     };
-    const fenceControl = createFenceControl(() => counters.opened);
+    let backlog = 3;
+    const fenceControl = createFenceControl(() => ({ opened: counters.opened, backlog }));
     const metrics = createSidecarMetrics({
       bootId: '7657f7f9-dc7a-461a-9910-594312355752',
       startedAt: new Date(),
       counters,
+      counts: () => ({ ...counters, backlog }),
       fence: fenceControl,
       stopping: () => false,
     });
     const text = metrics.metrics();
     expect(metrics.contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
-    // byte for byte what prom-client wrote for these metrics before the sidecar dropped it
+    // byte for byte what prom-client wrote for these metrics before the sidecar dropped it (with
+    // the backlog and handoff families added since)
     expect(text.slice(0, text.indexOf('# HELP buildkit_fleet_sidecar_process_cpu_user'))).toBe(
       `# HELP buildkit_fleet_sidecar_open_connections Client connections open now.
 # TYPE buildkit_fleet_sidecar_open_connections gauge
 buildkit_fleet_sidecar_open_connections 2
+
+# HELP buildkit_fleet_sidecar_backlog_connections Client connections the kernel has completed that wait in the listen backlog, not accepted yet.
+# TYPE buildkit_fleet_sidecar_backlog_connections gauge
+buildkit_fleet_sidecar_backlog_connections 3
 
 # HELP buildkit_fleet_sidecar_connections_opened_total Client connections accepted.
 # TYPE buildkit_fleet_sidecar_connections_opened_total counter
@@ -790,6 +871,10 @@ buildkit_fleet_sidecar_connections_closed_total 5
 # HELP buildkit_fleet_sidecar_upstream_failures_total Client connections reset because buildkitd could not be reached.
 # TYPE buildkit_fleet_sidecar_upstream_failures_total counter
 buildkit_fleet_sidecar_upstream_failures_total 1
+
+# HELP buildkit_fleet_sidecar_connections_handed_off_total Client connections accepted while stopping and proxied to the handoff address instead of buildkitd.
+# TYPE buildkit_fleet_sidecar_connections_handed_off_total counter
+buildkit_fleet_sidecar_connections_handed_off_total 4
 
 # HELP buildkit_fleet_sidecar_received_bytes_total Bytes from clients to buildkitd.
 # TYPE buildkit_fleet_sidecar_received_bytes_total counter
@@ -831,11 +916,15 @@ buildkit_fleet_sidecar_info{boot_id="7657f7f9-dc7a-461a-9910-594312355752"} 1
     counters.open = 0;
     counters.closed = 7;
     counters.lastActivityMs = null;
+    backlog = 0;
     fenceControl.fence(Date.now());
     counters.opened++;
+    counters.handedOff++;
     const later = parseExposition(metrics.metrics());
     const value = (name: string) => later.get(`buildkit_fleet_sidecar_${name}`)?.samples[0]?.value;
     expect(value('open_connections')).toBe(0);
+    expect(value('backlog_connections')).toBe(0);
+    expect(value('connections_handed_off_total')).toBe(5);
     expect(value('connections_closed_total')).toBe(7);
     expect(value('last_activity_timestamp_seconds')).toBe(0);
     expect(value('fenced')).toBe(1);

@@ -18,7 +18,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CoreV1Api, KubeConfig, Watch, type V1Pod } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, type V1Pod } from '@kubernetes/client-node';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { cgroupRoots } from '../../hack/real-node/host.ts';
@@ -28,6 +28,7 @@ import { healthCheck } from '../support/buildkit-client.ts';
 import { startPlatform, type PlatformProcess } from '../support/node-tier.ts';
 import { waitFor } from '../support/wait.ts';
 import { median, percentile, sleep, table, writeResult } from './lib.ts';
+import { PodTimes } from './pod-times.ts';
 
 const STARTS = Number(process.env['BENCH_COLD_STARTS'] ?? 10);
 const NAMESPACE = 'bench-cold';
@@ -86,43 +87,6 @@ class ContainerdEvents {
   }
   stop(): void {
     this.child.kill();
-  }
-}
-
-/** The first time a watch saw each pod event we time. */
-class PodTimes {
-  readonly seen = new Map<string, { created?: number; scheduled?: number; ready?: number; uid?: string }>();
-  private stopped = false;
-  private abort?: () => void;
-  /** Watches until stopped, re-watching when the API server ends a watch. */
-  async watch(kc: KubeConfig): Promise<() => void> {
-    const start = async (): Promise<void> => {
-      const req = await new Watch(kc).watch(
-        `/api/v1/namespaces/${NAMESPACE}/pods`,
-        {},
-        (_type, pod: V1Pod) => {
-          const now = Date.now();
-          const name = pod.metadata!.name!;
-          const t = this.seen.get(name) ?? {};
-          t.created ??= now;
-          t.uid = pod.metadata!.uid;
-          if (pod.spec?.nodeName) t.scheduled ??= now;
-          if (pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True')) t.ready ??= now;
-          this.seen.set(name, t);
-        },
-        (err) => {
-          if (this.stopped) return;
-          if (err) process.stderr.write(`cold-start: pod watch ended (${String(err)}); watching again\n`);
-          void start();
-        },
-      );
-      this.abort = () => req.abort();
-    };
-    await start();
-    return () => {
-      this.stopped = true;
-      this.abort?.();
-    };
   }
 }
 
@@ -236,7 +200,7 @@ export async function run(): Promise<void> {
       );
       return [objects.stdout, objects.stderr, ...logs].join('\n');
     };
-    const times = new PodTimes();
+    const times = new PodTimes(NAMESPACE);
     stopWatch = await times.watch(kc);
     events = new ContainerdEvents(cluster.realNode!.ctr, cluster.realNode!.layout.containerdSocket);
 

@@ -15,7 +15,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { KubeConfig, Watch, type V1Pod } from '@kubernetes/client-node';
+import { KubeConfig, type V1Pod } from '@kubernetes/client-node';
 
 import { startCluster } from '../../hack/cluster.ts';
 import { NODE_IP } from '../../hack/real-node/plan.ts';
@@ -24,6 +24,7 @@ import { healthCheck } from '../support/buildkit-client.ts';
 import { startPlatform, type PlatformProcess } from '../support/node-tier.ts';
 import { waitFor } from '../support/wait.ts';
 import { median, percentile, table, writeResult } from './lib.ts';
+import { PodTimes } from './pod-times.ts';
 
 const WAKES = Number(process.env['BENCH_WAKES'] ?? 10);
 const NAMESPACE = 'bench-wake';
@@ -55,8 +56,6 @@ export async function run(): Promise<void> {
   execFileSync('npm', ['run', 'build', '--silent'], { cwd: root, stdio: 'inherit' });
   const cluster = await startCluster({ nodes: 0, realNode: true, log: () => {} });
   const platform: PlatformProcess[] = [];
-  const podSeen = new Map<string, number>();
-  const podReady = new Map<string, number>();
   let stopWatch: (() => void) | undefined;
   try {
     platform.push(
@@ -88,18 +87,8 @@ spec: { template: ${name} }
 
     const kc = new KubeConfig();
     kc.loadFromFile(cluster.kubeconfigPath);
-    const watch = await new Watch(kc).watch(
-      `/api/v1/namespaces/${NAMESPACE}/pods`,
-      {},
-      (_type: string, pod: V1Pod) => {
-        const name = pod.metadata!.name!;
-        if (!podSeen.has(name)) podSeen.set(name, Date.now());
-        const ready = pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
-        if (ready && !podReady.has(name)) podReady.set(name, Date.now());
-      },
-      () => undefined,
-    );
-    stopWatch = () => watch.abort();
+    const times = new PodTimes(NAMESPACE);
+    stopWatch = await times.watch(kc);
 
     const get = async (name: string) =>
       JSON.parse(
@@ -154,12 +143,14 @@ spec: { template: ${name} }
       const woke = await get('woken');
       const [pod] = (await podsOf('woken')).filter((p) => !p.metadata?.deletionTimestamp);
       const name = pod!.metadata!.name!;
-      const ready = await waitFor('the Ready time', async () => podReady.get(name), { timeoutMs: 30_000 });
+      const ready = await waitFor('the Ready time', async () => times.seen.get(name)?.ready, {
+        timeoutMs: 30_000,
+      });
       const listening = await listeningAt(name);
       wakes.push({
         ms: {
           'wake requested': Date.parse(woke.status!.autoscaling!.wakeStartTime!) - t0,
-          'pod created': podSeen.get(name)! - t0,
+          'pod created': times.seen.get(name)!.created! - t0,
           'buildkitd ready': listening - t0,
           'pod Ready': ready - t0,
           'first byte': first - t0,

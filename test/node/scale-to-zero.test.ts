@@ -86,6 +86,17 @@ describeRealNode('scale to zero on the real node', () => {
       },
       { timeoutMs, intervalMs: 200 },
     );
+  const instanceEvents = async () =>
+    (
+      await cluster.kubectl([
+        'get',
+        'events',
+        '-n',
+        NAMESPACE,
+        '--field-selector',
+        `involvedObject.name=${INSTANCE}`,
+      ])
+    ).stdout;
   const boots = () =>
     fs.existsSync(path.join(cacheDir, 'standin-boots.log'))
       ? fs.readFileSync(path.join(cacheDir, 'standin-boots.log'), 'utf8').trim().split('\n')
@@ -158,16 +169,7 @@ spec: { template: ${TEMPLATE} }
     await waitFor('the pod to go', async () => (await pods()).length === 0, { timeoutMs: 60_000 });
     const pvc = await json<{ status: { phase: string } }>(['get', 'pvc', '-n', NAMESPACE, claim]);
     expect(pvc.status.phase).toBe('Bound');
-    const events = (
-      await cluster.kubectl([
-        'get',
-        'events',
-        '-n',
-        NAMESPACE,
-        '--field-selector',
-        `involvedObject.name=${INSTANCE}`,
-      ])
-    ).stdout;
+    const events = await instanceEvents();
     expect(events).toMatch(/ScaledToZero\s+.*scaled to zero: idle/);
   }, 300_000);
 
@@ -180,16 +182,7 @@ spec: { template: ${TEMPLATE} }
     expect(woke.status?.endpoint).toBe(endpoint);
     expect(boots()).toHaveLength(2); // the same volume, mounted again
     expect(woke.metadata.annotations?.['buildkit-fleet.io/wake-requested']).toBeUndefined();
-    const events = (
-      await cluster.kubectl([
-        'get',
-        'events',
-        '-n',
-        NAMESPACE,
-        '--field-selector',
-        `involvedObject.name=${INSTANCE}`,
-      ])
-    ).stdout;
+    const events = await instanceEvents();
     expect(events).toMatch(/WakeRequested/);
     expect(events).toMatch(/Woke\s+.*awake after/);
     expect(Date.now() - started).toBeLessThan(120_000);

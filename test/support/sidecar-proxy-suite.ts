@@ -115,21 +115,8 @@ export async function until(what: string, predicate: () => boolean, timeoutMs = 
   }
 }
 
-/** Hash and length of everything a socket receives until its end. */
-export function receiveAll(socket: net.Socket): Promise<{ sha: string; length: number }> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256');
-    let length = 0;
-    socket.on('data', (chunk: Buffer) => {
-      hash.update(chunk);
-      length += chunk.length;
-    });
-    socket.once('end', () => resolve({ sha: hash.digest('hex'), length }));
-    socket.once('error', reject);
-  });
-}
-
-export const sha = (buffer: Buffer) => createHash('sha256').update(buffer).digest('hex');
+export { receiveAll, sha } from './streams.ts';
+import { receiveAll, sha } from './streams.ts';
 
 /** Defines the data-path tests for one engine (call once per test file). */
 export function proxySuite(name: EngineName): void {

@@ -1,6 +1,5 @@
 // Shared by the activator tests: real sockets on 127.0.0.1, an activator whose log lines and wake
 // calls the test reads, upstream servers that record the order they accept in, metric readers.
-import { createHash } from 'node:crypto';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -139,21 +138,7 @@ export function dialOutcome(port: number): Promise<string> {
   return outcomeOf(socket);
 }
 
-/** Everything a socket receives until its end: hash and length. */
-export function receiveAll(socket: net.Socket): Promise<{ sha: string; length: number }> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256');
-    let length = 0;
-    socket.on('data', (chunk: Buffer) => {
-      hash.update(chunk);
-      length += chunk.length;
-    });
-    socket.once('end', () => resolve({ sha: hash.digest('hex'), length }));
-    socket.once('error', reject);
-  });
-}
-
-export const sha = (buffer: Buffer) => createHash('sha256').update(buffer).digest('hex');
+export { receiveAll, sha } from '../../support/streams.ts';
 
 /** Sends `text` and resolves with what comes back until `text.length` bytes arrived. */
 export function roundTrip(socket: net.Socket, text: string): Promise<string> {

@@ -1,7 +1,7 @@
 // What every activator replica should hold or forward (pure), derived from the caches alone, so
 // that each replica reaches the same answer without talking to the leader: every autoscaled
-// Buildkit with an activator port is a target; it is forwarded to its pod once a pod is ready
-// and its buildkitd confirmed serving, and held otherwise.
+// Buildkit with an activator port is a target; it is forwarded to its pod once the pod runs and
+// its buildkitd is confirmed serving (the kubelet's Ready may come later), and held otherwise.
 import type { V1Pod, V1Service } from '@kubernetes/client-node';
 
 import type { ActivatorTarget } from '../../activator/index.ts';
@@ -13,11 +13,17 @@ export interface TargetSource {
   service: V1Service | undefined;
 }
 
-export const isReadyPod = (pod: V1Pod): boolean =>
-  !pod.metadata?.deletionTimestamp &&
-  pod.status?.phase === 'Running' &&
-  Boolean(pod.status?.podIP) &&
-  (pod.status.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+/**
+ * A pod the activator may splice to once its buildkitd answers: running, with an address, not
+ * terminating. Not necessarily Ready: the activator dials the pod's address itself, and its own
+ * check (the sidecar's gRPC health call to buildkitd) is what it waits for, not the kubelet's
+ * next readiness tick, which can come seconds after buildkitd serves.
+ */
+export const isServablePod = (pod: V1Pod): boolean =>
+  !pod.metadata?.deletionTimestamp && pod.status?.phase === 'Running' && Boolean(pod.status?.podIP);
+
+const isReady = (pod: V1Pod): boolean =>
+  (pod.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
 
 /** The pod port the Service sends clients to (a named targetPort is looked up in the pod). */
 export function servicePodPort(service: V1Service | undefined, pod: V1Pod): number | undefined {
@@ -32,14 +38,15 @@ export function servicePodPort(service: V1Service | undefined, pod: V1Pod): numb
   return undefined;
 }
 
-/** The ready pod a target forwards to: the oldest ready one, for a stable choice. */
+/** The pod a target forwards to: a Ready one first, then the oldest, for a stable choice. */
 export function forwardPod(pods: V1Pod[]): V1Pod | undefined {
+  const created = (p: V1Pod) => new Date(p.metadata?.creationTimestamp ?? 0).getTime();
   return pods
-    .filter(isReadyPod)
+    .filter(isServablePod)
     .sort(
       (a, b) =>
-        new Date(a.metadata?.creationTimestamp ?? 0).getTime() -
-          new Date(b.metadata?.creationTimestamp ?? 0).getTime() ||
+        Number(isReady(b)) - Number(isReady(a)) ||
+        created(a) - created(b) ||
         (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? ''),
     )[0];
 }

@@ -25,7 +25,7 @@ const pod = (
   },
 });
 
-test('a target forwards to its ready, confirmed pod at the port the Service names; otherwise it holds', () => {
+test('a target forwards to its running pod once buildkitd is confirmed serving, Ready or not; otherwise it holds', () => {
   const sources = [
     { key: 'ci/a', activatorPort: 20001, pods: [pod('a-0')], service },
     { key: 'ci/b', activatorPort: 20000, pods: [pod('b-0', { ready: false })], service },
@@ -34,14 +34,20 @@ test('a target forwards to its ready, confirmed pod at the port the Service name
     { key: 'ci/e', activatorPort: undefined, pods: [pod('e-0')], service },
   ];
   expect(activatorTargets(sources, new Set(['uid-a-0', 'uid-b-0']))).toEqual([
-    { key: 'ci/b', port: 20000, mode: { kind: 'hold' } },
+    // not Ready yet, but its buildkitd answered: the kubelet's next probe tick is not waited for
+    { key: 'ci/b', port: 20000, mode: { kind: 'forward', upstream: { host: '10.0.0.5', port: 1234 } } },
     { key: 'ci/a', port: 20001, mode: { kind: 'forward', upstream: { host: '10.0.0.5', port: 1234 } } },
     { key: 'ci/c', port: 20002, mode: { kind: 'hold' } }, // ready but not confirmed yet
     { key: 'ci/d', port: 20003, mode: { kind: 'hold' } },
   ]);
+  // a pod that does not run yet (no address) is held for, confirmed or not
+  const pending = { ...pod('p-0'), status: { phase: 'Pending' } };
+  expect(
+    activatorTargets([{ key: 'ci/p', activatorPort: 20009, pods: [pending], service }], new Set(['uid-p-0'])),
+  ).toEqual([{ key: 'ci/p', port: 20009, mode: { kind: 'hold' } }]);
 });
 
-test('a terminating pod is never forwarded to; of two ready pods the older one is', () => {
+test('a terminating pod is never forwarded to; a Ready pod goes first, then the older one', () => {
   const sources = [
     {
       key: 'ci/a',
@@ -50,11 +56,23 @@ test('a terminating pod is never forwarded to; of two ready pods the older one i
       service,
     },
     { key: 'ci/b', activatorPort: 20001, pods: [pod('b-0', { deleting: true })], service },
+    {
+      key: 'ci/c',
+      activatorPort: 20002,
+      pods: [
+        pod('c-0', { ready: false, ip: '10.0.0.8' }),
+        pod('c-1', { created: '2026-12-01T02:00:00Z', ip: '10.0.0.9' }),
+      ],
+      service,
+    },
   ];
-  expect(activatorTargets(sources, new Set(['uid-a-0', 'uid-a-1', 'uid-b-0']))).toEqual([
-    { key: 'ci/a', port: 20000, mode: { kind: 'forward', upstream: { host: '10.0.0.6', port: 1234 } } },
-    { key: 'ci/b', port: 20001, mode: { kind: 'hold' } },
-  ]);
+  expect(activatorTargets(sources, new Set(['uid-a-0', 'uid-a-1', 'uid-b-0', 'uid-c-0', 'uid-c-1']))).toEqual(
+    [
+      { key: 'ci/a', port: 20000, mode: { kind: 'forward', upstream: { host: '10.0.0.6', port: 1234 } } },
+      { key: 'ci/b', port: 20001, mode: { kind: 'hold' } },
+      { key: 'ci/c', port: 20002, mode: { kind: 'forward', upstream: { host: '10.0.0.9', port: 1234 } } },
+    ],
+  );
 });
 
 test('two targets claiming one port: the first keeps it, so the set stays valid', () => {

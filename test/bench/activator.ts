@@ -41,6 +41,7 @@ import type { ActivatorTarget } from '../../activator/index.ts';
 import { CONTROLLER_ENV, CONTROLLER_NODE_OPTIONS } from '../../controller/options.ts';
 import type { DriverCommand, DriverReply, DriverRequest, DriverUsage } from './activator-process.ts';
 import { median, percentile, sleep, table, writeResult } from './lib.ts';
+import { connectClient, type Client } from './sidecar-load.ts';
 
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3);
 const HELD = Number(process.env['BENCH_HELD'] ?? 1000);
@@ -132,8 +133,6 @@ const cpuSeconds = (cpu: NodeJS.CpuUsage) => (cpu.user + cpu.system) / 1e6;
 // A FIN is answered with a FIN.
 
 const CHUNK = Buffer.alloc(MIB, 0x61);
-/** every client reads into this one buffer (onread): the callbacks only count bytes */
-const RECEIVE = Buffer.allocUnsafe(MIB);
 const HEADER = 9;
 
 function frame(type: number, payload: Buffer): Buffer {
@@ -255,62 +254,6 @@ async function startUpstream(): Promise<UpstreamServer> {
 }
 
 // --- clients (this process) ---------------------------------------------------------------------
-
-interface Client {
-  socket: net.Socket;
-  /** resolves once `bytes` more bytes have arrived (counted from the call) */
-  receive(bytes: number): Promise<void>;
-  closed: Promise<void>;
-}
-
-/** A client socket reading into the shared buffer; only byte counts are kept. */
-function connectClient(port: number): Promise<Client> {
-  let received = 0;
-  let target = Infinity;
-  let wake: (() => void) | undefined;
-  let fail: ((error: Error) => void) | undefined;
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({
-      host: '127.0.0.1',
-      port,
-      noDelay: true,
-      allowHalfOpen: true,
-      onread: {
-        buffer: RECEIVE,
-        callback: (n: number) => {
-          received += n;
-          if (received >= target && wake) {
-            const w = wake;
-            wake = fail = undefined;
-            w();
-          }
-          return true;
-        },
-      },
-    });
-    const closed = new Promise<void>((r) =>
-      socket.once('close', () => {
-        fail?.(new Error(`connection closed after ${received}/${target} bytes`));
-        r();
-      }),
-    );
-    socket.once('error', reject);
-    socket.once('connect', () =>
-      resolve({
-        socket,
-        closed,
-        receive(bytes) {
-          target = received + bytes;
-          if (received >= target) return Promise.resolve();
-          return new Promise<void>((r, j) => {
-            wake = r;
-            fail = j;
-          });
-        },
-      }),
-    );
-  });
-}
 
 async function closeAll(clients: Client[]): Promise<void> {
   for (const c of clients) c.socket.end();

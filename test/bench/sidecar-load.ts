@@ -103,7 +103,7 @@ export async function startPeer(): Promise<Peer> {
   };
 }
 
-interface Client {
+export interface Client {
   socket: net.Socket;
   /** resolves once `bytes` more bytes have arrived (counted from the call) */
   receive(bytes: number): Promise<void>;
@@ -111,7 +111,7 @@ interface Client {
 }
 
 /** A client socket reading into a reused buffer; only byte counts are kept. */
-function connectClient(port: number): Promise<Client> {
+export function connectClient(port: number): Promise<Client> {
   let received = 0;
   let target = Infinity;
   let wake: (() => void) | undefined;

@@ -1,5 +1,6 @@
 // Whether an autoscaled target may scale to zero now, decided from what its sidecars reported
 // (pure). The rules, in order:
+// - a pod that is not Ready yet keeps the clock from starting (its start is no idle time);
 // - unknown means active: a pod without a fresh reading this leadership term (sidecar
 //   unreachable, stats too old, not read yet) blocks the scale-down;
 // - a pod with an open connection, or one waiting in the sidecar's accept queue, is active, even
@@ -43,6 +44,8 @@ export interface IdleInput {
   idleTimeoutMs: number;
   /** names of the target's pods that run (not terminating) */
   pods: string[];
+  /** those of them that are not Ready: clients cannot reach them through the Service yet */
+  notReady?: readonly string[];
   /** readings taken in this leadership term, by pod name */
   readings: ReadonlyMap<string, SidecarReading>;
   /** readings older than this are treated as missing */
@@ -108,6 +111,10 @@ export function decideIdle(input: IdleInput): IdleDecision {
   });
 
   if (pods.length === 0) return keep(REASON.AwaitingFreshStats, 'no running pod to read');
+  // A pod that is not Ready yet has had no chance of a client: its time is not idle time.
+  const starting = pods.find((p) => input.notReady?.includes(p));
+  if (starting)
+    return keep(REASON.AwaitingFreshStats, `pod ${starting} is not ready: the idle clock waits for it`);
   for (const pod of pods) {
     const reading = input.readings.get(pod);
     if (!reading) {

@@ -84,6 +84,9 @@ export function startIdleScaler(o: IdleScalerOptions): IdleScaler {
       nowMs: now(),
       idleTimeoutMs: target.idleTimeoutMs,
       pods: target.pods.map((p) => p.metadata!.name!),
+      notReady: target.pods
+        .filter((p) => !(p.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'))
+        .map((p) => p.metadata!.name!),
       readings: byName,
       maxReadingAgeMs: Math.max(3 * o.intervalMs, 2 * o.readTimeoutMs),
       record: target.record,

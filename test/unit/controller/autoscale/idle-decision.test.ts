@@ -159,3 +159,18 @@ test('humanSpan rounds to readable units', () => {
     humanSpan(7_200_000),
   ]).toEqual(['0s', '45s', '3m12s', '1h5m', '2h']);
 });
+
+test('a pod that is not Ready yet keeps the idle clock from starting, and keeps a running one as it is', () => {
+  const d = decideIdle(input({ notReady: ['bk-0'] }));
+  expect(d).toMatchObject({
+    scaleDown: false,
+    reason: REASON.AwaitingFreshStats,
+    message: 'pod bk-0 is not ready: the idle clock waits for it',
+    record: {},
+  });
+  const record = {
+    idleSince: new Date(T0 - 60 * MIN).toISOString(),
+    idleEvidence: [{ pod: 'bk-0', bootId: 'boot-a', opened: 4 }],
+  };
+  expect(decideIdle(input({ notReady: ['bk-0'], record })).record).toEqual(record);
+});

@@ -177,8 +177,8 @@ spec: { template: ${TEMPLATE} }
     const started = Date.now();
     const reply = await healthCheck(endpoint, 120_000);
     expect(reply).toEqual({ status: 'SERVING' });
-    const woke = await buildkit();
-    expect(woke.status?.phase).toBe('Running');
+    // the held call is answered once buildkitd serves; Running follows with the pod's Ready
+    const woke = await phase('Running');
     expect(woke.status?.endpoint).toBe(endpoint);
     expect(boots()).toHaveLength(2); // the same volume, mounted again
     expect(woke.metadata.annotations?.['buildkit-fleet.io/wake-requested']).toBeUndefined();

@@ -182,9 +182,16 @@ spec: { template: ${TEMPLATE} }
     expect(woke.status?.endpoint).toBe(endpoint);
     expect(boots()).toHaveLength(2); // the same volume, mounted again
     expect(woke.metadata.annotations?.['buildkit-fleet.io/wake-requested']).toBeUndefined();
-    const events = await instanceEvents();
+    // Events are recorded after the status write that reaches Running: wait for them
+    const events = await waitFor(
+      'the Woke event',
+      async () => {
+        const text = await instanceEvents();
+        return /Woke\s+.*awake after/.test(text) ? text : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 250 },
+    );
     expect(events).toMatch(/WakeRequested/);
-    expect(events).toMatch(/Woke\s+.*awake after/);
     expect(Date.now() - started).toBeLessThan(120_000);
   }, 300_000);
 

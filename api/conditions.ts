@@ -70,4 +70,6 @@ export const EVENT_REASON = {
   Woke: 'Woke',
   CreatedClaim: 'CreatedClaim',
   ClaimConflict: 'ClaimConflict',
+  /** an annotated workload's autoscaling annotations cannot be used: it stays awake */
+  AutoscalingMisconfigured: 'AutoscalingMisconfigured',
 } as const;

@@ -27,7 +27,11 @@ export const TEMPLATE_LABEL = 'buildkit.seatgeek.io/template';
 export const AUTOSCALE_LABEL = 'buildkit-fleet.io/autoscale';
 export const AUTOSCALE_ENABLED = 'enabled';
 
-/** How long the pod must have no client connection before it scales to zero (`90s`, `5m`, ...). */
+/**
+ * How long a target must have no client connection before it scales to zero (`90s`, `5m`, ...):
+ * set by the controller on a Buildkit's pods (from its template), by the user on an annotated
+ * StatefulSet or Deployment (or its pod template; default 5m).
+ */
 export const IDLE_TIMEOUT_ANNOTATION = 'buildkit-fleet.io/idle-timeout';
 
 /**
@@ -37,6 +41,28 @@ export const IDLE_TIMEOUT_ANNOTATION = 'buildkit-fleet.io/idle-timeout';
  * wakes the target and removes the annotation once it runs.
  */
 export const WAKE_REQUESTED_ANNOTATION = 'buildkit-fleet.io/wake-requested';
+
+/**
+ * On an annotated StatefulSet or Deployment (or its pod template): the client-facing Service the
+ * platform routes to the activators while the workload is at zero. Without it, the one Service in
+ * the namespace that selects the workload's pods.
+ */
+export const SERVICE_ANNOTATION = 'buildkit-fleet.io/service';
+
+/**
+ * On an annotated StatefulSet or Deployment: how many replicas a wake sets. Without it, the
+ * replicas the workload had when it scaled to zero.
+ */
+export const WAKE_REPLICAS_ANNOTATION = 'buildkit-fleet.io/wake-replicas';
+
+/**
+ * On an annotated StatefulSet or Deployment, written by the controller only: the scale-to-zero
+ * state a Buildkit keeps in status.autoscaling (JSON), plus the phase, the replicas to restore
+ * and why the workload is awake. An annotation, because a workload's status belongs to its own
+ * controller, and an annotation nobody else sets is not a field `kubectl apply` or `helm
+ * upgrade` would take back.
+ */
+export const AUTOSCALING_STATE_ANNOTATION = 'buildkit-fleet.io/autoscaling-state';
 
 /** The TCP port buildkitd serves clients on, so the injector need not guess which port to front. */
 export const TARGET_PORT_ANNOTATION = 'buildkit-fleet.io/target-port';

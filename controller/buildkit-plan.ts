@@ -19,6 +19,7 @@ import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import type { DesiredCondition } from './conditions.ts';
 import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SPEC_HASH_ANNOTATION } from '../api/labels.ts';
 import { labelValueForName } from './meta.ts';
+import { isPodReady } from '../kube/pod-status.ts';
 
 export interface BuildkitObservation {
   buildkit: Buildkit;
@@ -62,9 +63,7 @@ export interface BuildkitPlan {
 
 const isTerminating = (pod: V1Pod) => Boolean(pod.metadata?.deletionTimestamp);
 const hasEnded = (pod: V1Pod) => pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded';
-const isReady = (pod: V1Pod) =>
-  pod.status?.phase === 'Running' &&
-  (pod.status.conditions ?? []).some((c) => c.type === CONDITION.Ready && c.status === 'True');
+const isReady = isPodReady;
 const created = (pod: V1Pod) => new Date(pod.metadata?.creationTimestamp ?? 0).getTime();
 
 function podWaitReason(pod: V1Pod): { reason: ConditionReason; message: string } {

@@ -21,7 +21,20 @@ import { createLogger } from '../telemetry/logger.ts';
 import { shutdownSignal } from '../telemetry/shutdown.ts';
 import { startMetricsServer } from '../telemetry/metrics-server.ts';
 import type { ParsedOptions } from '../flags/options.ts';
-import { INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE } from '../api/labels.ts';
+import {
+  AUTOSCALE_ENABLED,
+  AUTOSCALE_LABEL,
+  AUTOSCALING_STATE_ANNOTATION,
+  INSTANCE_LABEL,
+  MANAGED_BY_LABEL,
+  MANAGED_BY_VALUE,
+} from '../api/labels.ts';
+import { parseMinIdleTimeout } from '../flags/min-idle-timeout.ts';
+import { selectorMatches } from './autoscale/label-selector.ts';
+import type { WorkloadKind } from './autoscale/target-kinds.ts';
+import { WORKLOAD_KINDS, targetKey } from './autoscale/target-kinds.ts';
+import type { Workload } from './autoscale/workload-config.ts';
+import { isOptedIn } from './autoscale/workload-config.ts';
 import { activatorSettings } from './autoscale/activator-settings.ts';
 import { startAutoscaling } from './autoscale/wiring.ts';
 import { kubeEventRecorder } from './events.ts';
@@ -38,7 +51,9 @@ import {
   podSource,
   pvcSource,
   serviceSource,
+  workloadSource,
 } from '../kube/index.ts';
+import type { SlimWorkload } from '../kube/index.ts';
 import type { Scope } from '../kube/sources.ts';
 import { featuresFromVersionInfo } from '../kube/server-features.ts';
 
@@ -88,10 +103,11 @@ export async function startController(
     source: buildkitTemplateSource(kc, scope),
   });
   const pods = new Informer<V1Pod>({ ...common, name: 'pods', source: podSource(kc, managed) });
+  // every Service in scope: an annotated workload's client Service is the user's own
   const services = new Informer<V1Service>({
     ...common,
     name: 'services',
-    source: serviceSource(kc, managed),
+    source: serviceSource(kc, scope),
   });
   const configMaps = new Informer<V1ConfigMap>({
     ...common,
@@ -104,7 +120,38 @@ export async function startController(
     name: 'persistentvolumeclaims',
     source: pvcSource(kc, managed),
   });
-  const informers = [buildkits, templates, pods, services, configMaps, pvcs];
+  // annotated StatefulSets and Deployments (slim: no pod specs), and their opted-in pods (the
+  // Buildkits' pods carry the instance label and are in the managed cache already)
+  const workloadInformers: Record<WorkloadKind, Informer<SlimWorkload & KubernetesObject>> = {
+    StatefulSet: new Informer({
+      ...common,
+      name: 'statefulsets',
+      source: workloadSource(kc, 'statefulsets', scope),
+    }),
+    Deployment: new Informer({
+      ...common,
+      name: 'deployments',
+      source: workloadSource(kc, 'deployments', scope),
+    }),
+  };
+  const workloadPods = new Informer<V1Pod>({
+    ...common,
+    name: 'workload-pods',
+    source: podSource(kc, {
+      ...scope,
+      labelSelector: `${AUTOSCALE_LABEL}=${AUTOSCALE_ENABLED},!${INSTANCE_LABEL}`,
+    }),
+  });
+  const informers = [
+    buildkits,
+    templates,
+    pods,
+    services,
+    configMaps,
+    pvcs,
+    ...Object.values(workloadInformers),
+    workloadPods,
+  ] as Informer<KubernetesObject>[];
 
   const events = kubeEventRecorder(kc, logger);
   const ownedPods = (bk: Buildkit) =>
@@ -116,8 +163,24 @@ export async function startController(
           p.metadata?.ownerReferences?.some((r) => r.controller && r.uid === bk.metadata?.uid),
       );
   // The queues of the current leadership term; undefined while not leading.
-  let queues: { buildkits: WorkQueue<string>; templates: WorkQueue<string> } | undefined;
+  let queues:
+    { buildkits: WorkQueue<string>; templates: WorkQueue<string>; workloads: WorkQueue<string> } | undefined;
   const enqueueBuildkit = (key: string) => queues?.buildkits.add(key);
+  const enqueueWorkload = (key: string) => queues?.workloads.add(key);
+  const podsOfWorkload = (w: Workload) =>
+    workloadPods
+      .list(w.metadata?.namespace)
+      .filter((p) => selectorMatches(w.spec?.selector, p.metadata?.labels));
+  const workloadKey = (kind: WorkloadKind, w: Workload) =>
+    targetKey({ kind, namespace: w.metadata?.namespace ?? '', name: w.metadata?.name ?? '' });
+  /** the opted-in workloads of a namespace whose pods carry these labels */
+  const workloadsSelecting = (namespace: string | undefined, labels: Record<string, string> | undefined) =>
+    WORKLOAD_KINDS.flatMap((kind) =>
+      workloadInformers[kind]
+        .list(namespace)
+        .filter((w) => isOptedIn(w) && selectorMatches(w.spec?.selector, labels))
+        .map((w) => workloadKey(kind, w)),
+    );
   const settings = activatorSettings(options['activator-address'], options['activator-ports']);
   const autoscaling = startAutoscaling({
     kc,
@@ -131,6 +194,7 @@ export async function startController(
       holdTimeoutMs: options['activator-hold-timeout'] * 1000,
       scaleIntervalMs: options['scale-interval'] * 1000,
       fenceSettleMs: options['fence-settle'] * 1000,
+      minIdleTimeoutMs: parseMinIdleTimeout(options['min-idle-timeout']),
     },
     caches: {
       buildkits: () => [...buildkits.list()],
@@ -142,8 +206,16 @@ export async function startController(
           ? service
           : undefined;
       },
+      workloads: () =>
+        WORKLOAD_KINDS.flatMap((kind) =>
+          workloadInformers[kind].list().map((workload) => ({ kind, workload })),
+        ),
+      workload: (kind, ns, name) => workloadInformers[kind].get(ns, name),
+      workloadPods: podsOfWorkload,
+      servicesIn: (ns) => services.list(ns),
     },
     enqueueBuildkit,
+    enqueueWorkload,
     endpointSliceVersion: features.endpointSliceVersion,
   });
 
@@ -188,8 +260,8 @@ export async function startController(
   // The activator follows every change of a Buildkit, its pods and its Service, in every replica;
   // the leader's idle scaler reads a target's sidecars again when its pods change.
   const activatorFollows = (o: KubernetesObject) => {
-    const owner = controllerOwner(o, BUILDKIT.kind);
-    autoscaling.changed(owner ? buildkits.get(o.metadata?.namespace ?? '', owner.name) : undefined);
+    const owner = o.kind === BUILDKIT.kind ? o.metadata : controllerOwner(o, BUILDKIT.kind);
+    autoscaling.changed(owner ? `${o.metadata?.namespace}/${owner.name}` : undefined);
   };
   for (const informer of [buildkits, pods, services] as Informer<KubernetesObject>[]) {
     informer.addEventHandler({
@@ -199,6 +271,41 @@ export async function startController(
     });
   }
   templates.addEventHandler({ onAdd: onTemplate, onUpdate: onTemplate, onDelete: onTemplate });
+  // Annotated workloads: a workload, one of its pods, or a Service of its namespace changed.
+  for (const kind of WORKLOAD_KINDS) {
+    const onWorkload = (w: SlimWorkload & KubernetesObject) => {
+      const key = workloadKey(kind, w);
+      // opted in, or opting out with state to clean up; every other workload is none of ours
+      if (!isOptedIn(w) && !w.metadata?.annotations?.[AUTOSCALING_STATE_ANNOTATION]) return;
+      enqueueWorkload(key);
+      autoscaling.changed(key);
+    };
+    workloadInformers[kind].addEventHandler({
+      onAdd: onWorkload,
+      onUpdate: onWorkload,
+      onDelete: onWorkload,
+    });
+  }
+  const onWorkloadPod = (p: V1Pod) => {
+    for (const key of workloadsSelecting(p.metadata?.namespace, p.metadata?.labels)) {
+      enqueueWorkload(key);
+      autoscaling.changed(key);
+    }
+  };
+  workloadPods.addEventHandler({ onAdd: onWorkloadPod, onUpdate: onWorkloadPod, onDelete: onWorkloadPod });
+  const onNamespaceService = (s: V1Service) => {
+    if (controllerOwner(s, BUILDKIT.kind)) return;
+    for (const kind of WORKLOAD_KINDS) {
+      for (const w of workloadInformers[kind].list(s.metadata?.namespace)) {
+        if (isOptedIn(w)) enqueueWorkload(workloadKey(kind, w));
+      }
+    }
+  };
+  services.addEventHandler({
+    onAdd: onNamespaceService,
+    onUpdate: onNamespaceService,
+    onDelete: onNamespaceService,
+  });
   // A claim queues its owner or, retained (no owner), the Buildkit its instance label names.
   const onClaim = (claim: V1PersistentVolumeClaim) => {
     if (controllerOwner(claim, BUILDKIT.kind)) return onOwned(BUILDKIT.kind, enqueueBuildkit)(claim);
@@ -229,13 +336,22 @@ export async function startController(
     const term = {
       buildkits: new WorkQueue<string>({ name: 'buildkits', logger, registry }),
       templates: new WorkQueue<string>({ name: 'buildkittemplates', logger, registry }),
+      workloads: new WorkQueue<string>({ name: 'workloads', logger, registry }),
     };
     queues = term;
     for (const t of templates.list()) term.templates.add(keyOf(t));
     for (const b of buildkits.list()) term.buildkits.add(keyOf(b));
+    for (const kind of WORKLOAD_KINDS) {
+      for (const w of workloadInformers[kind].list()) {
+        if (isOptedIn(w) || w.metadata?.annotations?.[AUTOSCALING_STATE_ANNOTATION]) {
+          term.workloads.add(workloadKey(kind, w));
+        }
+      }
+    }
     const running = [
       term.buildkits.run((key) => reconcileBuildkit(...splitKey(key)), options.workers),
       term.templates.run((key) => reconcileTemplate(...splitKey(key)), options.workers),
+      term.workloads.run((key) => autoscaling.reconcileWorkload(key), options.workers),
       autoscaling.lead(signal),
     ];
     await new Promise<void>((resolve) => {
@@ -243,7 +359,7 @@ export async function startController(
       signal.addEventListener('abort', () => resolve(), { once: true });
     });
     queues = undefined;
-    await Promise.all([term.buildkits.shutdown(), term.templates.shutdown()]);
+    await Promise.all([term.buildkits.shutdown(), term.templates.shutdown(), term.workloads.shutdown()]);
     await Promise.allSettled(running);
   };
 

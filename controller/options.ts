@@ -70,6 +70,13 @@ export const CONTROLLER_OPTIONS = {
       'How long a scale-down waits, fenced and routed to the activators, for kube-proxy to move new connections over before it confirms the fence',
     default: '2',
   },
+  'min-idle-timeout': {
+    type: 'string',
+    env: 'BKF_MIN_IDLE_TIMEOUT',
+    description:
+      'The shortest idle timeout an annotated StatefulSet or Deployment may ask for (buildkit-fleet.io/idle-timeout), as a duration (30s, 1m); a shorter one keeps it awake with a Warning event',
+    default: '30s',
+  },
   'activator-address': {
     type: 'string',
     env: 'BKF_ACTIVATOR_ADDRESS',

@@ -24,6 +24,7 @@ import type { AutoscalePlan } from './autoscale/plan.ts';
 import { withAutoscaling } from './autoscale/plan.ts';
 import type { AutoscaleStep } from './autoscale/reconcile-autoscale.ts';
 import { isAutoscaled } from './autoscale/reconcile-autoscale.ts';
+import { buildkitAutoscaleContext } from './autoscale/buildkit-target.ts';
 import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
 import type { BuildkitObservation, ClaimObservation } from './buildkit-plan.ts';
 import { planBuildkit } from './buildkit-plan.ts';
@@ -121,7 +122,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     let autoPlan: AutoscalePlan | undefined;
     const service = serviceOwned ? existingService : undefined;
     if (deps.autoscale && template && isAutoscaled(template) && !buildError) {
-      const ctx = { buildkit, template, pods, service, ref };
+      const ctx = buildkitAutoscaleContext({ custom, buildkit, pods, service, ref, now });
       autoPlan = await deps.autoscale.prepare(ctx);
       if (autoPlan.scaleDown && (await deps.autoscale.scaleDown(ctx, autoPlan))) return 'done';
       plan = withAutoscaling(plan, autoPlan, service, Boolean(deps.activatorsRoute));

@@ -24,7 +24,9 @@ export {
   podSource,
   pvcSource,
   serviceSource,
+  workloadSource,
 } from './sources.ts';
 export type { CustomResource, Scope } from './sources.ts';
+export type { SlimWorkload } from './slim.ts';
 export { LeaderElector, defaultIdentity, kubeLeaseClient } from './leader.ts';
 export type { LeaderElectorOptions, LeaseClient } from './leader.ts';

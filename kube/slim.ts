@@ -10,6 +10,7 @@ import type {
   V1Container,
   V1ContainerState,
   V1ContainerStatus,
+  V1LabelSelector,
   V1ObjectMeta,
   V1Pod,
   V1PodCondition,
@@ -125,14 +126,19 @@ export function slimPod(pod: V1Pod): V1Pod {
   }) as V1Pod;
 }
 
-/** A Service as the reconciler reads it: metadata, cluster IP and ports. */
+/** A Service as the reconcilers read it: metadata, cluster IP, ports and selector. */
 export function slimService(service: V1Service): V1Service {
   return defined({
     apiVersion: service.apiVersion,
     kind: service.kind,
     metadata: slimMetadata(service.metadata),
     spec: service.spec
-      ? defined({ type: service.spec.type, clusterIP: service.spec.clusterIP, ports: service.spec.ports })
+      ? defined({
+          type: service.spec.type,
+          clusterIP: service.spec.clusterIP,
+          ports: service.spec.ports,
+          selector: service.spec.selector,
+        })
       : undefined,
   }) as V1Service;
 }
@@ -142,4 +148,37 @@ export function withoutManagedFields<T extends { metadata?: V1ObjectMeta }>(obje
   if (!object.metadata?.managedFields) return object;
   const { managedFields: _managed, ...metadata } = object.metadata;
   return { ...object, metadata };
+}
+
+/** What scale to zero reads of a StatefulSet or Deployment (the same shape for both). */
+export interface SlimWorkload {
+  apiVersion?: string;
+  kind?: string;
+  metadata?: V1ObjectMeta;
+  spec?: {
+    replicas?: number;
+    selector?: V1LabelSelector;
+    template?: { metadata?: V1ObjectMeta };
+  };
+}
+
+/**
+ * A StatefulSet or Deployment without its pod spec: metadata, replicas, selector and the pod
+ * template's labels and annotations (where the opt-in label and the knobs are).
+ */
+export function slimWorkload<T extends SlimWorkload>(workload: T): T {
+  const spec = workload.spec;
+  const template = spec?.template?.metadata;
+  return defined({
+    apiVersion: workload.apiVersion,
+    kind: workload.kind,
+    metadata: slimMetadata(workload.metadata),
+    spec: spec
+      ? defined({
+          replicas: spec.replicas,
+          selector: spec.selector,
+          template: { metadata: defined({ labels: template?.labels, annotations: template?.annotations }) },
+        })
+      : undefined,
+  }) as T;
 }

@@ -17,7 +17,8 @@ import { ObjectSerializer } from '@kubernetes/client-node/dist/gen/models/Object
 import { BUILDKIT, BUILDKIT_TEMPLATE, GROUP, VERSION } from '../api/group.ts';
 import type { Buildkit, BuildkitTemplate } from '../api/types.generated.ts';
 import type { ListWatchSource } from './informer.ts';
-import { slimPod, slimService, withoutManagedFields } from './slim.ts';
+import type { SlimWorkload } from './slim.ts';
+import { slimPod, slimService, slimWorkload, withoutManagedFields } from './slim.ts';
 
 export interface Scope {
   /** One namespace; all namespaces when absent. */
@@ -169,4 +170,23 @@ export function buildkitTemplateSource(
     { group: GROUP, version: VERSION, plural: BUILDKIT_TEMPLATE.plural },
     scope,
   );
+}
+
+/**
+ * StatefulSets or Deployments (`plural`), slimmed to what scale to zero reads: the pod specs,
+ * most of a workload's size, never enter the cache.
+ */
+export function workloadSource(
+  kc: KubeConfig,
+  plural: 'statefulsets' | 'deployments',
+  scope: Scope = {},
+): ListWatchSource<SlimWorkload & KubernetesObject> {
+  return {
+    ...customObjectSource<SlimWorkload & KubernetesObject>(
+      kc,
+      { group: 'apps', version: 'v1', plural },
+      scope,
+    ),
+    transform: (object) => slimWorkload(object),
+  };
 }

@@ -7,8 +7,8 @@ import { certConfigFromOptions, createCa, createServingCert, startCertSource } f
 import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { readServerVersion } from '../kube/server-version.ts';
 import { UsageError } from '../flags/errors.ts';
-import { parseDuration } from '../api/duration.ts';
-import { IDLE_TIMEOUT_MAX_MS, type TemplateLimits } from './template-validation.ts';
+import { parseMinIdleTimeout } from '../flags/min-idle-timeout.ts';
+import type { TemplateLimits } from './template-validation.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { shutdownSignal } from '../telemetry/shutdown.ts';
 import type { ParsedOptions } from '../flags/options.ts';
@@ -35,13 +35,7 @@ export type WebhookOptions = ParsedOptions<typeof WEBHOOK_OPTIONS>;
 
 /** --min-idle-timeout: a duration from 1s up to the 24h maximum. */
 export function templateLimitsFromOptions(minIdleTimeout: string): TemplateLimits {
-  const ms = parseDuration(minIdleTimeout);
-  if (ms === undefined || ms < 1000 || ms > IDLE_TIMEOUT_MAX_MS) {
-    throw new UsageError(
-      `--min-idle-timeout ${JSON.stringify(minIdleTimeout)}: must be a duration from 1s to 24h, e.g. 30s or 2m`,
-    );
-  }
-  return { minIdleTimeoutMs: ms };
+  return { minIdleTimeoutMs: parseMinIdleTimeout(minIdleTimeout) };
 }
 
 function parseLabel(text: string | undefined): Record<string, string> | undefined {

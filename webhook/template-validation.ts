@@ -10,9 +10,9 @@ import { invalid } from './field-errors.ts';
 import { validateKeyMap } from './kube-names.ts';
 import { validatePersistence } from './persistence-validation.ts';
 import { checkRequirements, parseQuantityMap } from './resources.ts';
+import { IDLE_TIMEOUT_MAX_MS } from '../flags/min-idle-timeout.ts';
 
 export const IDLE_TIMEOUT_MIN_MS = 30_000;
-export const IDLE_TIMEOUT_MAX_MS = 24 * 3_600_000;
 
 /** Admin-set bounds the webhook checks templates against (the webhook's flags). */
 export interface TemplateLimits {

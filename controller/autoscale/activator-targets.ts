@@ -5,6 +5,7 @@
 import type { V1Pod, V1Service } from '@kubernetes/client-node';
 
 import type { ActivatorTarget } from '../../activator/index.ts';
+import { hasReadyCondition } from '../../kube/pod-status.ts';
 
 export interface TargetSource {
   key: string;
@@ -22,8 +23,7 @@ export interface TargetSource {
 export const isServablePod = (pod: V1Pod): boolean =>
   !pod.metadata?.deletionTimestamp && pod.status?.phase === 'Running' && Boolean(pod.status?.podIP);
 
-const isReady = (pod: V1Pod): boolean =>
-  (pod.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+const isReady = hasReadyCondition;
 
 /** The pod port the Service sends clients to (a named targetPort is looked up in the pod). */
 export function servicePodPort(service: V1Service | undefined, pod: V1Pod): number | undefined {

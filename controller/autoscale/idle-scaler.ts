@@ -11,6 +11,7 @@ import type { BuildkitAutoscalingStatus } from '../../api/types.generated.ts';
 import type { IdleDecision, SidecarReading } from './idle-decision.ts';
 import { decideIdle } from './idle-decision.ts';
 import { readStats, sidecarAddress } from './sidecar-client.ts';
+import { hasReadyCondition } from '../../kube/pod-status.ts';
 
 export interface IdleTarget {
   key: string;
@@ -84,9 +85,7 @@ export function startIdleScaler(o: IdleScalerOptions): IdleScaler {
       nowMs: now(),
       idleTimeoutMs: target.idleTimeoutMs,
       pods: target.pods.map((p) => p.metadata!.name!),
-      notReady: target.pods
-        .filter((p) => !(p.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'))
-        .map((p) => p.metadata!.name!),
+      notReady: target.pods.filter((p) => !hasReadyCondition(p)).map((p) => p.metadata!.name!),
       readings: byName,
       maxReadingAgeMs: Math.max(3 * o.intervalMs, 2 * o.readTimeoutMs),
       record: target.record,

@@ -1,29 +1,36 @@
-// The autoscaling part of a Buildkit's reconcile: decides with planAutoscale(), then makes sure
-// of what the plan needs before the reconciler acts on the pod (the fence token Secret before a
-// pod is created, the Service's route), and runs the fenced scale-down when the plan says so.
-// Runs inside the Buildkit's reconcile, so nothing else touches the same object meanwhile.
-import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
-import type { KubeConfig, V1ObjectReference, V1Pod, V1Service } from '@kubernetes/client-node';
+// The autoscaling part of a target's reconcile (a Buildkit's, or an annotated workload's): decides
+// with planAutoscale(), then makes sure of what the plan needs before the reconciler acts on the
+// pods (the fence token Secret before a pod is created, the Service's route), and runs the fenced
+// scale-down when the plan says so. Runs inside the target's reconcile, so nothing else touches
+// the same object meanwhile. What differs by kind (where the record is written, how the pods go)
+// comes in the context's writes.
+import { CoreV1Api } from '@kubernetes/client-node';
+import type {
+  KubeConfig,
+  V1ObjectReference,
+  V1OwnerReference,
+  V1Pod,
+  V1Service,
+} from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { Counter, Histogram, type Registry } from 'prom-client';
 
 import { EVENT_REASON } from '../../api/conditions.ts';
 import { parseDuration } from '../../api/duration.ts';
-import { BUILDKIT, GROUP, VERSION } from '../../api/group.ts';
-import { WAKE_REQUESTED_ANNOTATION } from '../../api/labels.ts';
+import type { Phase } from '../../api/group.ts';
 import type { Buildkit, BuildkitAutoscalingStatus, BuildkitTemplate } from '../../api/types.generated.ts';
 import { isNotFound } from '../../kube/errors.ts';
-import { mergeConditions } from '../conditions.ts';
 import type { EventRecorder } from '../events.ts';
-import { mergePatch } from '../reconcile-template.ts';
 import { allocateActivatorPort } from './activator-route.ts';
 import type { FenceTokens } from './fence-token.ts';
 import type { IdleScaler, IdleTarget } from './idle-scaler.ts';
 import type { AutoscalePlan } from './plan.ts';
-import { planAutoscale, zeroConditions } from './plan.ts';
+import { planAutoscale } from './plan.ts';
 import type { RouteWriter } from './route-writer.ts';
 import { runScaleDown } from './scale-down.ts';
-import { clearWakeRequest } from './wake-request.ts';
+import type { TargetKind } from './target-kinds.ts';
+import { targetKey } from './target-kinds.ts';
+import { isPodReady } from '../../kube/pod-status.ts';
 
 export interface ActivatorSettings {
   /** the addresses Services route to while their targets are at zero; empty: scale to zero is off */
@@ -41,28 +48,48 @@ export interface AutoscaleDeps {
   activator: ActivatorSettings;
   /** the leader's idle scaler */
   scaler(): IdleScaler | undefined;
-  listBuildkits(): Buildkit[];
+  /** the activator ports every target (of any kind) holds */
+  takenPorts(): number[];
   settleMs: number;
   requestTimeoutMs: number;
   now(): Date;
 }
 
+/** The target as its object says it, whatever its kind. */
+export interface AutoscaleTarget {
+  kind: TargetKind;
+  apiVersion: string;
+  namespace: string;
+  name: string;
+  uid: string;
+  record: BuildkitAutoscalingStatus | undefined;
+  phase: Phase | undefined;
+  wakeRequested: boolean;
+}
+
+/** The writes that differ by kind. */
+export interface TargetWrites {
+  /** records the target at zero before its pods go (a workload's write also sets replicas to 0) */
+  recordZero(record: BuildkitAutoscalingStatus, zeroAt: string): Promise<void>;
+  clearWakeRequest(): Promise<void>;
+  /** whether the scale-down deletes the pods (false: recordZero made their controller do it) */
+  deletesPods: boolean;
+}
+
 export interface AutoscaleContext {
-  buildkit: Buildkit;
-  template: BuildkitTemplate;
-  /** the Buildkit's pods, terminating ones included */
+  target: AutoscaleTarget;
+  /** the target's pods, terminating ones included */
   pods: V1Pod[];
   service: V1Service | undefined;
   ref: V1ObjectReference;
+  writes: TargetWrites;
 }
 
 export const isAutoscaled = (template: BuildkitTemplate | undefined): boolean =>
   template?.spec?.autoscaling?.enabled === true;
 
 const live = (pods: V1Pod[]) => pods.filter((p) => !p.metadata?.deletionTimestamp);
-const isReady = (pod: V1Pod) =>
-  pod.status?.phase === 'Running' &&
-  (pod.status.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
+const isReady = (pod: V1Pod) => pod.status?.phase === 'Running' && isPodReady(pod);
 
 const later = (a: string | undefined, b: string | undefined) =>
   a === undefined ? b : b === undefined ? a : Date.parse(a) >= Date.parse(b) ? a : b;
@@ -96,7 +123,6 @@ export function idleTargets(
 
 export function autoscaleReconciler(deps: AutoscaleDeps) {
   const core = deps.kc.makeApiClient(CoreV1Api);
-  const custom = deps.kc.makeApiClient(CustomObjectsApi);
   const metrics = autoscaleMetrics(deps.registry);
   // Records this leader wrote that the cache may not show yet (the later time of each wins).
   const written = new Map<string, BuildkitAutoscalingStatus>();
@@ -134,11 +160,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
     if (record?.activatorPort) return record.activatorPort;
     const reserved = reservedPorts.get(key);
     if (reserved) return reserved;
-    const taken = new Set<number>(reservedPorts.values());
-    for (const bk of deps.listBuildkits()) {
-      const port = bk.status?.autoscaling?.activatorPort;
-      if (port) taken.add(port);
-    }
+    const taken = new Set<number>([...reservedPorts.values(), ...deps.takenPorts()]);
     const port = allocateActivatorPort(deps.activator.ports, taken);
     if (port) reservedPorts.set(key, port);
     return port;
@@ -147,43 +169,38 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
   return {
     /** Plans autoscaling for this reconcile and puts in place what the pod and the Service need. */
     async prepare(ctx: AutoscaleContext): Promise<AutoscalePlan> {
-      const { buildkit, service } = ctx;
-      const namespace = buildkit.metadata!.namespace!;
-      const name = buildkit.metadata!.name!;
-      const key = `${namespace}/${name}`;
+      const { target, service } = ctx;
+      const { namespace, name, kind } = target;
+      const key = targetKey(target);
       const pods = runningPods(key, ctx.pods);
-      const record = effectiveRecord(key, buildkit.status?.autoscaling);
+      const record = effectiveRecord(key, target.record);
       const scaler = deps.scaler();
       const plan = planAutoscale({
         nowMs: deps.now().getTime(),
         record,
-        phase: buildkit.status?.phase,
-        wakeRequested: Boolean(buildkit.metadata?.annotations?.[WAKE_REQUESTED_ANNOTATION]),
+        phase: target.phase,
+        wakeRequested: target.wakeRequested,
         pods,
         ready: pods.some(isReady),
         decision: scaler?.decision(key),
         // no activator to route to: no port either (and no listener in any replica)
         activatorPort: deps.activator.addresses.length > 0 ? portFor(key, record) : record?.activatorPort,
       });
-      const log = deps.logger.child({ kind: BUILDKIT.kind, namespace, name });
+      const log = deps.logger.child({ kind, namespace, name });
       if (plan.mayHavePod) await deps.tokens.ensure(namespace);
       if (plan.wakeStarts) {
         written.set(key, plan.record);
-        metrics.wakes.inc({ kind: BUILDKIT.kind });
+        metrics.wakes.inc({ kind });
         deps.events.record(ctx.ref, 'Normal', EVENT_REASON.WakeRequested, plan.condition.message);
         log.info({ decision: 'wake', reason: plan.condition.message }, 'autoscale');
       }
-      if (
-        buildkit.status?.phase === 'Waking' &&
-        plan.state === 'awake' &&
-        record?.wakeStartTime !== undefined
-      ) {
+      if (target.phase === 'Waking' && plan.state === 'awake' && record?.wakeStartTime !== undefined) {
         const seconds = (deps.now().getTime() - Date.parse(record.wakeStartTime)) / 1000;
-        metrics.wakeDuration.observe({ kind: BUILDKIT.kind }, seconds);
+        metrics.wakeDuration.observe({ kind }, seconds);
         deps.events.record(ctx.ref, 'Normal', EVENT_REASON.Woke, `awake after ${seconds.toFixed(1)}s`);
         log.info({ decision: 'awake', wakeSeconds: seconds }, 'autoscale');
       }
-      if (plan.clearWakeRequest) await clearWakeRequest(custom, namespace, name);
+      if (plan.clearWakeRequest) await ctx.writes.clearWakeRequest();
 
       const serviceName = service?.metadata?.name;
       const port = plan.record.activatorPort;
@@ -194,7 +211,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
           portName: service.spec?.ports?.[0]?.name ?? '',
           activatorPort: port,
           addresses: deps.activator.addresses,
-          owner: ownerOf(buildkit),
+          owner: ownerOf(target),
         });
         routedToPod.delete(key);
         if (changed)
@@ -210,11 +227,10 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
 
     /** The fenced scale-down; resolves with true when the pods are gone. */
     async scaleDown(ctx: AutoscaleContext, plan: AutoscalePlan): Promise<boolean> {
-      const { buildkit, service } = ctx;
-      const namespace = buildkit.metadata!.namespace!;
-      const name = buildkit.metadata!.name!;
-      const key = `${namespace}/${name}`;
-      const log = deps.logger.child({ kind: BUILDKIT.kind, namespace, name });
+      const { target, service } = ctx;
+      const { namespace, name, kind } = target;
+      const key = targetKey(target);
+      const log = deps.logger.child({ kind, namespace, name });
       const port = plan.record.activatorPort;
       const [firstActivator] = deps.activator.addresses;
       if (!service?.metadata?.name || !port || firstActivator === undefined) {
@@ -243,53 +259,34 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
             portName: service.spec?.ports?.[0]?.name ?? '',
             activatorPort: port,
             addresses: deps.activator.addresses,
-            owner: ownerOf(buildkit),
+            owner: ownerOf(target),
           });
         },
         recordZero: async () => {
           const record = { ...plan.record, scaledToZeroTime: zeroAt };
-          await custom.patchNamespacedCustomObjectStatus(
-            {
-              group: GROUP,
-              version: VERSION,
-              namespace,
-              plural: BUILDKIT.plural,
-              name,
-              body: {
-                metadata: { resourceVersion: buildkit.metadata?.resourceVersion },
-                status: {
-                  phase: 'ScaledToZero',
-                  autoscaling: record,
-                  conditions: mergeConditions(
-                    buildkit.status?.conditions,
-                    zeroConditions(buildkit.status?.conditions, zeroAt),
-                    buildkit.metadata?.generation,
-                    deps.now(),
-                  ),
-                },
-              },
-            },
-            mergePatch,
-          );
+          await ctx.writes.recordZero(record, zeroAt);
           written.set(key, record);
         },
-        deletePod: async (pod) => {
-          try {
-            await core.deleteNamespacedPod({
-              namespace,
-              name: pod.metadata!.name!,
-              body: { preconditions: { uid: pod.metadata!.uid! } },
-            });
-          } catch (error) {
-            if (!isNotFound(error)) throw error;
-          }
-        },
+        deletePod: !ctx.writes.deletesPods
+          ? undefined
+          : async (pod) => {
+              try {
+                await core.deleteNamespacedPod({
+                  namespace,
+                  name: pod.metadata!.name!,
+                  body: { preconditions: { uid: pod.metadata!.uid! } },
+                });
+              } catch (error) {
+                if (!isNotFound(error)) throw error;
+              }
+            },
       });
       metrics.fenceSeconds.observe((Date.now() - started) / 1000);
+      const removal = ctx.writes.deletesPods ? 'removed pod(s)' : 'scaled to 0 replicas, removing';
       if (outcome.scaled) {
         removed.set(key, new Set(pods.map((p) => p.metadata?.uid ?? '')));
-        metrics.scaleDowns.inc({ kind: BUILDKIT.kind, outcome: 'scaled' });
-        const message = `scaled to zero: ${plan.condition.message}; removed pod(s) ${outcome.pods.join(', ')}, the claim and endpoint stay`;
+        metrics.scaleDowns.inc({ kind, outcome: 'scaled' });
+        const message = `scaled to zero: ${plan.condition.message}; ${removal} ${outcome.pods.join(', ')}, the claim and endpoint stay`;
         deps.events.record(ctx.ref, 'Normal', EVENT_REASON.ScaledToZero, message);
         log.info(
           { decision: 'scaled to zero', reason: plan.condition.message, pods: outcome.pods },
@@ -297,7 +294,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
         );
         return true;
       }
-      metrics.scaleDowns.inc({ kind: BUILDKIT.kind, outcome: 'aborted' });
+      metrics.scaleDowns.inc({ kind, outcome: 'aborted' });
       deps.events.record(
         ctx.ref,
         'Normal',
@@ -317,12 +314,13 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
   };
 }
 
-function ownerOf(bk: Buildkit) {
+/** The route goes with its target: owned by it, so deleting the target removes the route. */
+function ownerOf(t: AutoscaleTarget): V1OwnerReference {
   return {
-    apiVersion: `${GROUP}/${VERSION}`,
-    kind: BUILDKIT.kind,
-    name: bk.metadata!.name!,
-    uid: bk.metadata!.uid!,
+    apiVersion: t.apiVersion,
+    kind: t.kind,
+    name: t.name,
+    uid: t.uid,
     controller: true,
     blockOwnerDeletion: true,
   };

@@ -1,27 +1,30 @@
 // Asking for a wake, exactly once per target across every activator replica: the annotation is
 // added with the object's resourceVersion as a precondition, so of two replicas that saw the
-// same object only one write succeeds; the other re-reads, finds the request and stops.
-import type { CustomObjectsApi } from '@kubernetes/client-node';
+// same object only one write succeeds; the other re-reads, finds the request and stops. The
+// same for every kind of target (through the generic object API: Buildkits, StatefulSets and
+// Deployments alike).
+import type { CustomObjectsApi, KubernetesObject } from '@kubernetes/client-node';
 
-import { BUILDKIT, GROUP, VERSION } from '../../api/group.ts';
 import { WAKE_REQUESTED_ANNOTATION } from '../../api/labels.ts';
-import type { Buildkit } from '../../api/types.generated.ts';
 import { isConflict, isNotFound } from '../../kube/errors.ts';
 import { mergePatch } from '../reconcile-template.ts';
+import type { TargetName } from './target-kinds.ts';
+import { TARGET_RESOURCES } from './target-kinds.ts';
 
 export type WakeOutcome = 'requested' | 'already requested' | 'gone';
 
+const objectOf = (t: TargetName) => ({ ...TARGET_RESOURCES[t.kind], namespace: t.namespace, name: t.name });
+
 export async function requestWake(
   custom: CustomObjectsApi,
-  namespace: string,
-  name: string,
+  t: TargetName,
   nowIso: string,
 ): Promise<WakeOutcome> {
-  const target = { group: GROUP, version: VERSION, namespace, plural: BUILDKIT.plural, name };
+  const target = objectOf(t);
   for (let attempt = 0; attempt < 5; attempt++) {
-    let current: Buildkit;
+    let current: KubernetesObject;
     try {
-      current = (await custom.getNamespacedCustomObject(target)) as Buildkit;
+      current = (await custom.getNamespacedCustomObject(target)) as KubernetesObject;
     } catch (error) {
       if (isNotFound(error)) return 'gone';
       throw error;
@@ -46,25 +49,14 @@ export async function requestWake(
       if (!isConflict(error)) throw error;
     }
   }
-  throw new Error(`could not request a wake of ${namespace}/${name}: the object kept changing`);
+  throw new Error(`could not request a wake of ${t.kind} ${t.namespace}/${t.name}: the object kept changing`);
 }
 
 /** Removes the request once the target runs (no precondition: removing twice is harmless). */
-export async function clearWakeRequest(
-  custom: CustomObjectsApi,
-  namespace: string,
-  name: string,
-): Promise<void> {
+export async function clearWakeRequest(custom: CustomObjectsApi, t: TargetName): Promise<void> {
   try {
     await custom.patchNamespacedCustomObject(
-      {
-        group: GROUP,
-        version: VERSION,
-        namespace,
-        plural: BUILDKIT.plural,
-        name,
-        body: { metadata: { annotations: { [WAKE_REQUESTED_ANNOTATION]: null } } },
-      },
+      { ...objectOf(t), body: { metadata: { annotations: { [WAKE_REQUESTED_ANNOTATION]: null } } } },
       mergePatch,
     );
   } catch (error) {

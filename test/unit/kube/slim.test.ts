@@ -7,7 +7,8 @@ import { ObjectSerializer } from '@kubernetes/client-node/dist/gen/models/Object
 import { parse } from 'yaml';
 
 import { planBuildkit } from '../../../controller/buildkit-plan.ts';
-import { slimPod, slimService, withoutManagedFields } from '../../../kube/slim.ts';
+import { slimPod, slimService, slimWorkload, withoutManagedFields } from '../../../kube/slim.ts';
+import type { SlimWorkload } from '../../../kube/slim.ts';
 import { buildkit, service, template } from '../../support/controller-objects.ts';
 
 const golden = parse(
@@ -181,7 +182,7 @@ test('the sidecar as a native sidecar (an init container) keeps its named ports 
   ]);
 });
 
-test('a slim Service keeps its address and ports, not its managedFields', () => {
+test('a slim Service keeps its address, ports and selector, not its managedFields', () => {
   const raw = {
     apiVersion: 'v1',
     kind: 'Service',
@@ -198,7 +199,36 @@ test('a slim Service keeps its address and ports, not its managedFields', () => 
     apiVersion: 'v1',
     kind: 'Service',
     metadata: { name: 'bk', namespace: 'ci', creationTimestamp: new Date('2026-11-22T01:00:00Z') },
-    spec: { type: 'ClusterIP', clusterIP: '10.96.0.10', ports: raw.spec.ports },
+    spec: { type: 'ClusterIP', clusterIP: '10.96.0.10', ports: raw.spec.ports, selector: { a: 'b' } },
+  });
+});
+
+test('a slim workload keeps replicas, selector and the pod template metadata, not the pod spec', () => {
+  const raw = {
+    apiVersion: 'apps/v1',
+    kind: 'StatefulSet',
+    metadata: { name: 'stack', namespace: 'ci', managedFields, annotations: { a: '1' } },
+    spec: {
+      replicas: 1,
+      serviceName: 'stack-headless',
+      selector: { matchLabels: { app: 'buildkitd' } },
+      template: {
+        metadata: { labels: { app: 'buildkitd' }, annotations: { b: '2' } },
+        spec: { containers: [{ name: 'buildkitd', image: 'moby/buildkit' }] },
+      },
+      volumeClaimTemplates: [{ metadata: { name: 'cache' } }],
+    },
+    status: { replicas: 1 },
+  };
+  expect(slimWorkload(raw as unknown as SlimWorkload)).toEqual({
+    apiVersion: 'apps/v1',
+    kind: 'StatefulSet',
+    metadata: { name: 'stack', namespace: 'ci', annotations: { a: '1' } },
+    spec: {
+      replicas: 1,
+      selector: { matchLabels: { app: 'buildkitd' } },
+      template: { metadata: { labels: { app: 'buildkitd' }, annotations: { b: '2' } } },
+    },
   });
 });
 

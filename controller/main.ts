@@ -182,6 +182,9 @@ export async function startController(
         .map((w) => workloadKey(kind, w)),
     );
   const settings = activatorSettings(options['activator-address'], options['activator-ports']);
+  const identity = `${hostname()}_${randomBytes(4).toString('hex')}`;
+  const electionNamespace =
+    options['leader-election-namespace'] ?? process.env['POD_NAMESPACE'] ?? namespace ?? 'default';
   const autoscaling = startAutoscaling({
     kc,
     logger,
@@ -195,6 +198,11 @@ export async function startController(
       scaleIntervalMs: options['scale-interval'] * 1000,
       fenceSettleMs: options['fence-settle'] * 1000,
       minIdleTimeoutMs: parseMinIdleTimeout(options['min-idle-timeout']),
+      registry: {
+        namespace: electionNamespace,
+        identity,
+        leaseDurationMs: options['leader-election-lease-duration'] * 1000,
+      },
     },
     caches: {
       buildkits: () => [...buildkits.list()],
@@ -216,6 +224,13 @@ export async function startController(
     },
     enqueueBuildkit,
     enqueueWorkload,
+    enqueueAll: () => {
+      for (const b of buildkits.list()) enqueueBuildkit(keyOf(b));
+      for (const kind of WORKLOAD_KINDS) {
+        for (const w of workloadInformers[kind].list())
+          if (isOptedIn(w)) enqueueWorkload(workloadKey(kind, w));
+      }
+    },
     endpointSliceVersion: features.endpointSliceVersion,
   });
 
@@ -371,10 +386,9 @@ export async function startController(
     standaloneWork = lead(standalone.signal);
   } else {
     elector = new LeaderElector({
-      namespace:
-        options['leader-election-namespace'] ?? process.env['POD_NAMESPACE'] ?? namespace ?? 'default',
+      namespace: electionNamespace,
       name: options['leader-election-name'],
-      identity: `${hostname()}_${randomBytes(4).toString('hex')}`,
+      identity,
       kubeConfig: kc,
       logger,
       registry,
@@ -393,6 +407,7 @@ export async function startController(
   const metrics = await startMetricsServer(options['metrics-listen'], registry, () =>
     informers.every((i) => i.hasSynced()),
   );
+  logger.info({ metricsUrl: metrics.url }, 'serving metrics');
   let stopping: Promise<void> | undefined;
   return {
     isLeader: () => (elector ? elector.isLeader() : true),

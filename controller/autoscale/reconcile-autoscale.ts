@@ -46,6 +46,8 @@ export interface AutoscaleDeps {
   tokens: FenceTokens;
   routes: RouteWriter;
   activator: ActivatorSettings;
+  /** every live replica's activator addresses (this one's included): where routes point */
+  routeAddresses(): string[];
   /** the leader's idle scaler */
   scaler(): IdleScaler | undefined;
   /** the activator ports every target (of any kind) holds */
@@ -210,7 +212,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
           serviceName,
           portName: service.spec?.ports?.[0]?.name ?? '',
           activatorPort: port,
-          addresses: deps.activator.addresses,
+          addresses: deps.routeAddresses(),
           owner: ownerOf(target),
         });
         routedToPod.delete(key);
@@ -258,7 +260,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
             serviceName: service.metadata!.name!,
             portName: service.spec?.ports?.[0]?.name ?? '',
             activatorPort: port,
-            addresses: deps.activator.addresses,
+            addresses: deps.routeAddresses(),
             owner: ownerOf(target),
           });
         },

@@ -11,6 +11,7 @@ import { createActivator } from '../../activator/index.ts';
 import type { Buildkit, BuildkitTemplate } from '../../api/types.generated.ts';
 import type { EventRecorder } from '../events.ts';
 import type { IdleTarget } from './idle-scaler.ts';
+import { startActivatorRegistry } from './activator-registry.ts';
 import { startActivatorSync } from './activator-sync.ts';
 import type { TargetSource } from './activator-targets.ts';
 import { fenceTokens } from './fence-token.ts';
@@ -36,6 +37,8 @@ export interface AutoscalingSettings {
   fenceSettleMs: number;
   /** the shortest idle timeout an annotated workload may ask for */
   minIdleTimeoutMs: number;
+  /** where this replica announces its activator to the others (activator-registry.ts) */
+  registry: { namespace: string; identity: string; leaseDurationMs: number };
 }
 
 export interface AutoscalingCaches {
@@ -61,6 +64,8 @@ export function startAutoscaling(o: {
   caches: AutoscalingCaches;
   enqueueBuildkit(key: string): void;
   enqueueWorkload(key: string): void;
+  /** every autoscaled target (their routes need the new activator addresses) */
+  enqueueAll(): void;
   endpointSliceVersion: 'v1' | 'v1beta1';
 }) {
   const custom = o.kc.makeApiClient(CustomObjectsApi);
@@ -127,6 +132,13 @@ export function startAutoscaling(o: {
 
   let scaler: IdleScaler | undefined;
   const routes = routeWriter(o.kc, o.endpointSliceVersion);
+  const replicas = startActivatorRegistry({
+    kc: o.kc,
+    logger: o.logger,
+    ...o.settings.registry,
+    own: o.settings.activator.addresses,
+    onChange: () => o.enqueueAll(),
+  });
   const autoscale = autoscaleReconciler({
     kc: o.kc,
     logger: o.logger,
@@ -135,6 +147,7 @@ export function startAutoscaling(o: {
     tokens: fenceTokens(o.kc.makeApiClient(CoreV1Api)),
     routes,
     activator: o.settings.activator,
+    routeAddresses: () => replicas.addresses(),
     scaler: () => scaler,
     takenPorts: () => [
       ...o.caches.buildkits().flatMap((bk) => bk.status?.autoscaling?.activatorPort ?? []),
@@ -199,6 +212,8 @@ export function startAutoscaling(o: {
       });
     },
     async stop() {
+      // leave the others' routes first, then stop listening
+      await replicas.stop();
       sync.stop();
       await activator.close();
     },

@@ -1,5 +1,5 @@
 // Shared helpers for benchmarks: percentiles, medians, a printed table and a JSON result file.
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 
 export function percentile(sorted: number[], p: number): number {
   if (!sorted.length) return NaN;
@@ -42,3 +42,9 @@ export function writeResult(name: string, result: unknown): string {
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A host process's user+system CPU time so far, in ms (/proc/<pid>/stat, USER_HZ ticks). */
+export function processCpuMs(pid: number, ticksPerSecond = 100): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / ticksPerSecond;
+}

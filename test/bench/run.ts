@@ -7,6 +7,7 @@ const BENCHMARKS: Record<string, () => Promise<{ run: () => Promise<void> }>> = 
   'cold-start': () => import('./cold-start.ts'),
   wake: () => import('./wake.ts'),
   activator: () => import('./activator.ts'),
+  races: () => import('./races.ts'),
 };
 
 const wanted = process.argv.slice(2);

@@ -1,13 +1,13 @@
 // The real-node tier: tests that need the machine's real node (hack/real-node/). Where it cannot
 // run, its tests are skipped with the reason in their names, so the run's output lists them as not
 // run and they are never counted as passed (the summary reporter prints them).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
-import type { LocalCluster } from '../../hack/cluster.ts';
+import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { realNodeUnavailable } from '../../hack/real-node/start.ts';
 import { installCrds } from '../../hack/crds.ts';
 import { waitFor } from './wait.ts';
@@ -102,4 +102,20 @@ export async function startPlatform(
     { timeoutMs: 30_000 },
   );
   return processes;
+}
+
+/**
+ * For a benchmark on the real node: builds `dist/` and starts a cluster with the real node and no
+ * hollow nodes; where the tier cannot run, prints "<bench>: NOT RUN: ..." and resolves undefined.
+ */
+export async function startBenchCluster(bench: string): Promise<LocalCluster | undefined> {
+  if (REAL_NODE_UNAVAILABLE) {
+    console.log(`${bench}: NOT RUN: the real-node tier cannot run here: ${REAL_NODE_UNAVAILABLE}`);
+    return undefined;
+  }
+  execFileSync('npm', ['run', 'build', '--silent'], {
+    cwd: fileURLToPath(new URL('../../', import.meta.url)),
+    stdio: 'inherit',
+  });
+  return startCluster({ nodes: 0, realNode: true, log: () => {} });
 }

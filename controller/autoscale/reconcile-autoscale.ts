@@ -15,7 +15,7 @@ import type {
 import type { Logger } from 'pino';
 import { Counter, Histogram, type Registry } from 'prom-client';
 
-import { EVENT_REASON } from '../../api/conditions.ts';
+import { EVENT_REASON, REASON } from '../../api/conditions.ts';
 import { parseDuration } from '../../api/duration.ts';
 import type { Phase } from '../../api/group.ts';
 import type { Buildkit, BuildkitAutoscalingStatus, BuildkitTemplate } from '../../api/types.generated.ts';
@@ -23,6 +23,7 @@ import { isNotFound } from '../../kube/errors.ts';
 import type { EventRecorder } from '../events.ts';
 import { allocateActivatorPort } from './activator-route.ts';
 import type { FenceTokens } from './fence-token.ts';
+import type { IdleDecision } from './idle-decision.ts';
 import type { IdleScaler, IdleTarget } from './idle-scaler.ts';
 import type { AutoscalePlan } from './plan.ts';
 import { planAutoscale } from './plan.ts';
@@ -140,6 +141,22 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
     return running.filter((p) => !gone.has(p.metadata?.uid ?? ''));
   };
   const routedToPod = new Set<string>();
+  // A decision a fence already aborted on: the reconciles the abort's own writes set off must not
+  // fence again on it; the idle scaler's next reading makes a new one.
+  const decided = new Map<string, IdleDecision>();
+  const aborted = new WeakSet<IdleDecision>();
+  const currentDecision = (key: string): IdleDecision | undefined => {
+    const d = deps.scaler()?.decision(key);
+    if (d) decided.set(key, d);
+    else decided.delete(key);
+    if (!d || !aborted.has(d)) return d;
+    return {
+      ...d,
+      scaleDown: false,
+      reason: REASON.AwaitingFreshStats,
+      message: 'the last scale-down was aborted: waiting for fresh sidecar readings',
+    };
+  };
 
   const effectiveRecord = (key: string, fromCache: BuildkitAutoscalingStatus | undefined) => {
     const mine = written.get(key);
@@ -176,7 +193,6 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       const key = targetKey(target);
       const pods = runningPods(key, ctx.pods);
       const record = effectiveRecord(key, target.record);
-      const scaler = deps.scaler();
       const plan = planAutoscale({
         nowMs: deps.now().getTime(),
         record,
@@ -184,7 +200,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
         wakeRequested: target.wakeRequested,
         pods,
         ready: pods.some(isReady),
-        decision: scaler?.decision(key),
+        decision: currentDecision(key),
         // no activator to route to: no port either (and no listener in any replica)
         activatorPort: deps.activator.addresses.length > 0 ? portFor(key, record) : record?.activatorPort,
       });
@@ -304,6 +320,8 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
         `scale-down aborted: ${outcome.reason}`,
       );
       log.info({ decision: 'scale-down aborted', reason: outcome.reason }, 'autoscale');
+      const on = decided.get(key);
+      if (on) aborted.add(on);
       return false;
     },
 
@@ -312,6 +330,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       reservedPorts.delete(key);
       routedToPod.delete(key);
       removed.delete(key);
+      decided.delete(key);
     },
   };
 }

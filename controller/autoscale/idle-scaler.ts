@@ -12,6 +12,7 @@ import type { IdleDecision, SidecarReading } from './idle-decision.ts';
 import { decideIdle } from './idle-decision.ts';
 import { readStats, sidecarAddress } from './sidecar-client.ts';
 import { hasReadyCondition } from '../../kube/pod-status.ts';
+import { parseTargetKey } from './target-kinds.ts';
 
 export interface IdleTarget {
   key: string;
@@ -94,9 +95,10 @@ export function startIdleScaler(o: IdleScalerOptions): IdleScaler {
     decisions.set(target.key, d);
     if (!sameDecision(previous, d) || d.scaleDown) {
       if (!sameDecision(previous, d)) {
-        const [namespace, name] = target.key.split('/');
+        const { kind, namespace, name } = parseTargetKey(target.key);
         o.logger.info(
           {
+            kind,
             namespace,
             name,
             decision: d.scaleDown ? 'scale down' : 'stay awake',

@@ -172,14 +172,16 @@ describeRealNode('an annotated StatefulSet (the buildkitd stack) on the real nod
   }, 120_000);
 
   test('idle: replicas 1 -> 0, the pod goes, its claim stays Bound, the Service and manifest fields are untouched', async () => {
+    // Ready first: a grpc-js client closed while its connect is still pending keeps that
+    // connection open, and an open connection rightly keeps the workload awake
     await waitFor(
-      'buildkitd to answer through the Service',
-      () => healthCheck(address, 5000).catch(() => undefined),
-      {
-        timeoutMs: 180_000,
-        intervalMs: 1000,
-      },
+      'the StatefulSet pod to be Ready',
+      async () =>
+        (await json<{ status: { readyReplicas?: number } }>(['get', 'statefulset', '-n', NAMESPACE, NAME]))
+          .status.readyReplicas === 1,
+      { timeoutMs: 180_000, intervalMs: 500 },
     );
+    expect(await healthCheck(address, 10_000)).toEqual({ status: 'SERVING' });
     expect(boots()).toHaveLength(1);
     const zero = await atZero();
     expect(zero).toMatchObject({ replicas: 1, reason: 'ScaledToZero' });

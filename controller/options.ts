@@ -81,7 +81,7 @@ export const CONTROLLER_OPTIONS = {
     type: 'string',
     env: 'BKF_ACTIVATOR_ADDRESS',
     description:
-      'Comma-separated IP addresses of the activator replicas that Services route to while their targets are at zero (default: POD_IP); without one nothing scales to zero',
+      "Comma-separated IP addresses of this replica's activator, which Services route to while their targets are at zero (default: POD_IP); the replicas announce theirs to each other in Leases in the leader-election namespace; without one nothing scales to zero",
   },
   'activator-ports': {
     type: 'string',

@@ -1,7 +1,7 @@
 // An annotated StatefulSet or Deployment as a scale-to-zero target (pure): whether it opted in,
 // its knobs (annotations on the workload, or on its pod template), the client-facing Service it
 // is reached through, and the state the controller keeps on it in one annotation.
-import type { V1LabelSelector, V1ObjectMeta, V1Service } from '@kubernetes/client-node';
+import type { V1Service } from '@kubernetes/client-node';
 
 import { parseDuration } from '../../api/duration.ts';
 import type { Phase } from '../../api/group.ts';
@@ -17,18 +17,10 @@ import {
   WAKE_REPLICAS_ANNOTATION,
 } from '../../api/labels.ts';
 import type { BuildkitAutoscalingStatus } from '../../api/types.generated.ts';
+import type { SlimWorkload } from '../../kube/slim.ts';
 
 /** What the controller reads of a StatefulSet or Deployment (both have this shape). */
-export interface Workload {
-  apiVersion?: string;
-  kind?: string;
-  metadata?: V1ObjectMeta;
-  spec?: {
-    replicas?: number;
-    selector?: V1LabelSelector;
-    template?: { metadata?: V1ObjectMeta };
-  };
-}
+export type Workload = SlimWorkload;
 
 export const DEFAULT_WORKLOAD_IDLE_TIMEOUT = '5m';
 

@@ -17,6 +17,10 @@ export const CLUSTER_CIDR = '10.244.0.0/16';
 // The kubelet refuses a loopback node IP. The address lives on lo (this kernel has no dummy
 // links), in the benchmarking range (RFC 2544), which no real network routes.
 export const NODE_IP = '198.18.0.1';
+// A second host address beside it, for a second controller replica's activator in the tests (two
+// replicas on one host cannot both listen on the node IP's ports).
+export const SECOND_HOST_IP = '198.18.0.2';
+export const HOST_ADDRESSES = [NODE_IP, SECOND_HOST_IP];
 // A comment on the /etc/hosts line, so teardown finds exactly its own line.
 export const HOSTS_MARKER = 'buildkit-fleet real node';
 // iptables chains of the guard; every chain teardown removes starts with a prefix of its list.

@@ -26,7 +26,7 @@ import {
   KUBEPODS_CGROUP,
   kubeProxyArgs,
   kubeProxyConfig,
-  NODE_IP,
+  HOST_ADDRESSES,
   nodeLayout,
   POD_CIDR,
   REAL_NODE_NAME,
@@ -130,9 +130,11 @@ function addHostEntries(host: NodeHost): void {
     '/etc/hosts',
     `${fs.readFileSync('/etc/hosts', 'utf8').endsWith('\n') ? '' : '\n'}${j.hostsLine}\n`,
   );
-  const r = run('ip', ['addr', 'add', `${NODE_IP}/32`, 'dev', 'lo']);
-  if (r.code !== 0 && !/File exists/.test(r.stderr))
-    throw new Error(`ip addr add ${NODE_IP}/32 dev lo: ${r.stderr.trim()}`);
+  for (const address of HOST_ADDRESSES) {
+    const r = run('ip', ['addr', 'add', `${address}/32`, 'dev', 'lo']);
+    if (r.code !== 0 && !/File exists/.test(r.stderr))
+      throw new Error(`ip addr add ${address}/32 dev lo: ${r.stderr.trim()}`);
+  }
 }
 
 // `sh` puts itself into the guard's cgroup and then becomes the program, so the program and

@@ -20,7 +20,7 @@ import {
 } from './host.ts';
 import { cleanupScript } from './iptables-cleanup.ts';
 import type { RealNodeJournal } from './journal.ts';
-import { BRIDGE, KUBEPODS_CGROUP, NODE_IP } from './plan.ts';
+import { BRIDGE, HOST_ADDRESSES, KUBEPODS_CGROUP } from './plan.ts';
 
 // containerd 1.6 puts shim sockets here whatever its state dir (runtime/v2/shim/util_unix.go).
 const SHIM_SOCKET_DIR = '/run/containerd/s';
@@ -122,10 +122,12 @@ export function teardownRealNode(j: RealNodeJournal): TeardownReport {
   });
   if (j.hostsLine) step('removing the /etc/hosts line', () => removeHostsLine(j.hostsLine!));
   if (j.nodeAddressAdded) {
-    step(`removing ${NODE_IP} from lo`, () => {
-      const r = run('ip', ['addr', 'del', `${NODE_IP}/32`, 'dev', 'lo']);
-      if (r.code !== 0 && !/Cannot assign requested address/.test(r.stderr)) throw new Error(r.stderr.trim());
-    });
+    for (const address of HOST_ADDRESSES) {
+      step(`removing ${address} from lo`, () => {
+        const r = run('ip', ['addr', 'del', `${address}/32`, 'dev', 'lo']);
+        if (r.code !== 0 && !/Cannot assign requested address/.test(r.stderr)) throw new Error(r.stderr.trim());
+      });
+    }
   }
   step('removing cgroups', () => {
     removeCgroups();

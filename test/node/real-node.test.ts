@@ -22,7 +22,7 @@ import {
 } from '../../hack/real-node/host.ts';
 import { ownedLeftovers } from '../../hack/real-node/iptables-cleanup.ts';
 import type { RealNodeJournal } from '../../hack/real-node/journal.ts';
-import { BRIDGE, KUBEPODS_CGROUP, NODE_IP, REAL_NODE_NAME } from '../../hack/real-node/plan.ts';
+import { BRIDGE, HOST_ADDRESSES, KUBEPODS_CGROUP, REAL_NODE_NAME } from '../../hack/real-node/plan.ts';
 import { isRunning } from '../../hack/proc.ts';
 import { readState } from '../../hack/state.ts';
 import { healthCheck, listWorkers, streamBuild } from '../support/buildkit-client.ts';
@@ -336,7 +336,9 @@ describeRealNode('a Buildkit on the real node', () => {
     expect(ownedLeftovers(journal.iptablesBefore.v4, run('iptables-save', []).stdout)).toEqual([]);
     expect(ownedLeftovers(journal.iptablesBefore.v6, run('ip6tables-save', []).stdout)).toEqual([]);
     expect(linkExists(BRIDGE)).toBe(false);
-    expect(run('ip', ['-o', 'addr', 'show', 'dev', 'lo']).stdout).not.toContain(NODE_IP);
+    for (const address of HOST_ADDRESSES) {
+      expect(run('ip', ['-o', 'addr', 'show', 'dev', 'lo']).stdout).not.toContain(`${address}/32`);
+    }
     expect(fs.readFileSync('/etc/hosts', 'utf8')).not.toContain(journal.hostsLine!);
     for (const [key, value] of Object.entries(journal.sysctls))
       expect([key, readSysctl(key)]).toEqual([key, value]);

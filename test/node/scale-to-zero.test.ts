@@ -6,7 +6,6 @@
 // The tests share one cluster and run in order.
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
@@ -15,8 +14,10 @@ import { healthCheck, listWorkers } from '../support/buildkit-client.ts';
 import {
   controllerArgs,
   describeRealNode,
+  hostPathVolume,
   startPlatform,
   startPlatformProcess,
+  stopAll,
   type PlatformProcess,
 } from '../support/node-tier.ts';
 import { waitFor } from '../support/wait.ts';
@@ -108,20 +109,10 @@ describeRealNode('scale to zero on the real node', () => {
       '--min-idle-timeout',
       '5s',
     ]);
-    cacheDir = path.join(cluster.dir, 'pv-cache');
-    fs.mkdirSync(cacheDir, { recursive: true });
+    const volume = hostPathVolume(cluster, 'bkf-cache-pv', STORAGE_CLASS);
+    cacheDir = volume.dir;
     await cluster.kubectl(['create', 'namespace', NAMESPACE]);
-    // No provisioner runs here: one statically provisioned volume on the node's disk.
-    const manifests = `
-apiVersion: v1
-kind: PersistentVolume
-metadata: { name: bkf-cache-pv }
-spec:
-  capacity: { storage: 1Gi }
-  accessModes: [ReadWriteOnce]
-  storageClassName: ${STORAGE_CLASS}
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: { path: ${cacheDir}, type: Directory }
+    const manifests = `${volume.yaml}
 ---
 apiVersion: buildkit.seatgeek.io/v1alpha1
 kind: BuildkitTemplate
@@ -140,14 +131,7 @@ spec: { template: ${TEMPLATE} }
     await cluster.kubectl(['apply', '-f', '-'], { input: manifests });
   }, 600_000);
 
-  afterAll(async () => {
-    await Promise.all(platform.map((p) => p.stop()));
-    // the platform's logs outlive the cluster folder, for a look after a failure
-    const keep = path.join(os.tmpdir(), 'bkf-scale-to-zero-logs');
-    fs.mkdirSync(keep, { recursive: true });
-    for (const p of platform) fs.copyFileSync(p.logPath, path.join(keep, path.basename(p.logPath)));
-    await cluster?.stop();
-  }, 120_000);
+  afterAll(() => stopAll(cluster, platform, 'bkf-scale-to-zero-logs'), 120_000);
 
   let endpoint = '';
 

@@ -6,13 +6,18 @@
 //
 // The tests share one cluster and run in order.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { NODE_IP } from '../../hack/real-node/plan.ts';
 import { healthCheck, listWorkers } from '../support/buildkit-client.ts';
-import { describeRealNode, startPlatform, type PlatformProcess } from '../support/node-tier.ts';
+import {
+  describeRealNode,
+  hostPathVolume,
+  startPlatform,
+  stopAll,
+  type PlatformProcess,
+} from '../support/node-tier.ts';
 import { waitFor } from '../support/wait.ts';
 
 const NAMESPACE = 'stack-ns';
@@ -26,16 +31,7 @@ interface StatefulSetView {
   spec: { replicas: number };
 }
 
-const manifests = (cacheDir: string) => `
-apiVersion: v1
-kind: PersistentVolume
-metadata: { name: stack-cache-pv }
-spec:
-  capacity: { storage: 1Gi }
-  accessModes: [ReadWriteOnce]
-  storageClassName: ${STORAGE_CLASS}
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: { path: ${cacheDir}, type: Directory }
+const manifests = (volumeYaml: string) => `${volumeYaml}
 ---
 apiVersion: v1
 kind: Service
@@ -85,6 +81,7 @@ describeRealNode('an annotated StatefulSet (the buildkitd stack) on the real nod
   let cluster: LocalCluster;
   let platform: PlatformProcess[] = [];
   let cacheDir: string;
+  let volumeYaml = '';
   let address = '';
 
   const json = async <T>(args: string[]): Promise<T> =>
@@ -155,21 +152,16 @@ describeRealNode('an annotated StatefulSet (the buildkitd stack) on the real nod
       ],
       [],
     );
-    cacheDir = path.join(cluster.dir, 'stack-cache');
-    fs.mkdirSync(cacheDir, { recursive: true });
+    const volume = hostPathVolume(cluster, 'stack-cache-pv', STORAGE_CLASS);
+    cacheDir = volume.dir;
+    volumeYaml = volume.yaml;
     await cluster.kubectl(['create', 'namespace', NAMESPACE]);
-    await cluster.kubectl(['apply', '-f', '-'], { input: manifests(cacheDir) });
+    await cluster.kubectl(['apply', '-f', '-'], { input: manifests(volumeYaml) });
     const service = await json<{ spec: { clusterIP: string } }>(['get', 'service', '-n', NAMESPACE, NAME]);
     address = `tcp://${service.spec.clusterIP}:8372`;
   }, 600_000);
 
-  afterAll(async () => {
-    await Promise.all(platform.map((p) => p.stop()));
-    const keep = path.join(os.tmpdir(), 'bkf-workload-scale-to-zero-logs');
-    fs.mkdirSync(keep, { recursive: true });
-    for (const p of platform) fs.copyFileSync(p.logPath, path.join(keep, path.basename(p.logPath)));
-    await cluster?.stop();
-  }, 120_000);
+  afterAll(() => stopAll(cluster, platform, 'bkf-workload-scale-to-zero-logs'), 120_000);
 
   test('idle: replicas 1 -> 0, the pod goes, its claim stays Bound, the Service and manifest fields are untouched', async () => {
     // Ready first: a grpc-js client closed while its connect is still pending keeps that
@@ -232,7 +224,7 @@ describeRealNode('an annotated StatefulSet (the buildkitd stack) on the real nod
 
   test('at zero, `kubectl apply` of the manifest (replicas: 1) is a wake, not a fight: it stays at 1 until idle again', async () => {
     await atZero();
-    await cluster.kubectl(['apply', '-f', '-'], { input: manifests(cacheDir) });
+    await cluster.kubectl(['apply', '-f', '-'], { input: manifests(volumeYaml) });
     await waitFor(
       'the applied replicas to be taken as a wake',
       async () => ((await state()).phase === 'Running' ? true : undefined),

@@ -3,6 +3,7 @@
 // run and they are never counted as passed (the summary reporter prints them).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -118,4 +119,47 @@ export async function startBenchCluster(bench: string): Promise<LocalCluster | u
     stdio: 'inherit',
   });
   return startCluster({ nodes: 0, realNode: true, log: () => {} });
+}
+
+/**
+ * A PersistentVolume on the node's disk, as YAML (no provisioner runs here), and the folder it
+ * makes for it under the cluster's directory.
+ */
+export function hostPathVolume(
+  cluster: LocalCluster,
+  name: string,
+  storageClass: string,
+): { yaml: string; dir: string } {
+  const dir = path.join(cluster.dir, name);
+  fs.mkdirSync(dir, { recursive: true });
+  const yaml = `
+apiVersion: v1
+kind: PersistentVolume
+metadata: { name: ${name} }
+spec:
+  capacity: { storage: 1Gi }
+  accessModes: [ReadWriteOnce]
+  storageClassName: ${storageClass}
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: { path: ${dir}, type: Directory }
+`;
+  return { yaml, dir };
+}
+
+/**
+ * Stops the platform's processes and the cluster; their logs outlive the cluster's folder, in
+ * $TMPDIR/<keepAs>, for a look after a failure.
+ */
+export async function stopAll(
+  cluster: LocalCluster | undefined,
+  processes: PlatformProcess[],
+  keepAs: string,
+): Promise<void> {
+  await Promise.all(processes.map((p) => p.stop()));
+  const keep = path.join(os.tmpdir(), keepAs);
+  fs.mkdirSync(keep, { recursive: true });
+  for (const p of processes) {
+    if (fs.existsSync(p.logPath)) fs.copyFileSync(p.logPath, path.join(keep, path.basename(p.logPath)));
+  }
+  await cluster?.stop();
 }

@@ -70,7 +70,7 @@ describeRealNode(
       const url = /"metricsUrl":"(http:[^"]+)"/.exec(fs.readFileSync(p.logPath, 'utf8'));
       if (!url) return false;
       const text = await (await fetch(`${url[1]}/metrics`)).text();
-      return /buildkit_fleet_leader_is_leader\S* 1\b/.test(text);
+      return /^buildkit_fleet_leader_is_leader\{[^}]*\} 1$/m.test(text);
     };
 
     beforeAll(async () => {

@@ -31,7 +31,7 @@ export interface ActivatorSync {
 export function startActivatorSync(o: ActivatorSyncOptions): ActivatorSync {
   const confirmed = new Set<string>();
   const confirming = new Set<string>();
-  const interval = o.confirmIntervalMs ?? 100;
+  const interval = o.confirmIntervalMs ?? 50;
   const timeout = o.confirmTimeoutMs ?? 60_000;
   let stopped = false;
   let pending: NodeJS.Timeout | undefined;

@@ -15,13 +15,17 @@ export interface TargetSource {
 }
 
 /**
- * A pod the activator may splice to once its buildkitd answers: running, with an address, not
- * terminating. Not necessarily Ready: the activator dials the pod's address itself, and its own
- * check (the sidecar's gRPC health call to buildkitd) is what it waits for, not the kubelet's
- * next readiness tick, which can come seconds after buildkitd serves.
+ * A pod the activator may splice to once its buildkitd answers: with an address, not terminating,
+ * not ended. Not necessarily Running, let alone Ready: the activator dials the pod's address
+ * itself, and its own check (the sidecar's gRPC health call to buildkitd) is what it waits for.
+ * The kubelet may report the address before the containers run, and its next readiness tick can
+ * come seconds after buildkitd serves; asking from the moment there is an address takes both
+ * waits out of a wake.
  */
 export const isServablePod = (pod: V1Pod): boolean =>
-  !pod.metadata?.deletionTimestamp && pod.status?.phase === 'Running' && Boolean(pod.status?.podIP);
+  !pod.metadata?.deletionTimestamp &&
+  (pod.status?.phase === 'Running' || pod.status?.phase === 'Pending') &&
+  Boolean(pod.status?.podIP);
 
 const isReady = hasReadyCondition;
 

@@ -40,11 +40,27 @@ test('a target forwards to its running pod once buildkitd is confirmed serving, 
     { key: 'ci/c', port: 20002, mode: { kind: 'hold' } }, // ready but not confirmed yet
     { key: 'ci/d', port: 20003, mode: { kind: 'hold' } },
   ]);
-  // a pod that does not run yet (no address) is held for, confirmed or not
+  // a pod without an address is held for, confirmed or not
   const pending = { ...pod('p-0'), status: { phase: 'Pending' } };
   expect(
     activatorTargets([{ key: 'ci/p', activatorPort: 20009, pods: [pending], service }], new Set(['uid-p-0'])),
   ).toEqual([{ key: 'ci/p', port: 20009, mode: { kind: 'hold' } }]);
+  // Pending with an address (the kubelet reports it before the containers run): once its
+  // buildkitd answers it is forwarded to; an ended pod never is
+  const addressed = { ...pod('q-0'), status: { phase: 'Pending', podIP: '10.0.0.8' } };
+  const ended = { ...pod('r-0'), status: { phase: 'Failed', podIP: '10.0.0.9' } };
+  expect(
+    activatorTargets(
+      [
+        { key: 'ci/q', activatorPort: 20010, pods: [addressed], service },
+        { key: 'ci/r', activatorPort: 20011, pods: [ended], service },
+      ],
+      new Set(['uid-q-0', 'uid-r-0']),
+    ),
+  ).toEqual([
+    { key: 'ci/q', port: 20010, mode: { kind: 'forward', upstream: { host: '10.0.0.8', port: 1234 } } },
+    { key: 'ci/r', port: 20011, mode: { kind: 'hold' } },
+  ]);
 });
 
 test('a terminating pod is never forwarded to; a Ready pod goes first, then the older one', () => {

@@ -125,7 +125,8 @@ export function teardownRealNode(j: RealNodeJournal): TeardownReport {
     for (const address of HOST_ADDRESSES) {
       step(`removing ${address} from lo`, () => {
         const r = run('ip', ['addr', 'del', `${address}/32`, 'dev', 'lo']);
-        if (r.code !== 0 && !/Cannot assign requested address/.test(r.stderr)) throw new Error(r.stderr.trim());
+        if (r.code !== 0 && !/Cannot assign requested address/.test(r.stderr))
+          throw new Error(r.stderr.trim());
       });
     }
   }

@@ -346,6 +346,7 @@ export async function startController(
   for (const informer of informers) informer.start();
   await Promise.all(informers.map((i) => i.waitForSync({ timeoutMs: 120_000 })));
   logger.info({ namespace: namespace ?? '(all)' }, 'caches synced');
+  await autoscaling.announce();
 
   const lead = async (signal: AbortSignal) => {
     const term = {

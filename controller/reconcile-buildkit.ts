@@ -22,7 +22,7 @@ import type {
 } from '../api/types.generated.ts';
 import type { AutoscalePlan } from './autoscale/plan.ts';
 import { withAutoscaling } from './autoscale/plan.ts';
-import type { AutoscaleStep } from './autoscale/reconcile-autoscale.ts';
+import type { AutoscaleStep, PreparedPlan } from './autoscale/reconcile-autoscale.ts';
 import { isAutoscaled } from './autoscale/reconcile-autoscale.ts';
 import { buildkitAutoscaleContext } from './autoscale/buildkit-target.ts';
 import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
@@ -119,7 +119,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     let plan = planBuildkit(observation);
 
     // Scale to zero: the autoscale step plans, routes the Service, and may fence the pod away.
-    let autoPlan: AutoscalePlan | undefined;
+    let autoPlan: PreparedPlan | undefined;
     const service = serviceOwned ? existingService : undefined;
     if (deps.autoscale && template && isAutoscaled(template) && !buildError) {
       const ctx = buildkitAutoscaleContext({ custom, buildkit, pods, service, ref, now });
@@ -258,6 +258,8 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
         'buildkit reconcile',
       );
     }
+    // the route could not be written: everything else is done, look again for the route
+    if (autoPlan?.routeError && result === 'done') return 'retry';
     return result;
   };
 }

@@ -19,6 +19,9 @@ import type {
 
 type Loose = Record<string, unknown>;
 
+/** kubectl's copy of the whole applied manifest; every user Service has one. */
+const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
+
 function toDate(value: unknown): Date | undefined {
   if (value === undefined || value === null) return undefined;
   return value instanceof Date ? value : new Date(String(value));
@@ -128,10 +131,16 @@ export function slimPod(pod: V1Pod): V1Pod {
 
 /** A Service as the reconcilers read it: metadata, cluster IP, ports and selector. */
 export function slimService(service: V1Service): V1Service {
+  const metadata = slimMetadata(service.metadata);
+  if (metadata.annotations?.[LAST_APPLIED]) {
+    const { [LAST_APPLIED]: _manifest, ...rest } = metadata.annotations;
+    metadata.annotations = Object.keys(rest).length ? rest : undefined;
+    if (!metadata.annotations) delete metadata.annotations;
+  }
   return defined({
     apiVersion: service.apiVersion,
     kind: service.kind,
-    metadata: slimMetadata(service.metadata),
+    metadata,
     spec: service.spec
       ? defined({
           type: service.spec.type,
@@ -148,6 +157,18 @@ export function withoutManagedFields<T extends { metadata?: V1ObjectMeta }>(obje
   if (!object.metadata?.managedFields) return object;
   const { managedFields: _managed, ...metadata } = object.metadata;
   return { ...object, metadata };
+}
+
+/**
+ * Only the platform's own annotations (`buildkit-fleet.io/...`): the others are nothing the
+ * controller reads, and one of them (kubectl's last-applied-configuration) is the whole manifest.
+ */
+function platformAnnotations(
+  annotations: Record<string, string> | undefined,
+): Record<string, string> | undefined {
+  if (!annotations) return undefined;
+  const kept = Object.entries(annotations).filter(([k]) => k.startsWith('buildkit-fleet.io/'));
+  return kept.length ? Object.fromEntries(kept) : undefined;
 }
 
 /** What scale to zero reads of a StatefulSet or Deployment (the same shape for both). */
@@ -169,15 +190,21 @@ export interface SlimWorkload {
 export function slimWorkload<T extends SlimWorkload>(workload: T): T {
   const spec = workload.spec;
   const template = spec?.template?.metadata;
+  const metadata = slimMetadata(workload.metadata);
   return defined({
     apiVersion: workload.apiVersion,
     kind: workload.kind,
-    metadata: slimMetadata(workload.metadata),
+    metadata: defined({ ...metadata, annotations: platformAnnotations(metadata.annotations) }),
     spec: spec
       ? defined({
           replicas: spec.replicas,
           selector: spec.selector,
-          template: { metadata: defined({ labels: template?.labels, annotations: template?.annotations }) },
+          template: {
+            metadata: defined({
+              labels: template?.labels,
+              annotations: platformAnnotations(template?.annotations),
+            }),
+          },
         })
       : undefined,
   }) as T;

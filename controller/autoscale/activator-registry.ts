@@ -49,6 +49,12 @@ export function startActivatorRegistry(o: {
   /** this replica's activator addresses */
   own: string[];
   leaseDurationMs: number;
+  /**
+   * After deleting its Lease, how long stop() keeps this replica's listeners up while other
+   * replicas are live: until the leader has seen the Lease go and rerouted, so that no client is
+   * sent to a closed port meanwhile.
+   */
+  lingerMs?: number;
   /** the set of live addresses changed */
   onChange(addresses: string[]): void;
   now?: () => number;
@@ -102,10 +108,36 @@ export function startActivatorRegistry(o: {
       labelSelector: `${ACTIVATOR_LEASE_LABEL}=true`,
     });
     const next = liveActivatorAddresses(list.items, o.own, now());
+    await removeLongExpired(list.items);
     if (JSON.stringify(next) !== JSON.stringify(current)) {
       log.info({ addresses: next, previous: current }, 'activator replicas changed');
       current = next;
       o.onChange(next);
+    }
+  }
+
+  // Every process start has a Lease of its own: those of replicas that died (no stop() ran) are
+  // removed once expired for several durations, by whichever replica sees them first.
+  async function removeLongExpired(leases: V1Lease[]): Promise<void> {
+    for (const lease of leases) {
+      const leaseName = lease.metadata?.name;
+      if (!leaseName || leaseName === name) continue;
+      const renewed = lease.spec?.renewTime ? new Date(lease.spec.renewTime).getTime() : NaN;
+      const durationMs = (lease.spec?.leaseDurationSeconds ?? 0) * 1000;
+      if (!(renewed + 3 * Math.max(durationMs, 1000) < now())) continue;
+      try {
+        await api.deleteNamespacedLease({
+          namespace: o.namespace,
+          name: leaseName,
+          body: { preconditions: { resourceVersion: lease.metadata?.resourceVersion } },
+        });
+        log.info(
+          { removed: leaseName },
+          'removed the Lease of an activator replica that stopped renewing it',
+        );
+      } catch (error) {
+        if (!isNotFound(error) && !isConflict(error)) throw error;
+      }
     }
   }
 
@@ -131,6 +163,8 @@ export function startActivatorRegistry(o: {
       } catch (error) {
         if (!isNotFound(error)) log.warn({ err: (error as Error).message }, 'activator lease not deleted');
       }
+      const others = current.some((a) => !o.own.includes(a));
+      if (others && o.lingerMs) await new Promise((resolve) => setTimeout(resolve, o.lingerMs));
     },
   };
 }

@@ -79,6 +79,9 @@ export interface TargetWrites {
   deletesPods: boolean;
 }
 
+/** The plan as prepare() carried it out; routeError: the route could not be written (retry). */
+export type PreparedPlan = AutoscalePlan & { routeError?: string };
+
 export interface AutoscaleContext {
   target: AutoscaleTarget;
   /** the target's pods, terminating ones included */
@@ -187,7 +190,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
 
   return {
     /** Plans autoscaling for this reconcile and puts in place what the pod and the Service need. */
-    async prepare(ctx: AutoscaleContext): Promise<AutoscalePlan> {
+    async prepare(ctx: AutoscaleContext): Promise<PreparedPlan> {
       const { target, service } = ctx;
       const { namespace, name, kind } = target;
       const key = targetKey(target);
@@ -222,25 +225,33 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
 
       const serviceName = service?.metadata?.name;
       const port = plan.record.activatorPort;
-      if (serviceName && plan.routeToActivator && port && deps.activator.addresses.length > 0) {
-        const changed = await deps.routes.ensure({
-          namespace,
-          serviceName,
-          portName: service.spec?.ports?.[0]?.name ?? '',
-          activatorPort: port,
-          addresses: deps.routeAddresses(),
-          owner: ownerOf(target),
-        });
-        routedToPod.delete(key);
-        if (changed)
-          log.info({ decision: 'route to the activators', reason: plan.condition.message }, 'autoscale');
-      } else if (serviceName && !plan.routeToActivator && !routedToPod.has(key)) {
-        if (await deps.routes.remove(namespace, serviceName)) {
-          log.info({ decision: 'route to the pod', reason: 'the pod is ready' }, 'autoscale');
+      // A route that cannot be written must not hold up the rest (a wake's pod, above all): the
+      // reconcile goes on, and the caller retries for the route.
+      let routeError: string | undefined;
+      try {
+        if (serviceName && plan.routeToActivator && port && deps.activator.addresses.length > 0) {
+          const changed = await deps.routes.ensure({
+            namespace,
+            serviceName,
+            portName: service.spec?.ports?.[0]?.name ?? '',
+            activatorPort: port,
+            addresses: deps.routeAddresses(),
+            owner: ownerOf(target),
+          });
+          routedToPod.delete(key);
+          if (changed)
+            log.info({ decision: 'route to the activators', reason: plan.condition.message }, 'autoscale');
+        } else if (serviceName && !plan.routeToActivator && !routedToPod.has(key)) {
+          if (await deps.routes.remove(namespace, serviceName)) {
+            log.info({ decision: 'route to the pod', reason: 'the pod is ready' }, 'autoscale');
+          }
+          routedToPod.add(key);
         }
-        routedToPod.add(key);
+      } catch (error) {
+        routeError = (error as Error).message;
+        log.warn({ decision: 'route', err: routeError }, 'the route could not be written: retrying');
       }
-      return plan;
+      return routeError ? { ...plan, routeError } : plan;
     },
 
     /** The fenced scale-down; resolves with true when the pods are gone. */
@@ -325,6 +336,11 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       return false;
     },
 
+    /** A wake this reconcile started did not land (its write conflicted): forget its record. */
+    unwrite(key: string) {
+      written.delete(key);
+    },
+
     forget(key: string) {
       written.delete(key);
       reservedPorts.delete(key);
@@ -337,13 +353,15 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
 
 /** The route goes with its target: owned by it, so deleting the target removes the route. */
 function ownerOf(t: AutoscaleTarget): V1OwnerReference {
+  // blockOwnerDeletion needs update on the owner's finalizers where OwnerReferencesPermission-
+  // Enforcement runs; the controller has that for Buildkits, not for the user's workloads
   return {
     apiVersion: t.apiVersion,
     kind: t.kind,
     name: t.name,
     uid: t.uid,
     controller: true,
-    blockOwnerDeletion: true,
+    blockOwnerDeletion: t.kind === 'Buildkit',
   };
 }
 
@@ -396,4 +414,4 @@ function autoscaleMetrics(registry: Registry) {
 }
 
 /** What the Buildkit reconciler calls. */
-export type AutoscaleStep = Pick<ReturnType<typeof autoscaleReconciler>, 'prepare' | 'scaleDown'>;
+export type AutoscaleStep = Pick<ReturnType<typeof autoscaleReconciler>, 'prepare' | 'scaleDown' | 'unwrite'>;

@@ -78,9 +78,9 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
   async function write(t: TargetName, w: Workload, change: WorkloadWrite): Promise<void> {
     const body: Record<string, unknown> = {
       metadata: {
-        // replicas are written only on what this reconcile saw: a concurrent change wins, and
-        // the next reconcile looks again
-        ...(change.replicas !== undefined ? { resourceVersion: w.metadata?.resourceVersion } : {}),
+        // written only on what this reconcile saw: a concurrent change (or a cache that has not
+        // caught up with this controller's own last write) wins, and the next reconcile looks again
+        resourceVersion: w.metadata?.resourceVersion,
         ...(change.state
           ? { annotations: { [AUTOSCALING_STATE_ANNOTATION]: writeWorkloadState(change.state) } }
           : {}),
@@ -93,13 +93,22 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
     );
   }
 
+  const writeOrRetry = (t: TargetName, w: Workload, change: WorkloadWrite): Promise<'written' | 'retry'> =>
+    write(t, w, change).then(
+      () => 'written' as const,
+      (error: unknown) => {
+        if (isConflict(error)) return 'retry' as const;
+        throw error;
+      },
+    );
+
   async function optOut(key: string, t: TargetName, w: Workload, state: WorkloadState, why: string) {
     deps.forget(key);
     const stranded = isAtZero(state) && (w.spec?.replicas ?? 1) === 0;
     if (state.service) await deps.routes.remove(t.namespace, state.service);
     const body = {
       metadata: {
-        ...(stranded ? { resourceVersion: w.metadata?.resourceVersion } : {}),
+        resourceVersion: w.metadata?.resourceVersion,
         annotations: { [AUTOSCALING_STATE_ANNOTATION]: null, [WAKE_REQUESTED_ANNOTATION]: null },
       },
       ...(stranded ? { spec: { replicas: replicasOnWake(undefined, state) } } : {}),
@@ -157,6 +166,9 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
           const replicas = fresh.spec?.replicas ?? 1;
           if (replicas !== (w.spec?.replicas ?? 1))
             throw new Error(`its replicas changed to ${replicas} meanwhile`);
+          // a rollout started since the fence would have pods nobody fenced
+          if (fresh.metadata?.generation !== w.metadata?.generation)
+            throw new Error('its spec changed meanwhile');
           const zero: WorkloadState = {
             ...state,
             ...record,
@@ -175,7 +187,9 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
   return async function reconcileWorkload(key: string): Promise<WorkloadResult> {
     const t = parseTargetKey(key);
     if (t.kind === 'Buildkit') throw new Error(`not a workload key: ${key}`);
-    const w = deps.getWorkload(t.kind, t.namespace, t.name);
+    const cached = deps.getWorkload(t.kind, t.namespace, t.name);
+    // list items of built-in kinds come without their kind; messages name it
+    const w = cached && { ...cached, kind: t.kind };
     const log = deps.logger.child({ kind: t.kind, namespace: t.namespace, name: t.name });
     if (!w || w.metadata?.deletionTimestamp) {
       deps.forget(key);
@@ -186,6 +200,7 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
     if (stateError) log.warn({ reason: stateError }, 'autoscaling state');
     const hasState = w.metadata?.annotations?.[AUTOSCALING_STATE_ANNOTATION] !== undefined;
     if (!isOptedIn(w)) {
+      reported.delete(key);
       if (hasState) await optOut(key, t, w, state, 'the pod template no longer carries the autoscale label');
       return 'done';
     }
@@ -226,7 +241,7 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
     if (replicas === 0 && !atZero) {
       // scaled to 0 by someone else: at zero from now on, and a client's connection wakes it
       const zeroAt = deps.now().toISOString();
-      await write(t, w, {
+      const outcome = await writeOrRetry(t, w, {
         state: {
           ...state,
           phase: 'ScaledToZero',
@@ -238,6 +253,7 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
           idleEvidence: undefined,
         },
       });
+      if (outcome === 'retry') return 'retry';
       log.info({ decision: 'at zero', reason: 'its replicas were set to 0 by someone else' }, 'autoscale');
       return 'done';
     }
@@ -250,6 +266,7 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
     if (plan.scaleDown && (await deps.autoscale.scaleDown(ctx, plan))) return 'done';
 
     const ready = live(pods).some(isPodReady);
+    const result: WorkloadResult = plan.routeError ? 'retry' : 'done';
     const next: WorkloadState = {
       ...state,
       ...plan.record,
@@ -267,6 +284,8 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
       try {
         await write(t, w, change);
       } catch (error) {
+        // a wake that did not land is not one: the next reconcile starts it again
+        if (plan.wakeStarts) deps.autoscale.unwrite(key);
         if (isConflict(error)) return 'retry';
         if (isNotFound(error)) return 'done';
         throw error;
@@ -278,7 +297,7 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
         );
       }
     }
-    return 'done';
+    return result;
   }
 }
 

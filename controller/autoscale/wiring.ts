@@ -11,6 +11,7 @@ import { createActivator } from '../../activator/index.ts';
 import type { Buildkit, BuildkitTemplate } from '../../api/types.generated.ts';
 import type { EventRecorder } from '../events.ts';
 import type { IdleTarget } from './idle-scaler.ts';
+import type { ActivatorRegistry } from './activator-registry.ts';
 import { startActivatorRegistry } from './activator-registry.ts';
 import { startActivatorSync } from './activator-sync.ts';
 import type { TargetSource } from './activator-targets.ts';
@@ -132,13 +133,9 @@ export function startAutoscaling(o: {
 
   let scaler: IdleScaler | undefined;
   const routes = routeWriter(o.kc, o.endpointSliceVersion);
-  const replicas = startActivatorRegistry({
-    kc: o.kc,
-    logger: o.logger,
-    ...o.settings.registry,
-    own: o.settings.activator.addresses,
-    onChange: () => o.enqueueAll(),
-  });
+  // announced once the caches have synced and the activator listens (announce())
+  let replicas: ActivatorRegistry | undefined;
+  const ownAddresses = [...o.settings.activator.addresses].sort();
   const autoscale = autoscaleReconciler({
     kc: o.kc,
     logger: o.logger,
@@ -147,7 +144,7 @@ export function startAutoscaling(o: {
     tokens: fenceTokens(o.kc.makeApiClient(CoreV1Api)),
     routes,
     activator: o.settings.activator,
-    routeAddresses: () => replicas.addresses(),
+    routeAddresses: () => replicas?.addresses() ?? ownAddresses,
     scaler: () => scaler,
     takenPorts: () => [
       ...o.caches.buildkits().flatMap((bk) => bk.status?.autoscaling?.activatorPort ?? []),
@@ -211,9 +208,21 @@ export function startAutoscaling(o: {
         else signal.addEventListener('abort', end, { once: true });
       });
     },
+    /** the caches have synced: listen for every target, then tell the other replicas */
+    async announce() {
+      await sync.sync();
+      replicas ??= startActivatorRegistry({
+        kc: o.kc,
+        logger: o.logger,
+        ...o.settings.registry,
+        own: o.settings.activator.addresses,
+        lingerMs: Math.min(15_000, o.settings.registry.leaseDurationMs / 3 + o.settings.fenceSettleMs),
+        onChange: () => o.enqueueAll(),
+      });
+    },
     async stop() {
-      // leave the others' routes first, then stop listening
-      await replicas.stop();
+      // leave the others' routes first (the registry lingers until they have), then stop listening
+      await replicas?.stop();
       sync.stop();
       await activator.close();
     },

@@ -63,6 +63,11 @@ function knob(w: Workload, key: string): string | undefined {
 
 const describe = (w: Workload) => `${w.kind ?? 'workload'} ${w.metadata?.name ?? ''}`;
 
+// The activator route and the forward carry one port: a Service with several (buildkitd beside
+// metrics, say) would have its other ports routed to buildkitd, or buildkitd's to the wrong one.
+const onePort = (s: V1Service) =>
+  `Service ${s.metadata?.name} has ${s.spec?.ports?.length ?? 0} ports; the client Service of an autoscaled workload must have exactly one (buildkitd's)`;
+
 /**
  * The Service clients reach the workload through: the one the annotation names, or else the one
  * Service of the namespace whose selector picks the workload's pods. Headless Services do not
@@ -90,6 +95,7 @@ export function clientService(
         error: `annotation ${SERVICE_ANNOTATION}: Service ${named} is headless, so kube-proxy does not route it`,
       };
     }
+    if ((service.spec?.ports?.length ?? 0) !== 1) return { error: onePort(service) };
     if (!selects(service)) {
       return {
         error: `annotation ${SERVICE_ANNOTATION}: Service ${named} does not select the pods of ${describe(w)}`,
@@ -98,7 +104,10 @@ export function clientService(
     return { service };
   }
   const candidates = services.filter((s) => selects(s) && !headless(s));
-  if (candidates.length === 1) return { service: candidates[0]! };
+  if (candidates.length === 1) {
+    const [service] = candidates as [V1Service];
+    return (service.spec?.ports?.length ?? 0) === 1 ? { service } : { error: onePort(service) };
+  }
   const names = candidates.map((s) => s.metadata?.name).sort();
   return {
     error:

@@ -186,7 +186,13 @@ test('a slim Service keeps its address, ports and selector, not its managedField
   const raw = {
     apiVersion: 'v1',
     kind: 'Service',
-    metadata: { name: 'bk', namespace: 'ci', managedFields, creationTimestamp: '2026-11-22T01:00:00Z' },
+    metadata: {
+      name: 'bk',
+      namespace: 'ci',
+      managedFields,
+      creationTimestamp: '2026-11-22T01:00:00Z',
+      annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{"kind":"Service"}' },
+    },
     spec: {
       type: 'ClusterIP',
       clusterIP: '10.96.0.10',
@@ -207,13 +213,21 @@ test('a slim workload keeps replicas, selector and the pod template metadata, no
   const raw = {
     apiVersion: 'apps/v1',
     kind: 'StatefulSet',
-    metadata: { name: 'stack', namespace: 'ci', managedFields, annotations: { a: '1' } },
+    metadata: {
+      name: 'stack',
+      namespace: 'ci',
+      managedFields,
+      annotations: {
+        'buildkit-fleet.io/idle-timeout': '5m',
+        'kubectl.kubernetes.io/last-applied-configuration': '{}',
+      },
+    },
     spec: {
       replicas: 1,
       serviceName: 'stack-headless',
       selector: { matchLabels: { app: 'buildkitd' } },
       template: {
-        metadata: { labels: { app: 'buildkitd' }, annotations: { b: '2' } },
+        metadata: { labels: { app: 'buildkitd' }, annotations: { 'buildkit-fleet.io/service': 's', b: '2' } },
         spec: { containers: [{ name: 'buildkitd', image: 'moby/buildkit' }] },
       },
       volumeClaimTemplates: [{ metadata: { name: 'cache' } }],
@@ -223,11 +237,13 @@ test('a slim workload keeps replicas, selector and the pod template metadata, no
   expect(slimWorkload(raw as unknown as SlimWorkload)).toEqual({
     apiVersion: 'apps/v1',
     kind: 'StatefulSet',
-    metadata: { name: 'stack', namespace: 'ci', annotations: { a: '1' } },
+    metadata: { name: 'stack', namespace: 'ci', annotations: { 'buildkit-fleet.io/idle-timeout': '5m' } },
     spec: {
       replicas: 1,
       selector: { matchLabels: { app: 'buildkitd' } },
-      template: { metadata: { labels: { app: 'buildkitd' }, annotations: { b: '2' } } },
+      template: {
+        metadata: { labels: { app: 'buildkitd' }, annotations: { 'buildkit-fleet.io/service': 's' } },
+      },
     },
   });
 });

@@ -108,6 +108,28 @@ test.each([
   expect(!r.ok && r.error).toContain(message);
 });
 
+test('the client Service must have exactly one port', () => {
+  const twoPorts: V1Service = {
+    metadata: { name: 'stack-buildkitd' },
+    spec: {
+      clusterIP: '10.96.0.11',
+      selector: { app: 'buildkitd' },
+      ports: [
+        { name: 'metrics', port: 9090 },
+        { name: 'buildkitd', port: 8372 },
+      ],
+    },
+  };
+  const message =
+    "Service stack-buildkitd has 2 ports; the client Service of an autoscaled workload must have exactly one (buildkitd's)";
+  expect(clientService(workload(), [twoPorts])).toEqual({ error: message });
+  expect(
+    clientService(workload({ annotations: { 'buildkit-fleet.io/service': 'stack-buildkitd' } }), [twoPorts]),
+  ).toEqual({
+    error: message,
+  });
+});
+
 test('no Service or several: the error says to name one', () => {
   expect(clientService(workload(), [headless])).toEqual({
     error:

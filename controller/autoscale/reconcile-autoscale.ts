@@ -95,7 +95,6 @@ export const isAutoscaled = (template: BuildkitTemplate | undefined): boolean =>
   template?.spec?.autoscaling?.enabled === true;
 
 const live = (pods: V1Pod[]) => pods.filter((p) => !p.metadata?.deletionTimestamp);
-const isReady = (pod: V1Pod) => pod.status?.phase === 'Running' && isPodReady(pod);
 
 const later = (a: string | undefined, b: string | undefined) =>
   a === undefined ? b : b === undefined ? a : Date.parse(a) >= Date.parse(b) ? a : b;
@@ -202,7 +201,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
         phase: target.phase,
         wakeRequested: target.wakeRequested,
         pods,
-        ready: pods.some(isReady),
+        ready: pods.some(isPodReady),
         decision: currentDecision(key),
         // no activator to route to: no port either (and no listener in any replica)
         activatorPort: deps.activator.addresses.length > 0 ? portFor(key, record) : record?.activatorPort,

@@ -234,7 +234,7 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
   ): Promise<WorkloadResult> {
     const replicas = w.spec?.replicas ?? 1;
     const atZero = isAtZero(state);
-    const service = deps.servicesIn(t.namespace).find((s) => s.metadata?.name === settings.serviceName);
+    const { service } = settings;
     if (state.service && state.service !== settings.serviceName)
       await deps.routes.remove(t.namespace, state.service);
 

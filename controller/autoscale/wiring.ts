@@ -107,9 +107,7 @@ export function startAutoscaling(o: {
       key: c.key,
       activatorPort: c.state.activatorPort,
       pods: (c.workload.spec?.replicas ?? 1) === 0 ? [] : o.caches.workloadPods(c.workload),
-      service: o.caches
-        .servicesIn(c.workload.metadata?.namespace ?? '')
-        .find((s) => s.metadata?.name === c.settings.serviceName),
+      service: c.settings.service,
     }));
   const workloadIdleTargets = (): IdleTarget[] =>
     configuredWorkloads().flatMap((c) => {

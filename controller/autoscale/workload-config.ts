@@ -41,6 +41,8 @@ export interface WorkloadSettings {
   idleTimeoutMs: number;
   idleTimeout: string;
   serviceName: string;
+  /** the client Service itself, as the cache holds it */
+  service: V1Service;
   /** replicas a wake sets; undefined: those before the scale-down */
   wakeReplicas: number | undefined;
 }
@@ -151,7 +153,13 @@ export function workloadSettings(
   if ('error' in found) return { ok: false, error: found.error };
   return {
     ok: true,
-    settings: { idleTimeoutMs, idleTimeout, serviceName: found.service.metadata!.name!, wakeReplicas },
+    settings: {
+      idleTimeoutMs,
+      idleTimeout,
+      serviceName: found.service.metadata!.name!,
+      service: found.service,
+      wakeReplicas,
+    },
   };
 }
 

@@ -4,9 +4,7 @@
 // activator route (kube-proxy), the injected sidecar and the buildkitd stand-in.
 //
 // The tests share one cluster and run in order.
-import fs from 'node:fs';
 import net from 'node:net';
-import path from 'node:path';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { NODE_IP } from '../../hack/real-node/plan.ts';
@@ -17,6 +15,7 @@ import {
   hostPathVolume,
   startPlatform,
   startPlatformProcess,
+  standinBoots,
   stopAll,
   type PlatformProcess,
 } from '../support/node-tier.ts';
@@ -98,10 +97,7 @@ describeRealNode('scale to zero on the real node', () => {
         `involvedObject.name=${INSTANCE}`,
       ])
     ).stdout;
-  const boots = () =>
-    fs.existsSync(path.join(cacheDir, 'standin-boots.log'))
-      ? fs.readFileSync(path.join(cacheDir, 'standin-boots.log'), 'utf8').trim().split('\n')
-      : [];
+  const boots = () => standinBoots(cacheDir);
 
   beforeAll(async () => {
     cluster = await startCluster({ nodes: 0, realNode: true });

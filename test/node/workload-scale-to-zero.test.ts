@@ -6,7 +6,6 @@
 //
 // The tests share one cluster and run in order.
 import fs from 'node:fs';
-import path from 'node:path';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { NODE_IP } from '../../hack/real-node/plan.ts';
@@ -15,6 +14,7 @@ import {
   describeRealNode,
   hostPathVolume,
   startPlatform,
+  standinBoots,
   stopAll,
   type PlatformProcess,
 } from '../support/node-tier.ts';
@@ -122,10 +122,7 @@ describeRealNode('an annotated StatefulSet (the buildkitd stack) on the real nod
       },
       { timeoutMs: (IDLE_SECONDS + 40) * 1000, intervalMs: 250 },
     );
-  const boots = () =>
-    fs.existsSync(path.join(cacheDir, 'standin-boots.log'))
-      ? fs.readFileSync(path.join(cacheDir, 'standin-boots.log'), 'utf8').trim().split('\n')
-      : [];
+  const boots = () => standinBoots(cacheDir);
   const metric = async (pattern: RegExp) => {
     const url = /"metricsUrl":"(http:[^"]+)"/.exec(
       fs.readFileSync(platform.find((p) => p.logPath.endsWith('controller.log'))!.logPath, 'utf8'),

@@ -163,3 +163,9 @@ export async function stopAll(
   }
   await cluster?.stop();
 }
+
+/** The starts the buildkitd stand-in recorded under its --root (one line each), on the node's disk. */
+export function standinBoots(rootDir: string): string[] {
+  const file = path.join(rootDir, 'standin-boots.log');
+  return fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim().split('\n') : [];
+}

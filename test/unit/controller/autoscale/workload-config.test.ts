@@ -58,6 +58,7 @@ test('defaults: 5m idle, the one non-headless Service that selects the pods, rep
       idleTimeoutMs: 300_000,
       idleTimeout: '5m',
       serviceName: 'stack-buildkitd',
+      service: client,
       wakeReplicas: undefined,
     },
   });
@@ -194,7 +195,13 @@ test('a hand-edited state: bad fields are dropped, bad JSON starts afresh, both 
 });
 
 test('a wake restores the annotation replicas, else those before the scale-down, else 1', () => {
-  const settings = { idleTimeoutMs: 1, idleTimeout: '1s', serviceName: 's', wakeReplicas: 3 };
+  const settings = {
+    idleTimeoutMs: 1,
+    idleTimeout: '1s',
+    serviceName: 's',
+    service: client,
+    wakeReplicas: 3,
+  };
   expect(replicasOnWake(settings, { replicas: 2 })).toBe(3);
   expect(replicasOnWake({ ...settings, wakeReplicas: undefined }, { replicas: 2 })).toBe(2);
   expect(replicasOnWake(undefined, {})).toBe(1);

@@ -23,7 +23,7 @@ import type {
 import type { AutoscalePlan } from './autoscale/plan.ts';
 import { withAutoscaling } from './autoscale/plan.ts';
 import type { AutoscaleStep, PreparedPlan } from './autoscale/reconcile-autoscale.ts';
-import { isAutoscaled } from './autoscale/reconcile-autoscale.ts';
+import { ROUTE_RECHECK_MS, isAutoscaled } from './autoscale/reconcile-autoscale.ts';
 import { buildkitAutoscaleContext } from './autoscale/buildkit-target.ts';
 import { SPEC_HASH_ANNOTATION } from '../api/labels.ts';
 import type { BuildkitObservation, ClaimObservation } from './buildkit-plan.ts';
@@ -260,6 +260,7 @@ export function buildkitReconciler(deps: BuildkitReconcilerDeps) {
     }
     // the route could not be written: everything else is done, look again for the route
     if (autoPlan?.routeError && result === 'done') return 'retry';
+    if (autoPlan?.routeWaiting && result === 'done') return { requeueAfter: ROUTE_RECHECK_MS };
     return result;
   };
 }

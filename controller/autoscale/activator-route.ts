@@ -68,6 +68,68 @@ export function sliceRoutesAs(current: V1EndpointSlice | undefined, desired: V1E
   return addrs(current) === addrs(desired) && ports(current) === ports(desired);
 }
 
+/** What the Service's slices say about handing the Service back to its pod. */
+export interface ServiceRouteState {
+  /** the activator route is among them */
+  activatorRouted: boolean;
+  /** another slice (in practice, the EndpointSlice controller's) lists one of the pods as ready */
+  podServed: boolean;
+}
+
+export function serviceRouteState(
+  slices: readonly V1EndpointSlice[],
+  podIPs: readonly string[],
+): ServiceRouteState {
+  const ips = new Set(podIPs);
+  const ours = (s: V1EndpointSlice) =>
+    s.metadata?.labels?.[SLICE_MANAGED_BY_LABEL] === SLICE_MANAGED_BY_VALUE;
+  return {
+    activatorRouted: slices.some(ours),
+    podServed: slices.some(
+      (slice) =>
+        !ours(slice) &&
+        (slice.ports ?? []).length > 0 &&
+        (slice.endpoints ?? []).some(
+          (e) => e.conditions?.ready !== false && e.addresses.some((a) => ips.has(a)),
+        ),
+    ),
+  };
+}
+
+export interface RouteHandback {
+  action: 'none' | 'remove' | 'wait';
+  reason: string;
+  /** the wait ran out: worth a warning, the Service's endpoints are not what they should be */
+  gaveUp?: boolean;
+}
+
+/**
+ * Whether to take the activator route away now that a pod is ready. Not before the Service's own
+ * endpoints list the pod: until then the route is the Service's only endpoint, and without it
+ * kube-proxy would refuse connections. A Service without a selector has no such endpoints to wait
+ * for, and a wait that outlasts `maxWaitMs` ends (the route keeps working meanwhile: the activator
+ * passes connections to the awake pod).
+ */
+export function decideRouteHandback(o: {
+  state: ServiceRouteState;
+  hasSelector: boolean;
+  waitedMs: number;
+  maxWaitMs: number;
+}): RouteHandback {
+  if (!o.state.activatorRouted) return { action: 'none', reason: 'the Service routes to the pod' };
+  if (o.state.podServed) return { action: 'remove', reason: "the Service's endpoints list the ready pod" };
+  if (!o.hasSelector)
+    return { action: 'remove', reason: 'the Service has no selector: no endpoints to wait for' };
+  if (o.waitedMs >= o.maxWaitMs) {
+    return {
+      action: 'remove',
+      reason: `the Service's endpoints did not list the ready pod within ${Math.round(o.maxWaitMs / 1000)}s`,
+      gaveUp: true,
+    };
+  }
+  return { action: 'wait', reason: "waiting for the Service's endpoints to list the ready pod" };
+}
+
 /**
  * The activator port of a new target: the lowest port of the range that no other target holds.
  * Undefined when the range is full.

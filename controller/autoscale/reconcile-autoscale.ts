@@ -21,7 +21,7 @@ import type { Phase } from '../../api/group.ts';
 import type { Buildkit, BuildkitAutoscalingStatus, BuildkitTemplate } from '../../api/types.generated.ts';
 import { isNotFound } from '../../kube/errors.ts';
 import type { EventRecorder } from '../events.ts';
-import { allocateActivatorPort } from './activator-route.ts';
+import { allocateActivatorPort, decideRouteHandback } from './activator-route.ts';
 import type { FenceTokens } from './fence-token.ts';
 import type { IdleDecision } from './idle-decision.ts';
 import type { IdleScaler, IdleTarget } from './idle-scaler.ts';
@@ -79,8 +79,16 @@ export interface TargetWrites {
   deletesPods: boolean;
 }
 
-/** The plan as prepare() carried it out; routeError: the route could not be written (retry). */
-export type PreparedPlan = AutoscalePlan & { routeError?: string };
+/**
+ * The plan as prepare() carried it out. routeError: the route could not be written (retry);
+ * routeWaiting: the route stays until the Service's endpoints list the ready pod (look again soon).
+ */
+export type PreparedPlan = AutoscalePlan & { routeError?: string; routeWaiting?: string };
+
+/** How often a reconcile looks again while the route waits for the Service's endpoints. */
+export const ROUTE_RECHECK_MS = 200;
+/** The longest the route waits for them. */
+export const ROUTE_HANDBACK_MAX_MS = 30_000;
 
 export interface AutoscaleContext {
   target: AutoscaleTarget;
@@ -143,6 +151,8 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
     return running.filter((p) => !gone.has(p.metadata?.uid ?? ''));
   };
   const routedToPod = new Set<string>();
+  // When each target's route first waited for the Service's endpoints (ms).
+  const handbackSince = new Map<string, number>();
   // A decision a fence already aborted on: the reconciles the abort's own writes set off must not
   // fence again on it; the idle scaler's next reading makes a new one.
   const decided = new Map<string, IdleDecision>();
@@ -227,6 +237,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       // A route that cannot be written must not hold up the rest (a wake's pod, above all): the
       // reconcile goes on, and the caller retries for the route.
       let routeError: string | undefined;
+      let routeWaiting: string | undefined;
       try {
         if (serviceName && plan.routeToActivator && port && deps.activator.addresses.length > 0) {
           const changed = await deps.routes.ensure({
@@ -238,19 +249,41 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
             owner: ownerOf(target),
           });
           routedToPod.delete(key);
+          handbackSince.delete(key);
           if (changed)
             log.info({ decision: 'route to the activators', reason: plan.condition.message }, 'autoscale');
         } else if (serviceName && !plan.routeToActivator && !routedToPod.has(key)) {
-          if (await deps.routes.remove(namespace, serviceName)) {
-            log.info({ decision: 'route to the pod', reason: 'the pod is ready' }, 'autoscale');
+          const podIPs = pods.filter(isPodReady).flatMap((p) => (p.status?.podIP ? [p.status.podIP] : []));
+          const nowMs = deps.now().getTime();
+          const since = handbackSince.get(key) ?? nowMs;
+          const step = decideRouteHandback({
+            state: await deps.routes.state(namespace, serviceName, podIPs),
+            hasSelector: Object.keys(service.spec?.selector ?? {}).length > 0,
+            waitedMs: nowMs - since,
+            maxWaitMs: ROUTE_HANDBACK_MAX_MS,
+          });
+          if (step.action === 'wait') {
+            if (!handbackSince.has(key))
+              log.info({ decision: 'keep the route', reason: step.reason }, 'autoscale');
+            handbackSince.set(key, since);
+            routeWaiting = step.reason;
+          } else {
+            if (step.action === 'remove' && (await deps.routes.remove(namespace, serviceName))) {
+              log[step.gaveUp ? 'warn' : 'info'](
+                { decision: 'route to the pod', reason: step.reason },
+                'autoscale',
+              );
+            }
+            handbackSince.delete(key);
+            routedToPod.add(key);
           }
-          routedToPod.add(key);
         }
       } catch (error) {
         routeError = (error as Error).message;
         log.warn({ decision: 'route', err: routeError }, 'the route could not be written: retrying');
       }
-      return routeError ? { ...plan, routeError } : plan;
+      if (routeError) return { ...plan, routeError };
+      return routeWaiting ? { ...plan, routeWaiting } : plan;
     },
 
     /** The fenced scale-down; resolves with true when the pods are gone. */
@@ -344,6 +377,7 @@ export function autoscaleReconciler(deps: AutoscaleDeps) {
       written.delete(key);
       reservedPorts.delete(key);
       routedToPod.delete(key);
+      handbackSince.delete(key);
       removed.delete(key);
       decided.delete(key);
     },

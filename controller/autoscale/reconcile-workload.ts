@@ -20,6 +20,7 @@ import type { EventRecorder } from '../events.ts';
 import { mergePatch } from '../reconcile-template.ts';
 import { isAtZero } from './plan.ts';
 import type { AutoscaleContext, AutoscaleStep } from './reconcile-autoscale.ts';
+import { ROUTE_RECHECK_MS } from './reconcile-autoscale.ts';
 import type { RouteWriter } from './route-writer.ts';
 import type { TargetName, WorkloadKind } from './target-kinds.ts';
 import { TARGET_RESOURCES, parseTargetKey } from './target-kinds.ts';
@@ -33,7 +34,7 @@ import {
   writeWorkloadState,
 } from './workload-config.ts';
 
-export type WorkloadResult = 'done' | 'retry';
+export type WorkloadResult = 'done' | 'retry' | { requeueAfter: number };
 
 export interface WorkloadReconcilerDeps {
   kc: KubeConfig;
@@ -266,7 +267,11 @@ export function workloadReconciler(deps: WorkloadReconcilerDeps) {
     if (plan.scaleDown && (await deps.autoscale.scaleDown(ctx, plan))) return 'done';
 
     const ready = live(pods).some(isPodReady);
-    const result: WorkloadResult = plan.routeError ? 'retry' : 'done';
+    const result: WorkloadResult = plan.routeError
+      ? 'retry'
+      : plan.routeWaiting
+        ? { requeueAfter: ROUTE_RECHECK_MS }
+        : 'done';
     const next: WorkloadState = {
       ...state,
       ...plan.record,

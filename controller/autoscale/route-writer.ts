@@ -6,13 +6,22 @@ import type { KubeConfig, V1EndpointSlice } from '@kubernetes/client-node';
 
 import { isConflict, isNotFound } from '../../kube/errors.ts';
 import type { ActivatorRoute } from './activator-route.ts';
-import { activatorSliceName, buildActivatorSlice, sliceRoutesAs } from './activator-route.ts';
+import {
+  SERVICE_NAME_LABEL,
+  activatorSliceName,
+  buildActivatorSlice,
+  serviceRouteState,
+  sliceRoutesAs,
+} from './activator-route.ts';
+import type { ServiceRouteState } from './activator-route.ts';
 
 export interface RouteWriter {
   /** routes to the activators; resolves with true when it changed anything */
   ensure(route: ActivatorRoute): Promise<boolean>;
   /** removes the route; resolves with true when there was one */
   remove(namespace: string, serviceName: string): Promise<boolean>;
+  /** whether the Service is routed to the activators, and whether its own endpoints list a pod */
+  state(namespace: string, serviceName: string, podIPs: string[]): Promise<ServiceRouteState>;
 }
 
 export function routeWriter(kc: KubeConfig, version: 'v1' | 'v1beta1' = 'v1'): RouteWriter {
@@ -60,6 +69,14 @@ export function routeWriter(kc: KubeConfig, version: 'v1' | 'v1beta1' = 'v1'): R
         if (isNotFound(error)) return false;
         throw error;
       }
+    },
+    async state(namespace, serviceName, podIPs) {
+      const list = (await api.listNamespacedCustomObject({
+        ...at,
+        namespace,
+        labelSelector: `${SERVICE_NAME_LABEL}=${serviceName}`,
+      })) as { items?: V1EndpointSlice[] };
+      return serviceRouteState(list.items ?? [], podIPs);
     },
   };
 }

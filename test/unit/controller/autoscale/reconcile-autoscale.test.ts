@@ -1,6 +1,8 @@
 // The autoscale step around a fence that aborts: the reconciles its own writes set off must not
 // fence again on the same decision (they used to, several times within 100 ms, each re-routing the
-// Service); a fresh decision from the idle scaler may.
+// Service); a fresh decision from the idle scaler may. And the route back to a ready pod: not
+// before the Service's own endpoints list it (taking the route away earlier left kube-proxy with
+// no endpoint, and it refused connections).
 import { KubeConfig } from '@kubernetes/client-node';
 import type { V1Pod } from '@kubernetes/client-node';
 import { pino } from 'pino';
@@ -8,8 +10,12 @@ import { Registry } from 'prom-client';
 
 import type { IdleDecision } from '../../../../controller/autoscale/idle-decision.ts';
 import type { IdleScaler } from '../../../../controller/autoscale/idle-scaler.ts';
+import type { ServiceRouteState } from '../../../../controller/autoscale/activator-route.ts';
 import type { AutoscaleContext } from '../../../../controller/autoscale/reconcile-autoscale.ts';
-import { autoscaleReconciler } from '../../../../controller/autoscale/reconcile-autoscale.ts';
+import {
+  ROUTE_HANDBACK_MAX_MS,
+  autoscaleReconciler,
+} from '../../../../controller/autoscale/reconcile-autoscale.ts';
 
 const POD: V1Pod = {
   metadata: { name: 'bk-0', uid: 'u1' },
@@ -25,8 +31,19 @@ const decision = (): IdleDecision => ({
   lastActivity: undefined,
 });
 
-function setup() {
-  let current = decision();
+const awake = (): IdleDecision => ({
+  scaleDown: false,
+  reason: 'OpenConnections',
+  message: '1 open connection',
+  record: {},
+  lastActivity: undefined,
+});
+
+function setup(make: () => IdleDecision = decision) {
+  let current = make();
+  let nowMs = Date.parse('2026-12-02T10:00:06Z');
+  const routeState: ServiceRouteState = { activatorRouted: true, podServed: false };
+  const asked: string[][] = [];
   const kc = new KubeConfig();
   kc.loadFromOptions({
     clusters: [{ name: 'c', server: 'https://127.0.0.1:9' }],
@@ -45,6 +62,7 @@ function setup() {
     routes: {
       ensure: async () => (routes.push('activators'), true),
       remove: async () => (routes.push('pod'), true),
+      state: async (_ns, _svc, podIPs) => (asked.push(podIPs), { ...routeState }),
     },
     activator: { addresses: ['10.0.0.1'], ports: { first: 20000, last: 20010 } },
     routeAddresses: () => ['10.0.0.1'],
@@ -52,7 +70,7 @@ function setup() {
     takenPorts: () => [],
     settleMs: 0,
     requestTimeoutMs: 200,
-    now: () => new Date('2026-12-02T10:00:06Z'),
+    now: () => new Date(nowMs),
   });
   const ctx: AutoscaleContext = {
     target: {
@@ -66,7 +84,10 @@ function setup() {
       wakeRequested: false,
     },
     pods: [POD],
-    service: { metadata: { name: 'bk' }, spec: { ports: [{ name: 'buildkitd', port: 1234 }] } },
+    service: {
+      metadata: { name: 'bk' },
+      spec: { selector: { app: 'bk' }, ports: [{ name: 'buildkitd', port: 1234 }] },
+    },
     ref: { kind: 'Buildkit', namespace: 'ci', name: 'bk' },
     writes: {
       deletesPods: true,
@@ -76,7 +97,16 @@ function setup() {
       },
     },
   };
-  return { step, ctx, events, routes, renew: () => (current = decision()) };
+  return {
+    step,
+    ctx,
+    events,
+    routes,
+    routeState,
+    asked,
+    renew: () => (current = make()),
+    advance: (ms: number) => (nowMs += ms),
+  };
 }
 
 test('after an abort the same decision fences no more; a fresh one may', async () => {
@@ -98,4 +128,60 @@ test('after an abort the same decision fences no more; a fresh one may', async (
 
   renew(); // the idle scaler's next reading
   expect((await step.prepare(ctx)).scaleDown).toBe(true);
+});
+
+describe('the route back to a ready pod', () => {
+  test("stays until the Service's endpoints list the pod, then goes once", async () => {
+    const { step, ctx, routes, routeState, asked } = setup(awake);
+    const waiting = await step.prepare(ctx);
+    expect(waiting.routeToActivator).toBe(false);
+    expect(waiting.routeWaiting).toBe("waiting for the Service's endpoints to list the ready pod");
+    expect(routes).toEqual([]);
+    expect(asked).toEqual([['10.244.0.5']]);
+
+    routeState.podServed = true;
+    const served = await step.prepare(ctx);
+    expect(served.routeWaiting).toBeUndefined();
+    expect(routes).toEqual(['pod']);
+
+    await step.prepare(ctx); // routed to the pod already: nothing to look up or remove
+    expect(routes).toEqual(['pod']);
+    expect(asked).toHaveLength(2);
+  });
+
+  test('no route in place: nothing removed, nothing waited for', async () => {
+    const { step, ctx, routes, routeState } = setup(awake);
+    routeState.activatorRouted = false;
+    const plan = await step.prepare(ctx);
+    expect(plan.routeWaiting).toBeUndefined();
+    expect(routes).toEqual([]);
+  });
+
+  test('a Service without a selector has no endpoints to wait for', async () => {
+    const { step, ctx, routes } = setup(awake);
+    delete ctx.service!.spec!.selector;
+    expect((await step.prepare(ctx)).routeWaiting).toBeUndefined();
+    expect(routes).toEqual(['pod']);
+  });
+
+  test('a wait that outlasts its bound ends with the route removed', async () => {
+    const { step, ctx, routes, advance } = setup(awake);
+    expect((await step.prepare(ctx)).routeWaiting).toBeDefined();
+    advance(ROUTE_HANDBACK_MAX_MS - 1);
+    expect((await step.prepare(ctx)).routeWaiting).toBeDefined();
+    expect(routes).toEqual([]);
+    advance(1);
+    expect((await step.prepare(ctx)).routeWaiting).toBeUndefined();
+    expect(routes).toEqual(['pod']);
+  });
+
+  test('a pod that is not ready yet keeps the route without asking', async () => {
+    const { step, ctx, routes, asked } = setup(awake);
+    ctx.pods = [{ ...POD, status: { ...POD.status, conditions: [{ type: 'Ready', status: 'False' }] } }];
+    ctx.target.phase = 'Waking';
+    const plan = await step.prepare(ctx);
+    expect(plan.routeToActivator).toBe(true);
+    expect(routes).toEqual(['activators']);
+    expect(asked).toEqual([]);
+  });
 });

@@ -165,10 +165,15 @@ describe('harness robustness', () => {
     const [etcdPort, apiPort] = busy.map((s) => (s.address() as net.AddressInfo).port);
     const lines: string[] = [];
     try {
+      // the harness's own deadline (60 s here) comes before jest's, so a slow start fails with
+      // the harness's message and its progress lines, not with a bare jest timeout
       const c = await startCluster({
         nodes: 0,
         log: (l) => lines.push(l),
         ports: { etcdClient: etcdPort, apiserver: apiPort },
+        timeoutMs: 60_000,
+      }).catch((error: Error) => {
+        throw new Error(`${error.message}\nharness progress:\n${lines.join('\n')}`);
       });
       clusters.push(c);
       expect(lines.join('\n')).toMatch(/etcd: a port was taken/);
@@ -180,7 +185,7 @@ describe('harness robustness', () => {
     } finally {
       for (const s of busy) s.close();
     }
-  }, 90_000);
+  }, 120_000);
 
   test('a killed apiserver is reported clearly, and stop() still leaves no process behind', async () => {
     const c = await startCluster({ nodes: 0, log: () => undefined });

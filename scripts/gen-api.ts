@@ -1,5 +1,5 @@
 // Regenerates api/generated/k8s-schemas.ts, api/crds/*.yaml, api/types.generated.ts, the webhook
-// manifests and docs/cli.md.
+// manifests, the chart's CRD and webhook configuration templates, and docs/cli.md.
 // `--check` writes nothing and exits 1 when a committed file is out of date.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,11 @@ emit(
 
 const { renderWebhookManifests } = await import('../webhook/manifests.ts');
 emit('webhook/manifests/webhook-configurations.yaml', renderWebhookManifests());
+
+const { renderChartCrd, renderChartWebhookConfigurations } = await import('./chart-templates.ts');
+emit('charts/buildkit-fleet/templates/crds/buildkittemplates.yaml', renderChartCrd(buildkitTemplateCrd()));
+emit('charts/buildkit-fleet/templates/crds/buildkits.yaml', renderChartCrd(buildkitCrd()));
+emit('charts/buildkit-fleet/templates/webhook/configurations.yaml', renderChartWebhookConfigurations());
 
 // docs/cli.md is the --help output of every command (test/unit/cli/reference.test.ts checks it).
 const { cliReference } = await import('../cli/reference.ts');

@@ -13,6 +13,7 @@ import { WEBHOOK_OPTIONS } from '../webhook/options.ts';
 import { CERTS_COMMAND_OPTIONS } from '../certs/cert-options.ts';
 import { CONTROLLER_OPTIONS } from '../controller/options.ts';
 import { SIDECAR_OPTIONS } from '../sidecar/options.ts';
+import { REMOVE_CONFIGURATIONS_OPTIONS } from '../webhook/uninstall-options.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -92,12 +93,25 @@ const sidecarCommand = componentCommand(
   async (options) => (await import('../sidecar/main.ts')).runSidecarCommand(options),
 );
 
+const removeConfigurationsCommand: Command = {
+  summary:
+    "Remove the webhook configurations (the chart's pre-delete hook: the pod webhook fails closed, so they go before the webhook pods).",
+  usage: 'buildkit-fleet remove-webhook-configurations [flags]',
+  options: REMOVE_CONFIGURATIONS_OPTIONS,
+  async run(args, io) {
+    const options = parseOptions(args, REMOVE_CONFIGURATIONS_OPTIONS);
+    const { runRemoveConfigurations } = await import('../webhook/uninstall.ts');
+    return runRemoveConfigurations(options, io.out);
+  },
+};
+
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,
   webhook: webhookCommand,
   certs: certsCommand,
   controller: controllerCommand,
   sidecar: sidecarCommand,
+  'remove-webhook-configurations': removeConfigurationsCommand,
 };
 
 function version(): string {

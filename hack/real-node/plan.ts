@@ -288,3 +288,35 @@ export function guardRules(cgroupPath: string): { v4: string[][]; v6: string[][]
 export function hostsLine(clusterId: string): string {
   return `${LOOPBACK} ${REAL_NODE_NAME} # ${HOSTS_MARKER} (${clusterId})`;
 }
+
+/**
+ * The `kubernetes` Service's endpoints on a real-node cluster: the API relay on the node's address
+ * (api-relay.ts). The API server's own endpoint reconciler is off (it would advertise loopback,
+ * which Endpoints refuse), so these stay as written. The Endpoints carry skip-mirror, and the
+ * slice is written directly (kube-proxy 1.20 reads slices), so nothing else manages either.
+ */
+export function apiServiceEndpoints(nodeIp: string, port: number): { endpoints: object; slice: object } {
+  const meta = { name: 'kubernetes', namespace: 'default' };
+  return {
+    endpoints: {
+      apiVersion: 'v1',
+      kind: 'Endpoints',
+      metadata: { ...meta, labels: { 'endpointslice.kubernetes.io/skip-mirror': 'true' } },
+      subsets: [{ addresses: [{ ip: nodeIp }], ports: [{ name: 'https', port, protocol: 'TCP' }] }],
+    },
+    slice: {
+      apiVersion: 'discovery.k8s.io/v1beta1',
+      kind: 'EndpointSlice',
+      metadata: {
+        ...meta,
+        labels: {
+          'kubernetes.io/service-name': 'kubernetes',
+          'endpointslice.kubernetes.io/managed-by': 'real-node.buildkit-fleet.io',
+        },
+      },
+      addressType: 'IPv4',
+      endpoints: [{ addresses: [nodeIp], conditions: { ready: true } }],
+      ports: [{ name: 'https', port, protocol: 'TCP' }],
+    },
+  };
+}

@@ -3,7 +3,9 @@
 // starts. Every host change is written to the journal (state.json) before it is made, so the
 // teardown (teardown.ts) undoes it whoever runs it. See docs/architecture.md ("The real node").
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { apiRequest, type ApiTarget } from '../api.ts';
 import type { NodeBinaries } from '../binaries.ts';
 import type { TokenUser } from '../kubeconfig.ts';
@@ -15,6 +17,7 @@ import { waitFor } from '../wait.ts';
 import { cgroupRoots, cgroupV2Root, mustRun, readSysctl, run } from './host.ts';
 import type { RealNodeJournal } from './journal.ts';
 import {
+  apiServiceEndpoints,
   containerdConfig,
   cniConflist,
   FIXED_HOST_DIRS,
@@ -27,6 +30,7 @@ import {
   kubeProxyArgs,
   kubeProxyConfig,
   HOST_ADDRESSES,
+  NODE_IP,
   nodeLayout,
   POD_CIDR,
   REAL_NODE_NAME,
@@ -139,6 +143,30 @@ function addHostEntries(host: NodeHost): void {
 
 // `sh` puts itself into the guard's cgroup and then becomes the program, so the program and
 // everything it starts are guarded from their first instruction.
+const API_RELAY = fileURLToPath(new URL('./api-relay.ts', import.meta.url));
+
+async function writeApiServiceEndpoints(api: ApiTarget, port: number): Promise<void> {
+  const { endpoints, slice } = apiServiceEndpoints(NODE_IP, port);
+  for (const [collection, body] of [
+    ['/api/v1/namespaces/default/endpoints', endpoints],
+    ['/apis/discovery.k8s.io/v1beta1/namespaces/default/endpointslices', slice],
+  ] as const) {
+    const created = await apiRequest(api, 'POST', collection, body);
+    if (created.status === 201) continue;
+    if (created.status !== 409)
+      throw new Error(`writing ${collection}/kubernetes: ${created.status} ${created.text}`);
+    const current = await apiRequest(api, 'GET', `${collection}/kubernetes`);
+    const resourceVersion = (current.body as { metadata?: { resourceVersion?: string } }).metadata
+      ?.resourceVersion;
+    const replaced = await apiRequest(api, 'PUT', `${collection}/kubernetes`, {
+      ...body,
+      metadata: { ...(body as { metadata: object }).metadata, resourceVersion },
+    });
+    if (replaced.status !== 200)
+      throw new Error(`writing ${collection}/kubernetes: ${replaced.status} ${replaced.text}`);
+  }
+}
+
 function guarded(guardDir: string, command: string, args: string[]): [string, string[]] {
   return ['/bin/sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', guardDir, command, ...args]];
 }
@@ -244,5 +272,32 @@ export async function startRealNode(
     deadline,
   );
   host.progress('real node: kube-proxy syncing rules');
+
+  // pods reach the API server (on loopback) through a relay on the node's address
+  const relayPort = await freePort();
+  const apiPort = Number(new URL(api.server).port);
+  const relay = host.launch(
+    'api-relay',
+    ...guarded(guardDir, process.execPath, [
+      '--disable-warning=ExperimentalWarning',
+      API_RELAY,
+      NODE_IP,
+      String(relayPort),
+      String(apiPort),
+    ]),
+  );
+  procs.push(relay);
+  await waitFor(
+    'the API relay to listen',
+    () =>
+      new Promise<boolean>((resolve) => {
+        const s = net.connect({ host: NODE_IP, port: relayPort }, () => (s.destroy(), resolve(true)));
+        s.on('error', () => resolve(false));
+      }),
+    [...procs, ...watch],
+    deadline,
+  );
+  await writeApiServiceEndpoints(api, relayPort);
+  host.progress(`real node: pods reach the API server through ${NODE_IP}:${relayPort}`);
   return { name: REAL_NODE_NAME, layout, ctr, guardCgroupDir: guardDir, processes: procs };
 }

@@ -3,6 +3,7 @@
 import { cleanupScript, ownedLeftovers } from '../../../hack/real-node/iptables-cleanup.ts';
 import {
   ALLOWED_DESTINATIONS,
+  apiServiceEndpoints,
   containerdConfig,
   guardRules,
   hostsLine,
@@ -148,4 +149,38 @@ test('a chain that existed before the start is left in place, only the rules add
   expect(script).toContain(
     '-D KUBE-FIREWALL -m comment --comment "kubernetes firewall for dropping marked packets"',
   );
+});
+
+describe('the kubernetes Service on a real-node cluster', () => {
+  const { endpoints, slice } = apiServiceEndpoints(NODE_IP, 34567) as {
+    endpoints: {
+      metadata: { labels: Record<string, string> };
+      subsets: { addresses: { ip: string }[]; ports: { name: string; port: number }[] }[];
+    };
+    slice: {
+      metadata: { labels: Record<string, string> };
+      endpoints: { addresses: string[] }[];
+      ports: { name: string; port: number }[];
+    };
+  };
+
+  test("points at the API relay on the node's address, under the Service's port name", () => {
+    expect(endpoints.subsets).toEqual([
+      { addresses: [{ ip: NODE_IP }], ports: [{ name: 'https', port: 34567, protocol: 'TCP' }] },
+    ]);
+    expect(slice.endpoints.flatMap((e) => e.addresses)).toEqual([NODE_IP]);
+    expect(slice.ports).toEqual([{ name: 'https', port: 34567, protocol: 'TCP' }]);
+  });
+
+  test('the pods may reach it: the address is one the egress guard lets them send to', () => {
+    expect(ALLOWED_DESTINATIONS).toContain(`${NODE_IP}/32`);
+  });
+
+  test('no controller takes them over: skip-mirror on the Endpoints, our manager on the slice', () => {
+    expect(endpoints.metadata.labels['endpointslice.kubernetes.io/skip-mirror']).toBe('true');
+    expect(slice.metadata.labels).toEqual({
+      'kubernetes.io/service-name': 'kubernetes',
+      'endpointslice.kubernetes.io/managed-by': 'real-node.buildkit-fleet.io',
+    });
+  });
 });

@@ -1,0 +1,229 @@
+// The Helm chart installed as a user installs it, on the real node with the locally built platform
+// image: the webhook and the controller run as pods, the API server calls the webhook through its
+// Service, an autoscaled Buildkit scales to zero and wakes, `helm test` passes, an upgrade keeps
+// the CRDs and running Buildkits, and an uninstall leaves nothing that blocks the cluster.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
+import { listWorkers } from '../support/buildkit-client.ts';
+import { describeRealNode } from '../support/node-tier.ts';
+import { waitFor } from '../support/wait.ts';
+
+const CHART = fileURLToPath(new URL('../../charts/buildkit-fleet', import.meta.url));
+const RELEASE = 'fleet';
+const PLATFORM_NS = 'bkf-system';
+const NAMESPACE = 'helm-ci';
+const run = promisify(execFile);
+
+describeRealNode('the Helm chart on the real node', () => {
+  let cluster: LocalCluster;
+
+  const helm = async (args: string[]) => {
+    try {
+      const { stdout, stderr } = await run(cluster.helmPath, args, {
+        env: { ...process.env, KUBECONFIG: cluster.kubeconfigPath },
+        maxBuffer: 16 * 1024 * 1024,
+      });
+      return { code: 0, stdout, stderr };
+    } catch (error) {
+      const e = error as { code?: number; stdout?: string; stderr?: string };
+      return { code: e.code ?? 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+    }
+  };
+  const mustHelm = async (args: string[]) => {
+    const r = await helm(args);
+    if (r.code !== 0) throw new Error(`helm ${args.join(' ')} failed (${r.code}):\n${r.stderr}${r.stdout}`);
+    return r;
+  };
+  const json = async <T>(args: string[]): Promise<T> =>
+    JSON.parse((await cluster.kubectl([...args, '-o', 'json'])).stdout) as T;
+  type BuildkitView = {
+    metadata: { uid: string };
+    status?: { phase?: string; endpoint?: string };
+  };
+  const buildkit = () => json<BuildkitView>(['get', 'buildkit', '-n', NAMESPACE, 'ci']);
+  const platformPods = async () =>
+    (
+      await json<{ items: { metadata: { name: string }; status: { phase: string } }[] }>([
+        'get',
+        'pods',
+        '-n',
+        PLATFORM_NS,
+        '-l',
+        `app.kubernetes.io/instance=${RELEASE}`,
+      ])
+    ).items;
+  const install = (extra: string[] = []) =>
+    mustHelm([
+      'upgrade',
+      '--install',
+      RELEASE,
+      CHART,
+      '-n',
+      PLATFORM_NS,
+      '--create-namespace',
+      '--set',
+      'image.pullPolicy=Never',
+      '--set',
+      'minIdleTimeout=5s',
+      '--wait',
+      '--timeout',
+      '4m',
+      ...extra,
+    ]);
+
+  beforeAll(async () => {
+    cluster = await startCluster({ nodes: 0, realNode: true });
+    await install();
+  }, 600_000);
+
+  afterAll(async () => {
+    const keep = path.join(os.tmpdir(), 'bkf-helm-install-logs');
+    fs.mkdirSync(keep, { recursive: true });
+    const logs = await cluster
+      ?.kubectl(['logs', '-n', PLATFORM_NS, '-l', `app.kubernetes.io/instance=${RELEASE}`, '--tail=200'], {
+        allowFail: true,
+      })
+      .catch(() => undefined);
+    if (logs) fs.writeFileSync(path.join(keep, 'platform.log'), logs.stdout + logs.stderr);
+    await cluster?.stop();
+  }, 120_000);
+
+  test('the webhook and controller pods run, and the installed webhook refuses a bad template', async () => {
+    const pods = await platformPods();
+    expect(
+      pods.filter((p) => p.metadata.name.includes('-webhook-') && p.status.phase === 'Running'),
+    ).toHaveLength(2);
+    expect(
+      pods.filter((p) => p.metadata.name.includes('-controller-') && p.status.phase === 'Running'),
+    ).toHaveLength(2);
+
+    await cluster.kubectl(['create', 'namespace', NAMESPACE]);
+    const refused = await cluster.kubectl(['apply', '-f', '-'], {
+      allowFail: true,
+      input: `
+apiVersion: buildkit.seatgeek.io/v1alpha1
+kind: BuildkitTemplate
+metadata: { name: broken, namespace: ${NAMESPACE} }
+spec:
+  port: 1234
+  buildkitdToml: "[worker.oci"
+`,
+    });
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(
+      /admission webhook "validate\.buildkittemplates\.buildkit\.seatgeek\.io" denied/,
+    );
+  }, 120_000);
+
+  test('an autoscaled Buildkit runs, scales to zero and wakes on a client', async () => {
+    await cluster.kubectl(['apply', '-f', '-'], {
+      input: `
+apiVersion: buildkit.seatgeek.io/v1alpha1
+kind: BuildkitTemplate
+metadata: { name: autoscaled, namespace: ${NAMESPACE} }
+spec:
+  port: 1234
+  autoscaling: { enabled: true, idleTimeout: 5s }
+---
+apiVersion: buildkit.seatgeek.io/v1alpha1
+kind: Buildkit
+metadata: { name: ci, namespace: ${NAMESPACE} }
+spec: { template: autoscaled }
+`,
+    });
+    // defaulted by the installed webhook: the rootless image
+    const template = await json<{ spec: { image?: string } }>([
+      'get',
+      'buildkittemplate',
+      '-n',
+      NAMESPACE,
+      'autoscaled',
+    ]);
+    expect(template.spec.image).toMatch(/moby\/buildkit/);
+
+    await waitFor('the Buildkit Running', async () => (await buildkit()).status?.phase === 'Running', {
+      timeoutMs: 180_000,
+      intervalMs: 500,
+    });
+    const { endpoint } = (await buildkit()).status!;
+    await waitFor('the Buildkit at zero', async () => (await buildkit()).status?.phase === 'ScaledToZero', {
+      timeoutMs: 120_000,
+      intervalMs: 500,
+    });
+    expect((await buildkit()).status?.endpoint).toBe(endpoint);
+    const reply = await listWorkers(endpoint!, 120_000);
+    expect(reply.record[0]?.ID).toBe('standin');
+    await waitFor('the Buildkit Running again', async () => (await buildkit()).status?.phase === 'Running', {
+      timeoutMs: 60_000,
+      intervalMs: 500,
+    });
+  }, 420_000);
+
+  test('helm test passes: the webhook answers through its Service', async () => {
+    const result = await mustHelm(['test', RELEASE, '-n', PLATFORM_NS, '--timeout', '3m']);
+    expect(result.stdout).toMatch(/Phase:\s+Succeeded/);
+  }, 240_000);
+
+  test('helm upgrade keeps the CRDs and the running Buildkit', async () => {
+    const before = await buildkit();
+    const crdBefore = await json<{ metadata: { uid: string } }>([
+      'get',
+      'crd',
+      'buildkits.buildkit.seatgeek.io',
+    ]);
+    await install(['--set', 'logLevel=debug']);
+    const crdAfter = await json<{ metadata: { uid: string } }>([
+      'get',
+      'crd',
+      'buildkits.buildkit.seatgeek.io',
+    ]);
+    expect(crdAfter.metadata.uid).toBe(crdBefore.metadata.uid);
+    expect((await buildkit()).metadata.uid).toBe(before.metadata.uid);
+    // still served by the upgraded platform
+    const reply = await listWorkers((await buildkit()).status!.endpoint!, 120_000);
+    expect(reply.record[0]?.ID).toBe('standin');
+  }, 420_000);
+
+  test('helm uninstall leaves no webhook configuration, cluster role or binding; labelled pods still start', async () => {
+    await mustHelm(['uninstall', RELEASE, '-n', PLATFORM_NS, '--wait', '--timeout', '3m']);
+    for (const kind of [
+      'mutatingwebhookconfigurations',
+      'validatingwebhookconfigurations',
+      'clusterroles',
+      'clusterrolebindings',
+    ]) {
+      const left = await cluster.kubectl([
+        'get',
+        kind,
+        '-l',
+        `app.kubernetes.io/instance=${RELEASE}`,
+        '-o',
+        'name',
+      ]);
+      expect({ kind, left: left.stdout.trim() }).toEqual({ kind, left: '' });
+    }
+    const configs = await cluster.kubectl(['get', 'mutatingwebhookconfigurations', '-o', 'name']);
+    expect(configs.stdout).not.toContain(`${RELEASE}-buildkit-fleet`);
+    // the CRDs stay (kept), and a pod that asks for injection is admitted as it is
+    await cluster.kubectl(['get', 'crd', 'buildkits.buildkit.seatgeek.io']);
+    const created = await cluster.kubectl(['apply', '-f', '-'], {
+      input: `
+apiVersion: v1
+kind: Pod
+metadata:
+  name: labelled
+  namespace: ${NAMESPACE}
+  labels: { buildkit-fleet.io/autoscale: enabled }
+spec:
+  containers: [{ name: c, image: buildkit-fleet:local, imagePullPolicy: Never, command: [node, -e, "setTimeout(() => {}, 1e9)"] }]
+`,
+    });
+    expect(created.stdout).toContain('pod/labelled created');
+  }, 300_000);
+});

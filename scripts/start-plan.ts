@@ -4,6 +4,8 @@ import { parseArgs } from 'node:util';
 
 export interface StartFlags {
   detach: boolean;
+  /** use dist/ as it is for the image the real node imports */
+  noBuild: boolean;
   kubeconfig?: string;
   image: string;
   help: boolean;
@@ -11,7 +13,7 @@ export interface StartFlags {
 
 export class StartUsageError extends Error {}
 
-export const START_HELP = `Usage: npm start [-- [--detach] [--kubeconfig <file>] [--image <ref>]]
+export const START_HELP = `Usage: npm start [-- [--detach] [--kubeconfig <file>] [--image <ref>] [--no-build]]
 
 Brings up a local cluster (with the real node where this machine can run one: root on Debian;
 hollow nodes otherwise), builds the platform image, installs the Helm chart, applies
@@ -23,6 +25,8 @@ idle countdown, the scale to zero and the wake on the next connection. Ctrl-C st
   --kubeconfig <file>  install into this existing cluster instead of a local one; its nodes
                        must be able to run --image
   --image <ref>        the platform image the chart installs (default buildkit-fleet:local)
+  --no-build           do not run npm run build first: the real node's image is made from
+                       dist/ as it is
   -h, --help           show this help
 `;
 
@@ -33,6 +37,7 @@ export function parseStartFlags(argv: string[]): StartFlags {
       args: argv,
       options: {
         detach: { type: 'boolean', default: false },
+        'no-build': { type: 'boolean', default: false },
         kubeconfig: { type: 'string' },
         image: { type: 'string', default: 'buildkit-fleet:local' },
         help: { type: 'boolean', short: 'h', default: false },
@@ -51,6 +56,7 @@ export function parseStartFlags(argv: string[]): StartFlags {
   }
   return {
     detach: values.detach,
+    noBuild: values['no-build'],
     image: values.image,
     help: values.help,
     ...(values.kubeconfig ? { kubeconfig: values.kubeconfig } : {}),

@@ -242,7 +242,7 @@ async function ensureLocalCluster(realNode: boolean): Promise<boolean> {
       ? 'starting a local cluster with the real node (the first run builds Kubernetes: about 11 minutes)'
       : 'starting a local cluster (the first run builds Kubernetes: about 6 minutes)',
   );
-  if (realNode) {
+  if (realNode && !flags.noBuild) {
     // the real node imports the platform image built from dist/: build it from the current source
     say('building the platform (npm run build): the image the real node imports is made from it');
     const build = spawn('npm', ['run', 'build'], { stdio: 'inherit', cwd: root });

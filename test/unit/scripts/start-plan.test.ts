@@ -9,14 +9,27 @@ import {
 
 describe('flags', () => {
   test('defaults', () => {
-    expect(parseStartFlags([])).toEqual({ detach: false, image: 'buildkit-fleet:local', help: false });
+    expect(parseStartFlags([])).toEqual({
+      detach: false,
+      noBuild: false,
+      image: 'buildkit-fleet:local',
+      help: false,
+    });
   });
 
   test('--detach, --kubeconfig and --image', () => {
     expect(
-      parseStartFlags(['--detach', '--kubeconfig', '/k', '--image', 'reg.example:5000/team/bkf:1.2']),
+      parseStartFlags([
+        '--detach',
+        '--no-build',
+        '--kubeconfig',
+        '/k',
+        '--image',
+        'reg.example:5000/team/bkf:1.2',
+      ]),
     ).toEqual({
       detach: true,
+      noBuild: true,
       kubeconfig: '/k',
       image: 'reg.example:5000/team/bkf:1.2',
       help: false,

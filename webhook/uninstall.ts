@@ -4,6 +4,7 @@
 // is already gone counts as removed, so the hook can be retried.
 import { StartupError, UsageError } from '../flags/errors.ts';
 import type { ParsedOptions } from '../flags/options.ts';
+import { apiErrorText, errorMessage } from '../kube/errors.ts';
 import { loadKubeConfig } from '../kube/load-kube-config.ts';
 import { deleteWebhookConfigurations } from './kube.ts';
 import type { REMOVE_CONFIGURATIONS_OPTIONS } from './uninstall-options.ts';
@@ -18,7 +19,7 @@ export async function runRemoveConfigurations(
     await deleteWebhookConfigurations(kc, options.name);
   } catch (error) {
     throw new StartupError(
-      `could not remove the webhook configurations "${options.name}": ${(error as Error).message}`,
+      `could not remove the webhook configurations "${options.name}": ${(error as { body?: unknown }).body ? apiErrorText(error) : errorMessage(error)}`,
     );
   }
   out(`removed the webhook configurations "${options.name}" (mutating and validating), or they were gone\n`);

@@ -72,18 +72,32 @@ test('bad input: an unknown flag or an empty name is a usage error (exit 2)', as
     cluster.kubeconfigPath,
   ]);
   expect(empty.code).toBe(2);
-  expect(empty.err).toContain('--name must name the webhook configurations');
+  expect(empty.err).toContain('--name must not be empty');
+  const blank = await cli([
+    'remove-webhook-configurations',
+    '--name= ',
+    '--kubeconfig',
+    cluster.kubeconfigPath,
+  ]);
+  expect(blank.code).toBe(2);
+  expect(blank.err).toContain('--name must name the webhook configurations');
 });
 
 test('an API server it cannot reach fails with exit 1 and the reason', async () => {
   const broken = `${cluster.dir}/unreachable-kubeconfig`;
+  // a port nobody listens on (fetch refuses well-known ones such as 9 outright)
+  const { createServer } = await import('node:net');
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const closedPort = (probe.address() as { port: number }).port;
+  await new Promise((resolve) => probe.close(resolve));
   const { writeFileSync } = await import('node:fs');
   writeFileSync(
     broken,
     [
       'apiVersion: v1',
       'kind: Config',
-      'clusters: [{ name: c, cluster: { server: "https://127.0.0.1:9", insecure-skip-tls-verify: true } }]',
+      `clusters: [{ name: c, cluster: { server: "https://127.0.0.1:${closedPort}", insecure-skip-tls-verify: true } }]`,
       'users: [{ name: u, user: { token: x } }]',
       'contexts: [{ name: x, context: { cluster: c, user: u } }]',
       'current-context: x',

@@ -78,10 +78,27 @@ const kubectl = async (...args: string[]) =>
 const helm = async (...args: string[]) =>
   (await run(tools.helm, ['--kubeconfig', kubeconfig, ...args], { maxBuffer: 16 << 20 })).stdout;
 
-const startedCluster = mode.cluster === 'local' ? await ensureLocalCluster(mode.realNode) : false;
+// Ctrl-C at any point undoes what exists by then (a cluster `up` still starting stops on the same
+// Ctrl-C by itself); --detach exits before it would.
+let cleanup: (() => Promise<void>) | undefined;
+void shutdownSignal().then(async (signal) => {
+  say(`${signal}: stopping`);
+  await cleanup?.();
+  fs.rmSync(path.join(local, START_STATE_FILE), { force: true });
+  process.exit(0);
+});
+if (mode.cluster === 'local') {
+  await ensureLocalCluster(mode.realNode);
+  cleanup = stopLocalCluster;
+} else {
+  cleanup = async () => {
+    await helm('uninstall', RELEASE, '-n', PLATFORM_NS, '--wait').catch(() => undefined);
+    await kubectl('delete', '-f', EXAMPLE.file, '--ignore-not-found', '--wait=false').catch(() => undefined);
+    say('the release and the example are removed');
+  };
+}
 writeState({ kubeconfig, external: mode.cluster === 'existing', release: RELEASE, namespace: PLATFORM_NS });
 
-let stopInProcess: (() => Promise<void>) | undefined;
 if (mode.install === 'chart') {
   const { repository, tag } = splitImage(flags.image);
   say(
@@ -111,7 +128,12 @@ if (mode.install === 'chart') {
   }
   say('the webhook and the controller run (2 replicas each)');
 } else {
-  stopInProcess = await runInProcess();
+  const stopInProcess = await runInProcess();
+  const stopCluster = cleanup;
+  cleanup = async () => {
+    await stopInProcess();
+    await stopCluster?.();
+  };
 }
 
 say(
@@ -141,12 +163,24 @@ const view = async (): Promise<BuildkitView> => {
   };
 };
 let last: BuildkitView = {};
+const poll = async () => {
+  const next = await view().catch(() => last);
+  for (const line of progressLines(EXAMPLE.name, last, next)) say(line);
+  last = next;
+  return next;
+};
+/** Narrates whatever changes for `ms`. */
+const watchFor = async (ms: number) => {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    await poll();
+    await sleep(Math.min(500, Math.max(0, until - Date.now())));
+  }
+};
 const watchUntil = async (what: string, done: (v: BuildkitView) => boolean, timeoutMs: number) => {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const next = await view().catch(() => last);
-    for (const line of progressLines(EXAMPLE.name, last, next)) say(line);
-    last = next;
+    const next = await poll();
     if (done(next)) return next;
     if (Date.now() > deadline) fail(`${EXAMPLE.name} did not become ${what} within ${timeoutMs / 1000}s`);
     await sleep(500);
@@ -163,40 +197,32 @@ if (flags.detach) {
 
 if (mode.install === 'chart' && ready.endpoint) {
   say(`a client connects to ${ready.endpoint} and stays 5 s: an open connection keeps it awake`);
-  await holdConnection(ready.endpoint, 5000);
+  await Promise.all([holdConnection(ready.endpoint, 5000), watchFor(5000)]);
   say('the client left: the idle countdown starts');
   await watchUntil('ScaledToZero', (v) => v.phase === 'ScaledToZero', 180_000);
   say(`a client connects to ${ready.endpoint}: the activator holds it and wakes ${EXAMPLE.name}`);
-  const started = Date.now();
-  const answered = firstAnswer(ready.endpoint, 120_000);
+  const answered = firstAnswer(ready.endpoint, 120_000).then((ms) =>
+    say(`the held client was answered by buildkitd ${(ms / 1000).toFixed(1)} s after it connected`),
+  );
   await watchUntil('Running', (v) => v.phase === 'Running', 180_000);
   await answered;
-  say(
-    `the held client was answered by buildkitd ${((Date.now() - started) / 1000).toFixed(1)} s after it connected`,
-  );
 }
 usage();
-say('Ctrl-C stops it all (npm start -- --detach leaves it running)');
-const signal = await shutdownSignal();
-say(`${signal}: stopping`);
-await stopInProcess?.();
-if (mode.cluster === 'existing') {
-  await helm('uninstall', RELEASE, '-n', PLATFORM_NS, '--wait').catch(() => undefined);
-  await kubectl('delete', '-f', EXAMPLE.file, '--ignore-not-found', '--wait=false').catch(() => undefined);
-  say('the release and the example are removed');
-} else if (startedCluster || mode.cluster === 'local') {
-  await stopLocalCluster();
-}
-fs.rmSync(path.join(local, START_STATE_FILE), { force: true });
-process.exit(0);
+say('Ctrl-C stops it all (npm start -- --detach leaves it running); watching meanwhile');
+for (;;) await watchFor(60_000);
 
 function fail(message: string): never {
-  process.stderr.write(`[start] ${message}\n`);
+  const hint = cleanup ? ' (npm stop removes what was set up)' : '';
+  process.stderr.write(`[start] ${message}${hint}\n`);
   process.exit(1);
 }
 
 function usage(): void {
-  say(`  export KUBECONFIG=${kubeconfig} PATH=${path.dirname(tools.kubectl)}:$PATH`);
+  // a local cluster links kubectl and helm into .local/bin
+  const bin = fs.existsSync(path.join(local, 'bin', 'kubectl'))
+    ? path.join(local, 'bin')
+    : path.dirname(tools.kubectl);
+  say(`  export KUBECONFIG=${kubeconfig} PATH=${bin}:$PATH`);
   say('  kubectl get bk -A -w     # PHASE: Running -> ScaledToZero -> Waking -> Running');
 }
 
@@ -231,11 +257,11 @@ async function clusterCli(...args: string[]): Promise<number> {
   return code;
 }
 
-/** Starts the local cluster unless one runs; resolves with true when this run started it. */
-async function ensureLocalCluster(realNode: boolean): Promise<boolean> {
+/** Starts the local cluster unless one runs. */
+async function ensureLocalCluster(realNode: boolean): Promise<void> {
   if ((await clusterCli('status')) === 0) {
     say('reusing the running local cluster');
-    return false;
+    return;
   }
   say(
     realNode
@@ -251,7 +277,6 @@ async function ensureLocalCluster(realNode: boolean): Promise<boolean> {
   }
   const code = await clusterCli('up', ...(realNode ? ['--real-node', '--nodes', '0'] : ['--nodes', '1']));
   if (code !== 0) fail(`the local cluster did not start (exit ${code}); see the messages above`);
-  return true;
 }
 
 async function stopLocalCluster(): Promise<void> {
@@ -301,7 +326,8 @@ async function holdConnection(endpoint: string, ms: number): Promise<void> {
  * client does, and resolves when the first byte comes back (buildkitd's own SETTINGS): the
  * activator held the connection and spliced it through once buildkitd was up.
  */
-async function firstAnswer(endpoint: string, timeoutMs: number): Promise<void> {
+async function firstAnswer(endpoint: string, timeoutMs: number): Promise<number> {
+  const started = Date.now();
   const socket = net.connect(hostPort(endpoint));
   socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`no answer within ${timeoutMs / 1000}s`)));
   await once(socket, 'connect');
@@ -313,4 +339,5 @@ async function firstAnswer(endpoint: string, timeoutMs: number): Promise<void> {
   );
   await once(socket, 'data');
   socket.destroy();
+  return Date.now() - started;
 }

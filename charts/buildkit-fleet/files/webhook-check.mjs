@@ -35,7 +35,7 @@ function call(method, path, body) {
 
 const ready = await call('GET', '/readyz');
 if (ready.status !== 200) throw new Error(`/readyz answered ${ready.status}: ${ready.text}`);
-console.log(`webhook ready at ${servername} (${host})`);
+process.stdout.write(`webhook ready at ${servername} (${host})\n`);
 
 const review = await call('POST', '/validate/buildkittemplates', {
   apiVersion: 'admission.k8s.io/v1',
@@ -57,4 +57,4 @@ const review = await call('POST', '/validate/buildkittemplates', {
 });
 const answer = JSON.parse(review.text).response;
 if (!answer || answer.allowed !== false) throw new Error(`a bad template was not refused: ${review.text}`);
-console.log(`a bad template is refused: ${answer.status?.message}`);
+process.stdout.write(`a bad template is refused: ${answer.status?.message}\n`);

@@ -1,9 +1,7 @@
 // The Helm chart as `helm lint`, `helm template` and the real API server see it: every rendering
 // a user can pick is accepted by `kubectl apply --dry-run=server`, the webhook configurations are
 // exactly what the webhook's code builds, and a wrong value fails with its name.
-import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 
 import { testCluster } from '../../hack/testenv.ts';
@@ -12,30 +10,13 @@ import {
   validatingWebhookConfiguration,
 } from '../../webhook/configurations.ts';
 import { installCrds } from '../support/crds.ts';
+import { runHelm } from '../support/helm.ts';
 
 const CHART = fileURLToPath(new URL('../../charts/buildkit-fleet', import.meta.url));
 const CERT_MANAGER_CRDS = fileURLToPath(new URL('../fixtures/cert-manager-crds', import.meta.url));
 const cluster = testCluster();
-const run = promisify(execFile);
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function helm(args: string[]): Promise<Result> {
-  try {
-    const { stdout, stderr } = await run(cluster.helmPath, args, {
-      env: { ...process.env, KUBECONFIG: cluster.kubeconfigPath },
-      maxBuffer: 64 * 1024 * 1024,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const helm = (args: string[]) => runHelm(cluster.helmPath, cluster.kubeconfigPath, args);
 
 type Doc = { kind: string; apiVersion: string; metadata: { name: string; namespace?: string } } & Record<
   string,

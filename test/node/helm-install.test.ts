@@ -2,15 +2,14 @@
 // image: the webhook and the controller run as pods, the API server calls the webhook through its
 // Service, an autoscaled Buildkit scales to zero and wakes, `helm test` passes, an upgrade keeps
 // the CRDs and running Buildkits, and an uninstall leaves nothing that blocks the cluster.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { listWorkers } from '../support/buildkit-client.ts';
+import { runHelm } from '../support/helm.ts';
 import { describeRealNode } from '../support/node-tier.ts';
 import { waitFor } from '../support/wait.ts';
 
@@ -18,23 +17,11 @@ const CHART = fileURLToPath(new URL('../../charts/buildkit-fleet', import.meta.u
 const RELEASE = 'fleet';
 const PLATFORM_NS = 'bkf-system';
 const NAMESPACE = 'helm-ci';
-const run = promisify(execFile);
 
 describeRealNode('the Helm chart on the real node', () => {
   let cluster: LocalCluster;
 
-  const helm = async (args: string[]) => {
-    try {
-      const { stdout, stderr } = await run(cluster.helmPath, args, {
-        env: { ...process.env, KUBECONFIG: cluster.kubeconfigPath },
-        maxBuffer: 16 * 1024 * 1024,
-      });
-      return { code: 0, stdout, stderr };
-    } catch (error) {
-      const e = error as { code?: number; stdout?: string; stderr?: string };
-      return { code: e.code ?? 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-    }
-  };
+  const helm = (args: string[]) => runHelm(cluster.helmPath, cluster.kubeconfigPath, args);
   const mustHelm = async (args: string[]) => {
     const r = await helm(args);
     if (r.code !== 0) {

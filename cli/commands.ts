@@ -1,5 +1,5 @@
-// Command dispatch and help for the `buildkit-fleet` CLI. Each component registers one command;
-// later components (webhook, controller, sidecar, certs) add theirs here.
+// Command dispatch and help for the `buildkit-fleet` CLI. Each component registers one command
+// here, and so do the CI client commands (acquire, release in cli/acquire/).
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
@@ -14,6 +14,7 @@ import { CERTS_COMMAND_OPTIONS } from '../certs/cert-options.ts';
 import { CONTROLLER_OPTIONS } from '../controller/options.ts';
 import { SIDECAR_OPTIONS } from '../sidecar/options.ts';
 import { REMOVE_CONFIGURATIONS_OPTIONS } from '../webhook/uninstall-options.ts';
+import { ACQUIRE_OPTIONS, RELEASE_OPTIONS } from './acquire/options.ts';
 
 export interface Io {
   out: (text: string) => void;
@@ -105,6 +106,35 @@ const removeConfigurationsCommand: Command = {
   },
 };
 
+const acquireCommand: Command = {
+  summary:
+    "CI: create a Buildkit from a template (owned by the job's pod), wake it, wait until it is Ready and print BUILDKIT_HOST=tcp://... and BUILDKIT_NAME=... for `eval`.",
+  usage: 'buildkit-fleet acquire --template <name> [flags]',
+  options: ACQUIRE_OPTIONS,
+  async run(args, io) {
+    const { parseAcquireArgs } = await import('./acquire/plan.ts');
+    const request = parseAcquireArgs(args);
+    const [{ runAcquire }, { untilInterrupted }] = await Promise.all([
+      import('./acquire/run.ts'),
+      import('./acquire/interrupt.ts'),
+    ]);
+    return untilInterrupted((signal) => runAcquire(request, io, signal));
+  },
+};
+
+const releaseCommand: Command = {
+  summary:
+    'CI: delete a Buildkit that acquire printed (BUILDKIT_NAME); one that is already gone is a note, exit 0.',
+  usage: 'buildkit-fleet release <name> [flags]',
+  options: RELEASE_OPTIONS,
+  async run(args, io) {
+    const { parseReleaseArgs } = await import('./acquire/plan.ts');
+    const request = parseReleaseArgs(args);
+    const { runRelease } = await import('./acquire/run.ts');
+    return runRelease(request, io);
+  },
+};
+
 export const COMMANDS: Record<string, Command> = {
   crds: crdsCommand,
   webhook: webhookCommand,
@@ -112,6 +142,8 @@ export const COMMANDS: Record<string, Command> = {
   controller: controllerCommand,
   sidecar: sidecarCommand,
   'remove-webhook-configurations': removeConfigurationsCommand,
+  acquire: acquireCommand,
+  release: releaseCommand,
 };
 
 function version(): string {

@@ -133,8 +133,14 @@ export function planAutoscale(o: AutoscaleObservation): AutoscalePlan {
     };
   }
   const wakingSince = o.record?.wakeStartTime;
+  // The status says Waking, or still ScaledToZero because the cache has not caught up with the
+  // wake this leader wrote (its record is merged in): either way a wake is under way, and calling
+  // it Pending would lose the Waking phase and the Woke event that ends it.
   const waking =
-    !o.ready && wakingSince !== undefined && o.record?.scaledToZeroTime !== undefined && o.phase === 'Waking';
+    !o.ready &&
+    wakingSince !== undefined &&
+    o.record?.scaledToZeroTime !== undefined &&
+    (o.phase === 'Waking' || o.phase === 'ScaledToZero');
   if (waking) {
     return {
       state: 'waking',

@@ -111,3 +111,13 @@ test('the scale-down records Ready and Active as scaled to zero, keeping the oth
   ]);
   expect(zeroConditions([], 'T').map((c) => c.type)).toEqual(['Active']);
 });
+
+test('a wake whose status write the cache has not shown yet stays Waking, not Pending', () => {
+  // the leader's own record (wake after zero) merged over a cached status that still says ScaledToZero
+  const woken = { ...zero, wakeStartTime: '2026-12-01T11:59:59.000Z' };
+  const p = planAutoscale(observe({ record: woken, phase: 'ScaledToZero', pods: [pod], ready: false }));
+  expect(p).toMatchObject({ state: 'waking', phase: 'Waking', wakeStarts: false, routeToActivator: true });
+  // once the pod is ready it is awake, and the reconcile records Woke (the phase it leaves is Waking)
+  const ready = planAutoscale(observe({ record: woken, phase: 'Waking', pods: [pod], ready: true }));
+  expect(ready.state).toBe('awake');
+});

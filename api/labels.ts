@@ -74,6 +74,15 @@ export const TARGET_PORT_ANNOTATION = 'buildkit-fleet.io/target-port';
  */
 export const SPEC_HASH_ANNOTATION = 'buildkit-fleet.io/spec-hash';
 
+/**
+ * On a webhook configuration: the failurePolicy its entries are meant to have. A first self-managed
+ * install renders them with `Ignore`, since no CA exists yet to put into caBundle and an entry
+ * with `Fail` would refuse every request it matches until one does; the webhook replica that
+ * writes caBundle sets this policy in the same patch, so the configured policy and a CA the API
+ * server can use arrive together.
+ */
+export const FAILURE_POLICY_ANNOTATION = 'buildkit-fleet.io/failure-policy';
+
 /** AppArmor before Kubernetes 1.30 (`securityContext.appArmorProfile` replaced it). */
 export const APPARMOR_ANNOTATION_PREFIX = 'container.apparmor.security.beta.kubernetes.io/';
 

@@ -13,6 +13,7 @@ import type { KubeConfig, KubernetesListObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 
+import { FAILURE_POLICY_ANNOTATION } from '../api/labels.ts';
 import { apiErrorText, errorStatus, isNotFound } from '../kube/errors.ts';
 import { kubeWatchFn } from '../kube/informer.ts';
 import type { WatchFn } from '../kube/informer.ts';
@@ -38,11 +39,19 @@ export interface WebhookTargets {
 }
 
 export interface WebhookConfigObject {
-  metadata?: { name?: string; resourceVersion?: string };
-  webhooks?: { name: string; clientConfig?: { caBundle?: string } }[];
+  metadata?: { name?: string; resourceVersion?: string; annotations?: Record<string, string> };
+  webhooks?: { name: string; failurePolicy?: string; clientConfig?: { caBundle?: string } }[];
 }
 
 export type JsonPatchOp = { op: 'test' | 'add'; path: string; value: unknown };
+
+const FAILURE_POLICIES: readonly string[] = ['Fail', 'Ignore'];
+
+/** The policy the configuration's annotation asks for once caBundle is in place, if it names one. */
+export function intendedFailurePolicy(config: WebhookConfigObject): string | undefined {
+  const value = config.metadata?.annotations?.[FAILURE_POLICY_ANNOTATION];
+  return value !== undefined && FAILURE_POLICIES.includes(value) ? value : undefined;
+}
 
 /** The API said no; `status` 403 means RBAC. */
 export class WebhookConfigAccessError extends Error {
@@ -76,15 +85,31 @@ export const bundleBase64 = (pem: string): string => Buffer.from(pem, 'utf8').to
  * JSON patch that sets caBundle on every entry of `config` not already holding `desired` (base64);
  * empty when nothing needs changing. Each change is guarded by a test of the entry's name, so a
  * concurrent reorder of the webhooks list makes the patch fail instead of hitting the wrong entry.
+ * An entry that gets the bundle also gets the failurePolicy the configuration's
+ * FAILURE_POLICY_ANNOTATION names (a first install holds it at Ignore until a CA exists). Entries
+ * that already hold the bundle keep whatever policy they have, so a policy someone set by hand
+ * stays.
  */
 export function caBundlePatch(config: WebhookConfigObject, desired: string): JsonPatchOp[] {
   const ops: JsonPatchOp[] = [];
+  const policy = intendedFailurePolicy(config);
   (config.webhooks ?? []).forEach((webhook, i) => {
     if (webhook.clientConfig?.caBundle === desired) return;
     ops.push({ op: 'test', path: `/webhooks/${i}/name`, value: webhook.name });
     ops.push({ op: 'add', path: `/webhooks/${i}/clientConfig/caBundle`, value: desired });
+    if (policy !== undefined && webhook.failurePolicy !== policy) {
+      ops.push({ op: 'add', path: `/webhooks/${i}/failurePolicy`, value: policy });
+    }
   });
   return ops;
+}
+
+/** The entries a patch from caBundlePatch gives a failurePolicy, as "name: policy". */
+export function failurePolicyChanges(config: WebhookConfigObject, ops: readonly JsonPatchOp[]): string[] {
+  return ops.flatMap((op) => {
+    const match = /^\/webhooks\/(\d+)\/failurePolicy$/.exec(op.path);
+    return match ? [`${config.webhooks?.[Number(match[1])]?.name ?? '?'}: ${String(op.value)}`] : [];
+  });
 }
 
 export function kubeWebhookConfigClient(kc: KubeConfig): WebhookConfigClient {
@@ -240,6 +265,7 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
         if (ops.length === 0) break;
         const entries = ops.filter((op) => op.op === 'test').map((op) => op.value as string);
         const before = (config.webhooks ?? []).map((w) => w.clientConfig?.caBundle ?? '');
+        const policies = failurePolicyChanges(config, ops);
         try {
           await client.patch(kind, name, ops);
           report.patched.push(describe(kind, name));
@@ -250,8 +276,14 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
               webhooks: entries,
               reason: before.every((b) => b === '') ? 'caBundle was empty' : 'caBundle differed',
               trigger: why,
+              ...(policies.length > 0
+                ? {
+                    failurePolicy: policies,
+                    policyReason: `set to what ${FAILURE_POLICY_ANNOTATION} asks for`,
+                  }
+                : {}),
             },
-            'caBundle patched',
+            policies.length > 0 ? 'caBundle patched, failurePolicy set' : 'caBundle patched',
           );
           break;
         } catch (error) {

@@ -40,6 +40,8 @@ export {
   WebhookConfigAccessError,
   bundleBase64,
   caBundlePatch,
+  failurePolicyChanges,
+  intendedFailurePolicy,
   createCaBundleInjector,
   kubeWebhookConfigClient,
 } from './ca-bundle.ts';

@@ -10,8 +10,9 @@ export function readableLogs(destination?: Writable): DestinationStream {
     colorize: destination === undefined && process.stdout.isTTY,
     translateTime: 'SYS:HH:MM:ss',
     // shown in the message instead (pino-pretty would print `name` as a logger name)
-    ignore: 'pid,hostname,component,namespace,name',
-    messageFormat: '[{component}] {if namespace}{namespace}/{end}{if name}{name}: {end}{msg}',
+    ignore: 'pid,hostname,component,subsystem,namespace,name',
+    messageFormat:
+      '[{component}{if subsystem}/{subsystem}{end}] {if namespace}{namespace}/{end}{if name}{name}: {end}{msg}',
     sync: true,
     ...(destination ? { destination } : {}),
   });

@@ -154,12 +154,11 @@ const view = async (): Promise<BuildkitView> => {
   })) as {
     status?: { phase?: string; endpoint?: string; conditions?: { type: string; message?: string }[] };
   };
+  const active = bk.status?.conditions?.find((c) => c.type === 'Active')?.message;
   return {
     ...(bk.status?.phase ? { phase: bk.status.phase } : {}),
     ...(bk.status?.endpoint ? { endpoint: bk.status.endpoint } : {}),
-    ...(bk.status?.conditions?.find((c) => c.type === 'Active')?.message
-      ? { active: bk.status.conditions.find((c) => c.type === 'Active')!.message! }
-      : {}),
+    ...(active ? { active } : {}),
   };
 };
 let last: BuildkitView = {};

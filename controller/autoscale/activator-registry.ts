@@ -62,7 +62,7 @@ export function startActivatorRegistry(o: {
   const api = o.kc.makeApiClient(CoordinationV1Api);
   const now = o.now ?? (() => Date.now());
   const name = activatorLeaseName(o.identity);
-  const log = o.logger.child({ component: 'activator-registry', lease: `${o.namespace}/${name}` });
+  const log = o.logger.child({ subsystem: 'activator-registry', lease: `${o.namespace}/${name}` });
   let current = [...o.own].sort();
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;

@@ -70,7 +70,7 @@ export function startAutoscaling(o: {
   endpointSliceVersion: 'v1' | 'v1beta1';
 }) {
   const custom = o.kc.makeApiClient(CustomObjectsApi);
-  const log = o.logger.child({ component: 'activator' });
+  const log = o.logger.child({ subsystem: 'activator' });
   const templateOf = (bk: Buildkit) =>
     o.caches.template(bk.metadata?.namespace ?? '', bk.spec?.template ?? '');
   const activator = createActivator({

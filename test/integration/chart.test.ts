@@ -151,24 +151,42 @@ test('the CRD templates are accepted by the API server as they are', async () =>
   expect(notKept.stdout).not.toContain('helm.sh/resource-policy');
 }, 60_000);
 
-test('the webhook configurations are the ones webhook/configurations.ts builds', async () => {
-  const rendered = await helm(['template', 'fleet', CHART, '-n', 'platform']);
-  const objects = docs(rendered.stdout);
-  const options = {
-    name: 'fleet-buildkit-fleet',
-    clientConfig: (path: string) => ({
-      service: { name: 'fleet-buildkit-fleet-webhook', namespace: 'platform', port: 443, path },
-    }),
-    platformNamespace: 'platform',
-  };
-  const strip = (o: Doc) => ({ ...o, metadata: { name: o.metadata.name } });
-  expect(strip(objects.find((o) => o.kind === 'MutatingWebhookConfiguration')!)).toEqual(
-    strip(mutatingWebhookConfiguration(options) as Doc),
-  );
-  expect(strip(objects.find((o) => o.kind === 'ValidatingWebhookConfiguration')!)).toEqual(
-    strip(validatingWebhookConfiguration(options) as Doc),
-  );
-}, 60_000);
+// Self-managed with no certificate Secret yet (as `helm template` and a first install see it): the
+// entries start at Ignore and the annotation names the configured policy, which the webhook sets
+// when it writes caBundle; with cert-manager they carry the configured policy from the start.
+test.each([
+  ['self-managed, before its Secret exists', [], 'Ignore', { 'buildkit-fleet.io/failure-policy': 'Fail' }],
+  [
+    'certManager.enabled=true',
+    ['--set', 'certManager.enabled=true'],
+    'Fail',
+    { 'cert-manager.io/inject-ca-from': 'platform/fleet-buildkit-fleet-webhook' },
+  ],
+] as const)(
+  'the webhook configurations are the ones webhook/configurations.ts builds (%s)',
+  async (_name, values, policy, annotations) => {
+    const rendered = await helm(['template', 'fleet', CHART, '-n', 'platform', ...values]);
+    const objects = docs(rendered.stdout);
+    const options = {
+      name: 'fleet-buildkit-fleet',
+      clientConfig: (path: string) => ({
+        service: { name: 'fleet-buildkit-fleet-webhook', namespace: 'platform', port: 443, path },
+      }),
+      platformNamespace: 'platform',
+      failurePolicy: policy,
+    };
+    const strip = (o: Doc) => ({ ...o, metadata: { name: o.metadata.name } });
+    for (const [kind, build] of [
+      ['MutatingWebhookConfiguration', mutatingWebhookConfiguration],
+      ['ValidatingWebhookConfiguration', validatingWebhookConfiguration],
+    ] as const) {
+      const object = objects.find((o) => o.kind === kind)!;
+      expect(strip(object)).toEqual(strip(build(options) as Doc));
+      expect((object.metadata as { annotations?: Record<string, string> }).annotations).toEqual(annotations);
+    }
+  },
+  60_000,
+);
 
 describe('values.schema.json refuses a wrong value, naming it', () => {
   test.each([

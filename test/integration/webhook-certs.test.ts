@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { AdmissionregistrationV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { pino } from 'pino';
 
+import { FAILURE_POLICY_ANNOTATION } from '../../api/labels.ts';
 import { createCa, createServingCert } from '../../certs/index.ts';
 import { parseOptions } from '../../flags/options.ts';
 import {
@@ -32,13 +33,19 @@ let namespace: string;
 const template = (name: string) =>
   `apiVersion: buildkit.seatgeek.io/v1alpha1\nkind: BuildkitTemplate\nmetadata:\n  name: ${name}\nspec:\n  port: 0\n`;
 
-/** Registers URL webhook configurations for our test namespace only; caBundle as given. */
-async function register(name: string, port: number, caBundle?: string) {
+/**
+ * Registers URL webhook configurations for our test namespace only; caBundle as given. `firstInstall`
+ * registers them as the chart's first self-managed install does: Ignore, and the annotation naming Fail.
+ */
+async function register(name: string, port: number, caBundle?: string, firstInstall = false) {
   const options = {
     name,
     clientConfig: (path: string) => ({ url: `https://127.0.0.1:${port}${path}` }),
     namespaceLabels: { 'buildkit-fleet.test/certs': suffix },
     ...(caBundle ? { caBundle } : {}),
+    ...(firstInstall
+      ? { failurePolicy: 'Ignore' as const, annotations: { [FAILURE_POLICY_ANNOTATION]: 'Fail' } }
+      : {}),
   };
   await applyWebhookConfigurations(
     cluster.kubeConfig,
@@ -83,9 +90,9 @@ describe('self-managed mode', () => {
     await deleteWebhookConfigurations(cluster.kubeConfig, configName);
   });
 
-  test('the webhook makes its Secret, fills caBundle, and the API server then calls it', async () => {
+  test('the webhook makes its Secret, fills caBundle with the intended failurePolicy, and the API server then calls it', async () => {
     const port = await freePort();
-    await register(configName, port); // as the chart does: no caBundle yet
+    await register(configName, port, undefined, true); // as the chart's first install: no caBundle yet
     const options = parseOptions(
       [
         '--kubeconfig',
@@ -116,12 +123,14 @@ describe('self-managed mode', () => {
     expect(secret.type).toBe('kubernetes.io/tls');
     const caPem = Buffer.from(secret.data!['ca.crt']!, 'base64').toString();
     const api = cluster.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
-    const bundles = [
+    const entries = [
       ...(await api.readMutatingWebhookConfiguration({ name: configName })).webhooks!,
       ...(await api.readValidatingWebhookConfiguration({ name: configName })).webhooks!,
-    ].map((w) => Buffer.from(w.clientConfig.caBundle ?? '', 'base64').toString());
+    ];
+    const bundles = entries.map((w) => Buffer.from(w.clientConfig.caBundle ?? '', 'base64').toString());
     // every webhook of both configurations, the pod injector's included
     expect(bundles).toEqual([caPem, caPem, caPem, caPem]);
+    expect(entries.map((w) => w.failurePolicy)).toEqual(['Fail', 'Fail', 'Fail', 'Fail']);
     const served = await servedCertificate(port);
     expect(served.checkIssued(new X509Certificate(caPem))).toBe(true);
     expect(served.checkIP('127.0.0.1')).toBe('127.0.0.1');

@@ -1,12 +1,15 @@
 // The Helm chart installed as a user installs it, on the real node with the locally built platform
 // image: the webhook and the controller run as pods, the API server calls the webhook through its
-// Service, an autoscaled Buildkit scales to zero and wakes, `helm test` passes, an upgrade keeps
+// Service, an autoscaled Buildkit scales to zero and wakes, the CI client (`acquire`/`release`)
+// hands out an endpoint a client reaches and wakes it at zero, `helm test` passes, an upgrade keeps
 // the CRDs and running Buildkits, and an uninstall leaves nothing that blocks the cluster.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import { INSTANCE_LABEL } from '../../api/labels.ts';
+import { runCli } from '../../cli/commands.ts';
 import { startCluster, type LocalCluster } from '../../hack/cluster.ts';
 import { listWorkers } from '../support/buildkit-client.ts';
 import { runHelm } from '../support/helm.ts';
@@ -74,9 +77,32 @@ describeRealNode('the Helm chart on the real node', () => {
       ...extra,
     ]);
 
+  // What the API server answered a valid BuildkitTemplate (server dry run, which calls the
+  // webhooks) while the first install ran: refusals that name a webhook (no CA yet, no endpoint).
+  const duringFirstInstall = { probes: 0, admitted: 0, refusals: [] as string[] };
+
   beforeAll(async () => {
     cluster = await startCluster({ nodes: 0, realNode: true });
-    await install();
+    await cluster.kubectl(['create', 'namespace', NAMESPACE]);
+    let installing = true;
+    const probing = (async () => {
+      while (installing) {
+        const r = await cluster.kubectl(['apply', '--dry-run=server', '-f', '-'], {
+          allowFail: true,
+          input: `apiVersion: buildkit.seatgeek.io/v1alpha1\nkind: BuildkitTemplate\nmetadata: { name: probe, namespace: ${NAMESPACE} }\nspec: { port: 1234 }\n`,
+        });
+        duringFirstInstall.probes++;
+        if (r.code === 0) duringFirstInstall.admitted++;
+        else if (/webhook/i.test(r.stderr)) duringFirstInstall.refusals.push(r.stderr.trim());
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    })();
+    try {
+      await install();
+    } finally {
+      installing = false;
+      await probing;
+    }
   }, 600_000);
 
   afterAll(async () => {
@@ -91,6 +117,20 @@ describeRealNode('the Helm chart on the real node', () => {
     await cluster?.stop();
   }, 120_000);
 
+  test('a first self-managed install refuses nothing for lack of a CA, then holds the configured policy', async () => {
+    // the CRDs arrive during the install, so some probes were admitted, none refused by a webhook
+    expect(duringFirstInstall.admitted).toBeGreaterThan(0);
+    expect(duringFirstInstall.refusals).toEqual([]);
+    for (const kind of ['mutatingwebhookconfiguration', 'validatingwebhookconfiguration']) {
+      const config = await json<{
+        webhooks: { name: string; failurePolicy: string; clientConfig: { caBundle?: string } }[];
+      }>(['get', kind, `${RELEASE}-buildkit-fleet`]);
+      expect(config.webhooks.map((w) => [w.name, w.failurePolicy, Boolean(w.clientConfig.caBundle)])).toEqual(
+        config.webhooks.map((w) => [w.name, 'Fail', true]),
+      );
+    }
+  });
+
   test('the webhook and controller pods run, and the installed webhook refuses a bad template', async () => {
     const pods = await platformPods();
     expect(
@@ -100,7 +140,6 @@ describeRealNode('the Helm chart on the real node', () => {
       pods.filter((p) => p.metadata.name.includes('-controller-') && p.status.phase === 'Running'),
     ).toHaveLength(2);
 
-    await cluster.kubectl(['create', 'namespace', NAMESPACE]);
     const refused = await cluster.kubectl(['apply', '-f', '-'], {
       allowFail: true,
       input: `
@@ -163,6 +202,66 @@ spec: { template: autoscaled }
       intervalMs: 500,
     });
   }, 420_000);
+
+  test('acquire prints an endpoint a client reaches, wakes it at zero for the next job, and release removes it', async () => {
+    const io = () => {
+      const result = { out: '', err: '' };
+      return {
+        result,
+        io: { out: (s: string) => void (result.out += s), err: (s: string) => void (result.err += s) },
+      };
+    };
+    const cli = async (...argv: string[]) => {
+      const { result, io: streams } = io();
+      const code = await runCli(
+        [...argv, '--kubeconfig', cluster.kubeconfigPath, '--namespace', NAMESPACE],
+        streams,
+      );
+      return { code, ...result };
+    };
+    const host = (out: string) => /^BUILDKIT_HOST=(tcp:\/\/\S+)\nBUILDKIT_NAME=job-1\n$/.exec(out)?.[1];
+    const job = () => json<BuildkitView>(['get', 'buildkit', '-n', NAMESPACE, 'job-1']);
+
+    const first = await cli('acquire', '--template', 'autoscaled', '--name', 'job-1', '--wait', '3m');
+    expect({ code: first.code, err: first.err }).toMatchObject({ code: 0 });
+    const endpoint = host(first.out);
+    expect(endpoint).toBe((await job()).status?.endpoint);
+    expect((await listWorkers(endpoint!, 60_000)).record[0]?.ID).toBe('standin');
+
+    // idle between jobs: it goes to zero
+    await waitFor('job-1 at zero', async () => (await job()).status?.phase === 'ScaledToZero', {
+      timeoutMs: 120_000,
+      intervalMs: 500,
+    });
+    // the next job: acquire asks for the wake itself and returns once it runs, before any client dials
+    const second = await cli('acquire', '--template', 'autoscaled', '--name', 'job-1', '--wait', '3m');
+    expect({ code: second.code, err: second.err }).toMatchObject({ code: 0 });
+    expect(second.err).toContain('"job-1" is scaled to zero: asked for a wake');
+    expect(host(second.out)).toBe(endpoint);
+    expect((await job()).status?.phase).toBe('Running');
+    expect((await listWorkers(endpoint!, 60_000)).record[0]?.ID).toBe('standin');
+
+    const released = await cli('release', 'job-1');
+    expect(released).toMatchObject({ code: 0, out: '' });
+    await waitFor(
+      'job-1 and its pod gone',
+      async () => {
+        const left = await cluster.kubectl(
+          ['get', 'buildkit,pods', '-n', NAMESPACE, '-l', `${INSTANCE_LABEL}=job-1`, '-o', 'name'],
+          { allowFail: true },
+        );
+        const named = await cluster.kubectl(['get', 'buildkit', '-n', NAMESPACE, 'job-1'], {
+          allowFail: true,
+        });
+        return left.code === 0 && left.stdout.trim() === '' && /NotFound/.test(named.stderr);
+      },
+      { timeoutMs: 90_000, intervalMs: 500 },
+    );
+    // a missing template: a clear message, exit 1, nothing created
+    const missing = await cli('acquire', '--template', 'nope', '--wait', '10s');
+    expect(missing).toMatchObject({ code: 1, out: '' });
+    expect(missing.err).toContain(`template "nope" not found in namespace "${NAMESPACE}"`);
+  }, 480_000);
 
   test('helm test passes: the webhook answers through its Service', async () => {
     const result = await mustHelm(['test', RELEASE, '-n', PLATFORM_NS, '--timeout', '3m']);

@@ -14,6 +14,7 @@ import {
   bundleBase64,
   caBundlePatch,
   certConfigFromOptions,
+  failurePolicyChanges,
   startCertSource,
   createCaBundleInjector,
   formatCertDuration,
@@ -156,6 +157,34 @@ describe('caBundlePatch', () => {
   test('nothing to do when every entry holds the bundle', () => {
     expect(caBundlePatch(config('x', B64, B64), B64)).toEqual([]);
     expect(caBundlePatch({ metadata: { name: 'x' } }, B64)).toEqual([]);
+  });
+
+  // A first install renders Ignore (no CA yet) and names the configured policy in the annotation.
+  const firstInstall = (policy: string, ...bundles: (string | undefined)[]): WebhookConfigObject => {
+    const c = config('x', ...bundles);
+    c.metadata!.annotations = { 'buildkit-fleet.io/failure-policy': policy };
+    c.webhooks = c.webhooks!.map((w) => ({ ...w, failurePolicy: 'Ignore' }));
+    return c;
+  };
+
+  test('an entry given the bundle also gets the policy the annotation names, in the same patch', () => {
+    expect(caBundlePatch(firstInstall('Fail', undefined), B64)).toEqual([
+      { op: 'test', path: '/webhooks/0/name', value: 'w0' },
+      { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: B64 },
+      { op: 'add', path: '/webhooks/0/failurePolicy', value: 'Fail' },
+    ]);
+    const c = firstInstall('Fail', undefined, 'b2xk');
+    expect(failurePolicyChanges(c, caBundlePatch(c, B64))).toEqual(['w0: Fail', 'w1: Fail']);
+  });
+
+  test('the policy is left alone where the entry already holds the bundle, matches, or the annotation is not a policy', () => {
+    // someone set Ignore by hand on a working configuration: it stays
+    expect(caBundlePatch(firstInstall('Fail', B64), B64)).toEqual([]);
+    expect(caBundlePatch(firstInstall('Ignore', undefined), B64)).toEqual([
+      { op: 'test', path: '/webhooks/0/name', value: 'w0' },
+      { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: B64 },
+    ]);
+    expect(caBundlePatch(firstInstall('Sometimes', undefined), B64)).toHaveLength(2);
   });
 });
 

@@ -69,3 +69,26 @@ test('with a readable stream as its destination, a decision reads as text at onc
   expect(text).toMatch(/INFO: \[controller\] informer synced\n\s+informer: "pods"/);
   expect(text).not.toContain('{"level"');
 });
+
+test('a part of a component logs under its own key, shown after the component', async () => {
+  const { PassThrough } = await import('node:stream');
+  const { readableLogs } = await import('../../../hack/readable-logs.ts');
+  const { createLogger } = await import('../../../telemetry/logger.ts');
+  let json = '';
+  const raw = new PassThrough();
+  raw.on('data', (chunk: Buffer) => (json += chunk.toString()));
+  createLogger({ level: 'info', component: 'controller', destination: raw })
+    .child({ subsystem: 'activator' })
+    .info({ port: 1 }, 'holding');
+  let text = '';
+  const sink = new PassThrough();
+  sink.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  createLogger({ level: 'info', component: 'controller', destination: readableLogs(sink) })
+    .child({ subsystem: 'activator' })
+    .info('holding');
+  await new Promise((resolve) => setImmediate(resolve));
+  // one key each: a JSON line with a key twice is read differently by different tools
+  expect(json.match(/"component"/g)).toHaveLength(1);
+  expect(JSON.parse(json)).toMatchObject({ component: 'controller', subsystem: 'activator' });
+  expect(text).toMatch(/INFO: \[controller\/activator\] holding\n/);
+});

@@ -64,7 +64,11 @@ const HANDED_OFF = 10;
 const ACCEPT_SEQ = 11;
 const COUNTERS = 12;
 /** how often counts() reads again when the loop was accepting meanwhile */
-const COUNT_ATTEMPTS = 5;
+const COUNT_ATTEMPTS = 12;
+/** the first pause between two such reads; it doubles each time (0.05 ms ... about 100 ms in all) */
+const COUNT_FIRST_PAUSE_MS = 0.05;
+/** a cell nobody writes: Atomics.wait on it is a sub-millisecond sleep that gives the loop thread the core */
+const pauseCell = new Int32Array(new SharedArrayBuffer(4));
 
 /** Where the addon is: next to the sources (sidecar/ → ..) or to the build output (dist/sidecar/ → ../..). */
 export function nativeEnginePath(): string | undefined {
@@ -272,14 +276,22 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
       // and then joins the counters. The loop makes kAcceptSeq odd around each accept, so a
       // reading between an even value and the same value again missed nobody. The backlog is
       // read first: a client accepted after that shows twice rather than not at all.
+      // An odd value cannot be resolved by reading again at once: the loop thread may have been
+      // preempted inside accept4, the client still in the backlog or already out of it and not
+      // yet counted. So it pauses, doubling, to let that thread finish the accept.
       let reading: ProxyCounts = { open: 0, opened: 0, closed: 0, backlog: 0 };
+      let pauseMs = COUNT_FIRST_PAUSE_MS;
       for (let attempt = 0; attempt < COUNT_ATTEMPTS; attempt++) {
         const seq = view[ACCEPT_SEQ]!;
         const queued = backlog?.read() ?? 0;
         reading = { open: view[OPEN]!, opened: view[OPENED]!, closed: view[CLOSED]!, backlog: queued };
         if (seq % 2 === 0 && view[ACCEPT_SEQ] === seq) return reading;
+        if (attempt === COUNT_ATTEMPTS - 1) break;
+        Atomics.wait(pauseCell, 0, 0, pauseMs);
+        pauseMs *= 2;
       }
-      // accepting all along (a burst): count the client being accepted now as waiting
+      // accepting all along (a burst): count the client being accepted now as waiting; this may
+      // show one client twice, never none, so an idle decision never misses it
       return view[ACCEPT_SEQ]! % 2 === 1 ? { ...reading, backlog: reading.backlog + 1 } : reading;
     },
     handOff(to) {

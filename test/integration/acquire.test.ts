@@ -6,7 +6,6 @@
 // endpoint is compared with status rather than dialled.)
 import { randomBytes } from 'node:crypto';
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
-import { pino } from 'pino';
 
 import { BUILDKIT, GROUP, VERSION } from '../../api/group.ts';
 import { WAKE_REQUESTED_ANNOTATION } from '../../api/labels.ts';
@@ -15,10 +14,9 @@ import { parseAcquireArgs } from '../../cli/acquire/plan.ts';
 import { runAcquire } from '../../cli/acquire/run.ts';
 import { runCli } from '../../cli/commands.ts';
 import type { RunningController } from '../../controller/main.ts';
-import { CONTROLLER_OPTIONS, startController } from '../../controller/main.ts';
-import { parseOptions } from '../../flags/options.ts';
 import { testCluster } from '../../hack/testenv.ts';
 import { installCrds } from '../support/crds.ts';
+import { startLocalController } from '../support/local-controller.ts';
 import { waitFor } from '../support/wait.ts';
 
 const cluster = testCluster();
@@ -78,24 +76,7 @@ describe('with a controller watching the namespace', () => {
   beforeAll(async () => {
     namespace = await cluster.createNamespace('acquire');
     await applyTemplate(namespace);
-    controller = await startController(
-      parseOptions(
-        [
-          '--kubeconfig',
-          cluster.kubeconfigPath,
-          '--watch-namespace',
-          namespace,
-          '--leader-election-namespace',
-          namespace,
-          '--leader-election-name',
-          lease,
-          '--metrics-listen',
-          '127.0.0.1:0',
-        ],
-        CONTROLLER_OPTIONS,
-      ),
-      pino({ level: process.env['BKF_TEST_LOG'] ?? 'silent' }),
-    );
+    controller = await startLocalController(cluster, namespace, lease);
   }, 60_000);
 
   afterAll(async () => {

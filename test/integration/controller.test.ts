@@ -4,11 +4,10 @@ import { randomBytes } from 'node:crypto';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 
-import { parseOptions } from '../../flags/options.ts';
 import type { RunningController } from '../../controller/main.ts';
-import { CONTROLLER_OPTIONS, startController } from '../../controller/main.ts';
 import { testCluster } from '../../hack/testenv.ts';
 import { installCrds } from '../support/crds.ts';
+import { startLocalController, quietLogger } from '../support/local-controller.ts';
 import { seatgeekExamples } from '../support/examples.ts';
 import { waitFor } from '../support/wait.ts';
 
@@ -19,30 +18,14 @@ const eventually = <T>(what: string, probe: () => Promise<T | undefined | false>
 const cluster = testCluster();
 const { kubectl } = cluster;
 const lease = `bkf-test-${randomBytes(3).toString('hex')}`;
-const quiet = pino({ level: process.env['BKF_TEST_LOG'] ?? 'silent' });
+const quiet = quietLogger();
 
 function controllerFor(
   namespace: string,
   logger: Logger = quiet,
   extra: string[] = [],
 ): Promise<RunningController> {
-  const options = parseOptions(
-    [
-      '--kubeconfig',
-      cluster.kubeconfigPath,
-      '--watch-namespace',
-      namespace,
-      '--leader-election-namespace',
-      namespace,
-      '--leader-election-name',
-      lease,
-      '--metrics-listen',
-      '127.0.0.1:0',
-      ...extra,
-    ],
-    CONTROLLER_OPTIONS,
-  );
-  return startController(options, logger);
+  return startLocalController(cluster, namespace, lease, logger, extra);
 }
 
 async function getJson(kind: string, name: string, namespace: string) {

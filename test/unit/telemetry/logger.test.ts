@@ -52,17 +52,24 @@ test('lines logged just before exit are not lost', async () => {
   expect(run.lines()).toHaveLength(100);
 });
 
-test('with a readable stream as its destination, a decision reads as text at once (npm start)', async () => {
+/** A stream that keeps what is written to it, for reading back as text. */
+async function collected() {
   const { PassThrough } = await import('node:stream');
+  const stream = new PassThrough();
+  let text = '';
+  stream.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  return Object.assign(stream, { text: () => text });
+}
+
+test('with a readable stream as its destination, a decision reads as text at once (npm start)', async () => {
   const { readableLogs } = await import('../../../hack/readable-logs.ts');
   const { createLogger } = await import('../../../telemetry/logger.ts');
-  let text = '';
-  const sink = new PassThrough();
-  sink.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  const sink = await collected();
   const logger = createLogger({ level: 'info', component: 'controller', destination: readableLogs(sink) });
   logger.info({ namespace: 'ci', name: 'bk', reason: 'PodPending' }, 'buildkit reconciled');
   logger.info({ informer: 'pods' }, 'informer synced');
   await new Promise((resolve) => setImmediate(resolve));
+  const text = sink.text();
   const lines = text.split('\n');
   expect(lines[0]).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: \[controller\] ci\/bk: buildkit reconciled$/);
   expect(lines[1]).toContain('reason: "PodPending"');
@@ -71,22 +78,19 @@ test('with a readable stream as its destination, a decision reads as text at onc
 });
 
 test('a part of a component logs under its own key, shown after the component', async () => {
-  const { PassThrough } = await import('node:stream');
   const { readableLogs } = await import('../../../hack/readable-logs.ts');
   const { createLogger } = await import('../../../telemetry/logger.ts');
-  let json = '';
-  const raw = new PassThrough();
-  raw.on('data', (chunk: Buffer) => (json += chunk.toString()));
+  const raw = await collected();
   createLogger({ level: 'info', component: 'controller', destination: raw })
     .child({ subsystem: 'activator' })
     .info({ port: 1 }, 'holding');
-  let text = '';
-  const sink = new PassThrough();
-  sink.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  const sink = await collected();
   createLogger({ level: 'info', component: 'controller', destination: readableLogs(sink) })
     .child({ subsystem: 'activator' })
     .info('holding');
   await new Promise((resolve) => setImmediate(resolve));
+  const json = raw.text();
+  const text = sink.text();
   // one key each: a JSON line with a key twice is read differently by different tools
   expect(json.match(/"component"/g)).toHaveLength(1);
   expect(JSON.parse(json)).toMatchObject({ component: 'controller', subsystem: 'activator' });

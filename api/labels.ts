@@ -77,9 +77,9 @@ export const SPEC_HASH_ANNOTATION = 'buildkit-fleet.io/spec-hash';
 /**
  * On a webhook configuration: the failurePolicy its entries are meant to have. A first self-managed
  * install renders them with `Ignore`, since no CA exists yet to put into caBundle and an entry
- * with `Fail` would refuse every request it matches until one does; the webhook replica that
- * writes caBundle sets this policy in the same patch, so the configured policy and a CA the API
- * server can use arrive together.
+ * with `Fail` would refuse every request it matches until one does. The webhook replica that
+ * writes caBundle sets this policy on each entry once the entry's Service has a ready endpoint,
+ * and removes the annotation when every entry holds it; its absence means: leave the policy alone.
  */
 export const FAILURE_POLICY_ANNOTATION = 'buildkit-fleet.io/failure-policy';
 

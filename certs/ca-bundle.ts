@@ -7,8 +7,10 @@
 // the watch (an informer: it lists, then watches from the list's resourceVersion). Both verbs can
 // be limited to the named configurations (resourceNames): the watch selects each by a
 // `metadata.name=` field selector, which Kubernetes authorizes against resourceNames. Without list
-// or watch only the periodic check by name runs.
-import { AdmissionregistrationV1Api } from '@kubernetes/client-node';
+// or watch only the periodic check by name runs. While a first install waits to set failurePolicy
+// Fail, list on endpointslices in the webhook Service's namespace tells when that Service answers.
+import { AdmissionregistrationV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import type { V1EndpointSlice } from '@kubernetes/client-node';
 import type { KubeConfig, KubernetesListObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
@@ -38,19 +40,77 @@ export interface WebhookTargets {
   labelSelector?: string;
 }
 
-export interface WebhookConfigObject {
-  metadata?: { name?: string; resourceVersion?: string; annotations?: Record<string, string> };
-  webhooks?: { name: string; failurePolicy?: string; clientConfig?: { caBundle?: string } }[];
+/** The Service a webhook entry is called through. */
+export interface WebhookServiceRef {
+  namespace: string;
+  name: string;
 }
 
-export type JsonPatchOp = { op: 'test' | 'add'; path: string; value: unknown };
+export interface WebhookConfigObject {
+  metadata?: { name?: string; resourceVersion?: string; annotations?: Record<string, string> };
+  webhooks?: {
+    name: string;
+    failurePolicy?: string;
+    clientConfig?: { caBundle?: string; service?: WebhookServiceRef; url?: string };
+  }[];
+}
+
+export type JsonPatchOp = { op: 'test' | 'add' | 'remove'; path: string; value?: unknown };
 
 const FAILURE_POLICIES: readonly string[] = ['Fail', 'Ignore'];
+/** JSON pointer to the annotation: `/` in a key is written `~1` (RFC 6901). */
+const FAILURE_POLICY_ANNOTATION_PATH = `/metadata/annotations/${FAILURE_POLICY_ANNOTATION.replaceAll('~', '~0').replaceAll('/', '~1')}`;
 
-/** The policy the configuration's annotation asks for once caBundle is in place, if it names one. */
+/**
+ * The policy a first install is waiting to set, if the configuration's annotation names one. The
+ * annotation marks the wait: it is removed once every entry holds that policy.
+ */
 export function intendedFailurePolicy(config: WebhookConfigObject): string | undefined {
   const value = config.metadata?.annotations?.[FAILURE_POLICY_ANNOTATION];
   return value !== undefined && FAILURE_POLICIES.includes(value) ? value : undefined;
+}
+
+/** Whether a webhook Service has an endpoint that answers; entries called by URL always do. */
+export type ServingCheck = (service: WebhookServiceRef) => boolean;
+const alwaysServing: ServingCheck = () => true;
+export const serviceKey = (service: WebhookServiceRef): string => `${service.namespace}/${service.name}`;
+
+/**
+ * Why an entry waits for its failurePolicy, or undefined when it can have it now: Fail is only set
+ * where the API server can reach the webhook, else a first install would refuse every request
+ * between the caBundle patch and the first webhook pod turning ready.
+ */
+function policyWait(
+  entry: NonNullable<WebhookConfigObject['webhooks']>[number],
+  policy: string,
+  serving: ServingCheck,
+): string | undefined {
+  const service = entry.clientConfig?.service;
+  if (policy !== 'Fail' || !service || serving(service)) return undefined;
+  return `Service ${serviceKey(service)} has no ready endpoint yet`;
+}
+
+/** Entries still waiting for the annotation's policy once caBundle is in place, as "name: why". */
+export function failurePolicyWaits(
+  config: WebhookConfigObject,
+  serving: ServingCheck = alwaysServing,
+): string[] {
+  const policy = intendedFailurePolicy(config);
+  if (policy === undefined) return [];
+  return (config.webhooks ?? []).flatMap((entry) => {
+    if (entry.failurePolicy === policy) return [];
+    const wait = policyWait(entry, policy, serving);
+    return wait === undefined ? [] : [`${entry.name}: ${wait}`];
+  });
+}
+
+/** The Services the waiting entries of `config` are called through. */
+export function servicesAwaited(config: WebhookConfigObject): WebhookServiceRef[] {
+  const policy = intendedFailurePolicy(config);
+  if (policy === undefined) return [];
+  return (config.webhooks ?? []).flatMap((entry) =>
+    entry.failurePolicy !== policy && entry.clientConfig?.service ? [entry.clientConfig.service] : [],
+  );
 }
 
 /** The API said no; `status` 403 means RBAC. */
@@ -68,6 +128,11 @@ export interface WebhookConfigClient {
   get(kind: WebhookKind, name: string): Promise<WebhookConfigObject | undefined>;
   list(kind: WebhookKind, labelSelector: string): Promise<WebhookConfigObject[]>;
   patch(kind: WebhookKind, name: string, ops: JsonPatchOp[]): Promise<void>;
+  /**
+   * Whether `service` has an endpoint the cluster routes to now (an EndpointSlice endpoint not
+   * marked unready). Without it every Service counts as serving.
+   */
+  servingEndpoints?(service: WebhookServiceRef): Promise<boolean>;
   /** The watch's API calls; without them only the periodic check runs. */
   watcher?: WebhookConfigWatcher;
 }
@@ -85,22 +150,37 @@ export const bundleBase64 = (pem: string): string => Buffer.from(pem, 'utf8').to
  * JSON patch that sets caBundle on every entry of `config` not already holding `desired` (base64);
  * empty when nothing needs changing. Each change is guarded by a test of the entry's name, so a
  * concurrent reorder of the webhooks list makes the patch fail instead of hitting the wrong entry.
- * An entry that gets the bundle also gets the failurePolicy the configuration's
- * FAILURE_POLICY_ANNOTATION names (a first install holds it at Ignore until a CA exists). Entries
- * that already hold the bundle keep whatever policy they have, so a policy someone set by hand
- * stays.
+ * While the configuration's FAILURE_POLICY_ANNOTATION names a policy (a first install renders
+ * Ignore until a CA exists), an entry also gets that policy as soon as `serving` says its Service
+ * answers, and the patch that leaves no entry waiting removes the annotation. Without the
+ * annotation the policy is never touched, so one set by hand stays.
  */
-export function caBundlePatch(config: WebhookConfigObject, desired: string): JsonPatchOp[] {
+export function caBundlePatch(
+  config: WebhookConfigObject,
+  desired: string,
+  serving: ServingCheck = alwaysServing,
+): JsonPatchOp[] {
   const ops: JsonPatchOp[] = [];
   const policy = intendedFailurePolicy(config);
-  (config.webhooks ?? []).forEach((webhook, i) => {
-    if (webhook.clientConfig?.caBundle === desired) return;
-    ops.push({ op: 'test', path: `/webhooks/${i}/name`, value: webhook.name });
-    ops.push({ op: 'add', path: `/webhooks/${i}/clientConfig/caBundle`, value: desired });
-    if (policy !== undefined && webhook.failurePolicy !== policy) {
-      ops.push({ op: 'add', path: `/webhooks/${i}/failurePolicy`, value: policy });
-    }
+  let waiting = 0;
+  (config.webhooks ?? []).forEach((entry, i) => {
+    const needsBundle = entry.clientConfig?.caBundle !== desired;
+    const needsPolicy = policy !== undefined && entry.failurePolicy !== policy;
+    const policyNow = needsPolicy && policyWait(entry, policy, serving) === undefined;
+    if (needsPolicy && !policyNow) waiting++;
+    if (!needsBundle && !policyNow) return;
+    ops.push({ op: 'test', path: `/webhooks/${i}/name`, value: entry.name });
+    if (needsBundle) ops.push({ op: 'add', path: `/webhooks/${i}/clientConfig/caBundle`, value: desired });
+    if (policyNow) ops.push({ op: 'add', path: `/webhooks/${i}/failurePolicy`, value: policy });
   });
+  if (policy !== undefined && waiting === 0) {
+    ops.push({
+      op: 'test',
+      path: FAILURE_POLICY_ANNOTATION_PATH,
+      value: config.metadata?.annotations?.[FAILURE_POLICY_ANNOTATION],
+    });
+    ops.push({ op: 'remove', path: FAILURE_POLICY_ANNOTATION_PATH });
+  }
   return ops;
 }
 
@@ -114,6 +194,9 @@ export function failurePolicyChanges(config: WebhookConfigObject, ops: readonly 
 
 export function kubeWebhookConfigClient(kc: KubeConfig): WebhookConfigClient {
   const api = kc.makeApiClient(AdmissionregistrationV1Api);
+  const objects = kc.makeApiClient(CustomObjectsApi);
+  // discovery.k8s.io/v1 from Kubernetes 1.21; v1beta1 (same fields read here) before it
+  let sliceVersions = ['v1', 'v1beta1'];
   const wrap = async <T>(verb: string, kind: WebhookKind, name: string, call: () => Promise<T>) => {
     try {
       return await call();
@@ -154,6 +237,41 @@ export function kubeWebhookConfigClient(kc: KubeConfig): WebhookConfigClient {
           : api.patchValidatingWebhookConfiguration({ name, body: ops }),
       );
     },
+    servingEndpoints: async (service) => {
+      let slices: { items: V1EndpointSlice[] } | undefined;
+      try {
+        for (const version of sliceVersions) {
+          try {
+            slices = (await objects.listNamespacedCustomObject({
+              group: 'discovery.k8s.io',
+              version,
+              plural: 'endpointslices',
+              namespace: service.namespace,
+              labelSelector: `kubernetes.io/service-name=${service.name}`,
+            })) as { items: V1EndpointSlice[] };
+            sliceVersions = [version];
+            break;
+          } catch (error) {
+            if (!isNotFound(error) || version === sliceVersions.at(-1)) throw error;
+          }
+        }
+      } catch (error) {
+        const status = errorStatus(error);
+        const hint =
+          status === 403
+            ? ` (RBAC: the service account needs "list" on endpointslices in ${service.namespace})`
+            : '';
+        throw new WebhookConfigAccessError(
+          `cannot list EndpointSlices of Service ${serviceKey(service)}: ${status ?? 'no answer'} ${apiErrorText(error)}${hint}`,
+          status,
+          { cause: error },
+        );
+      }
+      // ready is unset when the controller does not know: the API reads that as ready
+      return (slices?.items ?? []).some((slice) =>
+        (slice.endpoints ?? []).some((e) => e.conditions?.ready !== false),
+      );
+    },
     // Unwrapped: the informer reads client-node's errors itself (a 403 stops the watch).
     watcher: {
       list: (kind, selector) =>
@@ -176,6 +294,8 @@ export interface CaBundleSyncReport {
   forbidden: string[];
   /** Messages of other failures. */
   failed: string[];
+  /** Entries whose failurePolicy waits for their Service to answer, as "name: why". */
+  waiting: string[];
   /** Every configuration found now holds the bundle, and nothing was refused or failed. */
   inSync: boolean;
 }
@@ -200,6 +320,14 @@ export interface CaBundleInjectorOptions {
   watch?: boolean;
   /** A repeated identical problem is logged again after this long; default 10 min. */
   repeatLogMs?: number;
+  /**
+   * How long a webhook Service must have had a ready endpoint before an entry gets failurePolicy
+   * Fail; default 2 s. The endpoint being ready is not yet the API server reaching it: kube-proxy
+   * programs a new endpoint on its next sync.
+   */
+  settleMs?: number;
+  /** While an entry waits for its Service, the check runs again after this long; default 1 s. */
+  pendingRecheckMs?: number;
 }
 
 export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBundleInjector {
@@ -215,6 +343,13 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
   const metrics = certMetrics(options.registry);
   const intervalMs = options.intervalMs ?? 60_000;
   const repeatLogMs = options.repeatLogMs ?? 10 * 60_000;
+  const settleMs = options.settleMs ?? 2000;
+  const pendingRecheckMs = options.pendingRecheckMs ?? 1000;
+  /** per Service key: since when it has had a ready endpoint */
+  const readySince = new Map<string, number>();
+  let endpointsForbiddenLogged = false;
+  let waitingLogged = '';
+  let recheck: NodeJS.Timeout | undefined;
   let desired: string | undefined;
   let chain: Promise<unknown> = Promise.resolve();
   let source: (() => Promise<string>) | undefined;
@@ -226,6 +361,50 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
   let lastProblemAt = 0;
 
   const describe = (kind: WebhookKind, name: string) => `${KIND_NAMES[kind]}/${name}`;
+
+  const serving: ServingCheck = (service) => {
+    if (!client.servingEndpoints) return true;
+    const since = readySince.get(serviceKey(service));
+    return since !== undefined && Date.now() - since >= settleMs;
+  };
+
+  const refreshServing = async (services: readonly WebhookServiceRef[]) => {
+    if (!client.servingEndpoints) return;
+    const seen = new Set<string>();
+    for (const service of services) {
+      const key = serviceKey(service);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      let ready: boolean;
+      try {
+        ready = await client.servingEndpoints(service);
+      } catch (error) {
+        const status = (error as WebhookConfigAccessError).status;
+        if (status !== 403) {
+          // unknown is not serving: the entry stays at Ignore until the next check can tell
+          logger.warn(
+            { service: key, err: (error as Error).message },
+            'cannot tell whether the webhook Service answers',
+          );
+          readySince.delete(key);
+          continue;
+        }
+        // without the permission the wait could never end: set the policy now and say why
+        if (!endpointsForbiddenLogged) {
+          endpointsForbiddenLogged = true;
+          metrics.errors.inc({ reason: 'endpoints_forbidden' });
+          logger.error(
+            { service: key, err: (error as Error).message },
+            'failurePolicy is set without waiting for the webhook Service to answer: RBAC forbids reading its endpoints',
+          );
+        }
+        ready = true;
+        readySince.set(key, Date.now() - settleMs);
+      }
+      if (!ready) readySince.delete(key);
+      else if (!readySince.has(key)) readySince.set(key, Date.now());
+    }
+  };
 
   const collect = async (kind: WebhookKind, report: CaBundleSyncReport) => {
     const byName = new Map<string, WebhookConfigObject>();
@@ -261,14 +440,21 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
       report.found.push(describe(kind, name));
       let config: WebhookConfigObject | undefined = first;
       for (let attempt = 1; config; attempt++) {
-        const ops = caBundlePatch(config, b64);
-        if (ops.length === 0) break;
+        await refreshServing(servicesAwaited(config));
+        const ops = caBundlePatch(config, b64, serving);
+        const waits = failurePolicyWaits(config, serving).map((wait) => `${describe(kind, name)} ${wait}`);
+        if (ops.length === 0) {
+          report.waiting.push(...waits);
+          break;
+        }
         const entries = ops.filter((op) => op.op === 'test').map((op) => op.value as string);
         const before = (config.webhooks ?? []).map((w) => w.clientConfig?.caBundle ?? '');
         const policies = failurePolicyChanges(config, ops);
+        const settled = ops.some((op) => op.op === 'remove');
         try {
           await client.patch(kind, name, ops);
           report.patched.push(describe(kind, name));
+          report.waiting.push(...waits);
           metrics.caBundlePatches.inc({ kind });
           logger.info(
             {
@@ -279,11 +465,16 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
               ...(policies.length > 0
                 ? {
                     failurePolicy: policies,
-                    policyReason: `set to what ${FAILURE_POLICY_ANNOTATION} asks for`,
+                    policyReason: `set to what ${FAILURE_POLICY_ANNOTATION} asks for, the webhook Service answering`,
                   }
                 : {}),
+              ...(settled ? { annotationRemoved: FAILURE_POLICY_ANNOTATION } : {}),
             },
-            policies.length > 0 ? 'caBundle patched, failurePolicy set' : 'caBundle patched',
+            policies.length > 0
+              ? 'caBundle patched, failurePolicy set'
+              : settled
+                ? 'every entry holds its failurePolicy: the first-install annotation is removed'
+                : 'caBundle patched',
           );
           break;
         } catch (error) {
@@ -312,9 +503,11 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
       patched: [],
       forbidden: [],
       failed: [],
+      waiting: [],
       inSync: false,
     };
     for (const kind of WEBHOOK_KINDS) await syncKind(kind, b64, why, report);
+    noteWaiting(report.waiting);
     report.inSync = report.forbidden.length === 0 && report.failed.length === 0;
     metrics.caBundleInSync.set(report.inSync && report.found.length > 0 ? 1 : 0);
     if (report.forbidden.length > 0)
@@ -353,6 +546,33 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
     return report;
   };
 
+  // Logged when the set of waiting entries changes, not on every recheck; a wait is rechecked soon,
+  // not at the periodic interval, since every request until then is admitted unchecked.
+  const noteWaiting = (waiting: readonly string[]) => {
+    const key = JSON.stringify(waiting);
+    if (waiting.length > 0 && key !== waitingLogged) {
+      logger.info(
+        {
+          waiting,
+          reason: 'the API server cannot reach the webhook yet, and Fail would refuse every request',
+        },
+        'failurePolicy held at Ignore until the webhook Service has a ready endpoint',
+      );
+    }
+    waitingLogged = waiting.length > 0 ? key : '';
+    if (waiting.length > 0) scheduleRecheck();
+  };
+
+  const scheduleRecheck = () => {
+    // before start() there is no source to recheck with: start() schedules it then
+    if (stopped || !source || recheck) return;
+    recheck = setTimeout(() => {
+      recheck = undefined;
+      void fromSource('waiting for the webhook Service to answer');
+    }, pendingRecheckMs);
+    recheck.unref();
+  };
+
   // One sync at a time, in order, so a stale bundle can never be written after a newer one.
   const sync = (pem: string, why = 'sync'): Promise<CaBundleSyncReport> => {
     const result = chain.then(() => runSync(pem, why));
@@ -386,7 +606,7 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
 
   const onEvent = (type: WatchEventType, object: WebhookConfigObject) => {
     if (type !== 'ADDED' && type !== 'MODIFIED') return;
-    if (desired === undefined || caBundlePatch(object, desired).length === 0) return;
+    if (desired === undefined || caBundlePatch(object, desired, serving).length === 0) return;
     const name = object.metadata?.name;
     if (debounce) return;
     debounce = setTimeout(() => {
@@ -424,12 +644,14 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
       if (source) throw new Error('caBundle injector already started');
       source = next;
       schedule();
+      if (waitingLogged !== '') scheduleRecheck();
       if (options.watch !== false && client.watcher) startWatches(client.watcher);
     },
     stop() {
       stopped = true;
       if (timer) clearTimeout(timer);
       if (debounce) clearTimeout(debounce);
+      if (recheck) clearTimeout(recheck);
       for (const w of watches.splice(0)) void w.stop();
     },
   };

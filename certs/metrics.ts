@@ -44,7 +44,7 @@ export function certMetrics(registry: Registry = new Registry()): CertMetrics {
     }),
     errors: new Counter({
       name: 'buildkit_fleet_certs_errors_total',
-      help: 'Certificate lifecycle failures, by reason (e.g. secret_forbidden, secret_error, ca_bundle_forbidden, ca_bundle_error, invalid_secret, invalid_files, switch_postponed).',
+      help: 'Certificate lifecycle failures, by reason (e.g. secret_forbidden, secret_error, ca_bundle_forbidden, ca_bundle_error, invalid_secret, invalid_files, switch_postponed, endpoints_forbidden).',
       labelNames: ['reason'] as const,
       registers,
     }),

@@ -11,7 +11,7 @@ import { AdmissionregistrationV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { pino } from 'pino';
 
 import { FAILURE_POLICY_ANNOTATION } from '../../api/labels.ts';
-import { createCa, createServingCert } from '../../certs/index.ts';
+import { createCa, createServingCert, kubeWebhookConfigClient } from '../../certs/index.ts';
 import { parseOptions } from '../../flags/options.ts';
 import {
   mutatingWebhookConfiguration,
@@ -123,10 +123,16 @@ describe('self-managed mode', () => {
     expect(secret.type).toBe('kubernetes.io/tls');
     const caPem = Buffer.from(secret.data!['ca.crt']!, 'base64').toString();
     const api = cluster.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
-    const entries = [
-      ...(await api.readMutatingWebhookConfiguration({ name: configName })).webhooks!,
-      ...(await api.readValidatingWebhookConfiguration({ name: configName })).webhooks!,
+    const configs = [
+      await api.readMutatingWebhookConfiguration({ name: configName }),
+      await api.readValidatingWebhookConfiguration({ name: configName }),
     ];
+    const entries = configs.flatMap((c) => c.webhooks!);
+    // the wait is over: the annotation that marked it is gone, so a later hand-set policy stays
+    expect(configs.map((c) => c.metadata!.annotations?.[FAILURE_POLICY_ANNOTATION])).toEqual([
+      undefined,
+      undefined,
+    ]);
     const bundles = entries.map((w) => Buffer.from(w.clientConfig.caBundle ?? '', 'base64').toString());
     // every webhook of both configurations, the pod injector's included
     expect(bundles).toEqual([caPem, caPem, caPem, caPem]);
@@ -165,6 +171,35 @@ test('`buildkit-fleet certs --once` creates the Secret and caBundle, then exits 
       allowFail: true,
     });
   }
+}, 60_000);
+
+// What a first install waits on before it sets Fail: the Service's EndpointSlices, read at whichever
+// discovery.k8s.io version the API server serves (v1beta1 before Kubernetes 1.21).
+test('a webhook Service serves once one of its EndpointSlice endpoints is ready', async () => {
+  const client = kubeWebhookConfigClient(cluster.kubeConfig);
+  const service = { namespace, name: 'hook' };
+  await kubectl(['create', 'service', 'clusterip', 'hook', '-n', namespace, '--tcp=443:9443']);
+  expect(await client.servingEndpoints!(service)).toBe(false);
+  const versions = JSON.parse((await kubectl(['get', '--raw', '/apis/discovery.k8s.io'])).stdout) as {
+    preferredVersion: { groupVersion: string };
+  };
+  const slice = (ready: boolean) => `
+apiVersion: ${versions.preferredVersion.groupVersion}
+kind: EndpointSlice
+metadata:
+  name: hook-by-hand
+  namespace: ${namespace}
+  labels: { kubernetes.io/service-name: hook }
+addressType: IPv4
+ports: [{ name: '', port: 9443, protocol: TCP }]
+endpoints: [{ addresses: [10.0.0.9], conditions: { ready: ${ready} } }]
+`;
+  await kubectl(['apply', '-f', '-'], { input: slice(false) });
+  expect(await client.servingEndpoints!(service)).toBe(false);
+  await kubectl(['apply', '-f', '-'], { input: slice(true) });
+  expect(await client.servingEndpoints!(service)).toBe(true);
+  // another Service's slices do not count
+  expect(await client.servingEndpoints!({ namespace, name: 'other' })).toBe(false);
 }, 60_000);
 
 describe('files mode (cert-manager or any mounted Secret)', () => {

@@ -77,6 +77,19 @@ describeRealNode('the Helm chart on the real node', () => {
       ...extra,
     ]);
 
+  type WebhookConfigView = {
+    metadata: { annotations?: Record<string, string> };
+    webhooks: { name: string; failurePolicy: string; clientConfig: { caBundle?: string } }[];
+  };
+  const webhookConfigs = () =>
+    Promise.all(
+      ['mutatingwebhookconfiguration', 'validatingwebhookconfiguration'].map((kind) =>
+        json<WebhookConfigView>(['get', kind, `${RELEASE}-buildkit-fleet`]),
+      ),
+    );
+  const policiesSettled = async () =>
+    (await webhookConfigs()).every((c) => c.webhooks.every((w) => w.failurePolicy === 'Fail'));
+
   // What the API server answered a valid BuildkitTemplate (server dry run, which calls the
   // webhooks) while the first install ran: refusals that name a webhook (no CA yet, no endpoint).
   const duringFirstInstall = { probes: 0, admitted: 0, refusals: [] as string[] };
@@ -99,6 +112,12 @@ describeRealNode('the Helm chart on the real node', () => {
     })();
     try {
       await install();
+      // the webhook sets Fail a moment after its Service has a ready endpoint, possibly after
+      // --wait returned: the probes go on through that switch
+      await waitFor('failurePolicy Fail on every webhook entry', policiesSettled, {
+        timeoutMs: 60_000,
+        intervalMs: 250,
+      });
     } finally {
       installing = false;
       await probing;
@@ -121,13 +140,12 @@ describeRealNode('the Helm chart on the real node', () => {
     // the CRDs arrive during the install, so some probes were admitted, none refused by a webhook
     expect(duringFirstInstall.admitted).toBeGreaterThan(0);
     expect(duringFirstInstall.refusals).toEqual([]);
-    for (const kind of ['mutatingwebhookconfiguration', 'validatingwebhookconfiguration']) {
-      const config = await json<{
-        webhooks: { name: string; failurePolicy: string; clientConfig: { caBundle?: string } }[];
-      }>(['get', kind, `${RELEASE}-buildkit-fleet`]);
+    for (const config of await webhookConfigs()) {
       expect(config.webhooks.map((w) => [w.name, w.failurePolicy, Boolean(w.clientConfig.caBundle)])).toEqual(
         config.webhooks.map((w) => [w.name, 'Fail', true]),
       );
+      // the first-install marker is gone once the policy is in place
+      expect(config.metadata.annotations?.['buildkit-fleet.io/failure-policy']).toBeUndefined();
     }
   });
 
@@ -283,6 +301,13 @@ spec: { template: autoscaled }
     ]);
     expect(crdAfter.metadata.uid).toBe(crdBefore.metadata.uid);
     expect((await buildkit()).metadata.uid).toBe(before.metadata.uid);
+    // the chart read the CA from the Secret: an upgrade renders caBundle and Fail, no marker
+    for (const config of await webhookConfigs()) {
+      expect(config.webhooks.map((w) => [w.failurePolicy, Boolean(w.clientConfig.caBundle)])).toEqual(
+        config.webhooks.map(() => ['Fail', true]),
+      );
+      expect(config.metadata.annotations?.['buildkit-fleet.io/failure-policy']).toBeUndefined();
+    }
     // still served by the upgraded platform
     const reply = await listWorkers((await buildkit()).status!.endpoint!, 120_000);
     expect(reply.record[0]?.ID).toBe('standin');

@@ -15,6 +15,8 @@ import {
   caBundlePatch,
   certConfigFromOptions,
   failurePolicyChanges,
+  failurePolicyWaits,
+  servicesAwaited,
   startCertSource,
   createCaBundleInjector,
   formatCertDuration,
@@ -23,7 +25,7 @@ import {
   reconcileSecret,
   startSelfManagedCerts,
 } from '../../../certs/index.ts';
-import type { WebhookConfigClient, WebhookKind } from '../../../certs/index.ts';
+import type { ServingCheck, WebhookConfigClient, WebhookKind } from '../../../certs/index.ts';
 import type { WebhookConfigObject } from '../../../certs/ca-bundle.ts';
 import { keepWatching } from '../../../certs/watch.ts';
 import type { WatchCalls, WatchSelector } from '../../../certs/watch.ts';
@@ -160,31 +162,84 @@ describe('caBundlePatch', () => {
   });
 
   // A first install renders Ignore (no CA yet) and names the configured policy in the annotation.
+  const ANNOTATION = '/metadata/annotations/buildkit-fleet.io~1failure-policy';
   const firstInstall = (policy: string, ...bundles: (string | undefined)[]): WebhookConfigObject => {
     const c = config('x', ...bundles);
     c.metadata!.annotations = { 'buildkit-fleet.io/failure-policy': policy };
     c.webhooks = c.webhooks!.map((w) => ({ ...w, failurePolicy: 'Ignore' }));
     return c;
   };
+  const viaService = (c: WebhookConfigObject, name = 'hook'): WebhookConfigObject => {
+    c.webhooks!.forEach((w) => (w.clientConfig = { ...w.clientConfig, service: { namespace: 'sys', name } }));
+    return c;
+  };
+  const removesAnnotation = (policy: string) => [
+    { op: 'test', path: ANNOTATION, value: policy },
+    { op: 'remove', path: ANNOTATION },
+  ];
 
-  test('an entry given the bundle also gets the policy the annotation names, in the same patch', () => {
+  test('an entry given the bundle also gets the policy the annotation names, then the annotation goes', () => {
     expect(caBundlePatch(firstInstall('Fail', undefined), B64)).toEqual([
       { op: 'test', path: '/webhooks/0/name', value: 'w0' },
       { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: B64 },
       { op: 'add', path: '/webhooks/0/failurePolicy', value: 'Fail' },
+      ...removesAnnotation('Fail'),
     ]);
     const c = firstInstall('Fail', undefined, 'b2xk');
     expect(failurePolicyChanges(c, caBundlePatch(c, B64))).toEqual(['w0: Fail', 'w1: Fail']);
+    // the patch applies as a whole: the annotation's key holds a "/" and is escaped as ~1
+    fastJsonPatch.applyPatch(c, caBundlePatch(c, B64) as Operation[], true);
+    expect(c).toEqual({
+      metadata: { name: 'x', annotations: {} },
+      webhooks: [
+        { name: 'w0', failurePolicy: 'Fail', clientConfig: { caBundle: B64 } },
+        { name: 'w1', failurePolicy: 'Fail', clientConfig: { caBundle: B64 } },
+      ],
+    });
+    expect(caBundlePatch(c, B64)).toEqual([]);
   });
 
-  test('the policy is left alone where the entry already holds the bundle, matches, or the annotation is not a policy', () => {
-    // someone set Ignore by hand on a working configuration: it stays
-    expect(caBundlePatch(firstInstall('Fail', B64), B64)).toEqual([]);
-    expect(caBundlePatch(firstInstall('Ignore', undefined), B64)).toEqual([
+  test("Fail waits while the entry's Service has no ready endpoint; the bundle does not", () => {
+    const down: ServingCheck = () => false;
+    const c = viaService(firstInstall('Fail', undefined));
+    expect(caBundlePatch(c, B64, down)).toEqual([
       { op: 'test', path: '/webhooks/0/name', value: 'w0' },
       { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: B64 },
     ]);
-    expect(caBundlePatch(firstInstall('Sometimes', undefined), B64)).toHaveLength(2);
+    expect(failurePolicyWaits(c, down)).toEqual(['w0: Service sys/hook has no ready endpoint yet']);
+    expect(servicesAwaited(c)).toEqual([{ namespace: 'sys', name: 'hook' }]);
+    fastJsonPatch.applyPatch(c, caBundlePatch(c, B64, down) as Operation[], true);
+    // with the bundle in place, nothing more until the Service answers: no patch, no event loop
+    expect(caBundlePatch(c, B64, down)).toEqual([]);
+    expect(caBundlePatch(c, B64, (svc) => svc.name === 'hook')).toEqual([
+      { op: 'test', path: '/webhooks/0/name', value: 'w0' },
+      { op: 'add', path: '/webhooks/0/failurePolicy', value: 'Fail' },
+      ...removesAnnotation('Fail'),
+    ]);
+    expect(failurePolicyWaits(c, () => true)).toEqual([]);
+  });
+
+  test('entries called by URL, and Ignore, never wait for a Service', () => {
+    const down: ServingCheck = () => false;
+    const byUrl = firstInstall('Fail', undefined);
+    byUrl.webhooks![0]!.clientConfig = { url: 'https://127.0.0.1:9443/x' };
+    expect(failurePolicyChanges(byUrl, caBundlePatch(byUrl, B64, down))).toEqual(['w0: Fail']);
+    expect(servicesAwaited(byUrl)).toEqual([]);
+    // Ignore is what the entries already hold: only the annotation goes
+    const ignore = viaService(firstInstall('Ignore', B64));
+    expect(caBundlePatch(ignore, B64, down)).toEqual(removesAnnotation('Ignore'));
+    expect(failurePolicyWaits(ignore, down)).toEqual([]);
+  });
+
+  test('without the annotation, or with one that is not a policy, the policy is left alone', () => {
+    // someone set Ignore by hand on a working configuration: it stays
+    const byHand = config('x', B64);
+    byHand.webhooks![0]!.failurePolicy = 'Ignore';
+    expect(caBundlePatch(byHand, B64)).toEqual([]);
+    expect(caBundlePatch(firstInstall('Sometimes', undefined), B64)).toEqual([
+      { op: 'test', path: '/webhooks/0/name', value: 'w0' },
+      { op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: B64 },
+    ]);
   });
 });
 
@@ -277,6 +332,132 @@ describe('caBundle injector', () => {
         msg: 'webhook configurations to put the caBundle into were not found',
       }),
     );
+  });
+
+  describe('a first install: failurePolicy Fail waits for the webhook Service', () => {
+    const HELD = 'failurePolicy held at Ignore until the webhook Service has a ready endpoint';
+    const pending = () => {
+      const c = config('x', undefined);
+      c.metadata!.annotations = { 'buildkit-fleet.io/failure-policy': 'Fail' };
+      c.webhooks![0]!.failurePolicy = 'Ignore';
+      c.webhooks![0]!.clientConfig = { service: { namespace: 'sys', name: 'hook' } };
+      return c;
+    };
+
+    test('the bundle goes in at once; Fail once an endpoint has been ready for the settle time', async () => {
+      const { client, objects } = fakeClient({ mutating: [pending()] });
+      let ready = false;
+      const asked: string[] = [];
+      client.servingEndpoints = async (service) => {
+        asked.push(`${service.namespace}/${service.name}`);
+        return ready;
+      };
+      const { logger, lines } = capture();
+      const injector = createCaBundleInjector({
+        targets: { names: ['x'] },
+        client,
+        logger,
+        intervalMs: 3_600_000,
+        watch: false,
+        settleMs: 150,
+        pendingRecheckMs: 10,
+      });
+      const x = () => objects.mutating.get('x')!;
+      try {
+        const report = await injector.sync(PEM);
+        expect(report).toMatchObject({
+          patched: ['MutatingWebhookConfiguration/x'],
+          waiting: ['MutatingWebhookConfiguration/x w0: Service sys/hook has no ready endpoint yet'],
+          inSync: true,
+        });
+        expect(x().webhooks![0]).toMatchObject({ failurePolicy: 'Ignore', clientConfig: { caBundle: B64 } });
+        injector.start(async () => PEM);
+        await until('rechecks', () => asked.length >= 4);
+        expect(x().webhooks![0]!.failurePolicy).toBe('Ignore');
+        expect(x().metadata!.annotations).toEqual({ 'buildkit-fleet.io/failure-policy': 'Fail' });
+        // said once, not on every recheck
+        expect(lines.filter((l) => l['msg'] === HELD)).toHaveLength(1);
+
+        ready = true;
+        const readyAt = Date.now();
+        await until('Fail', () => x().webhooks![0]!.failurePolicy === 'Fail');
+        expect(Date.now() - readyAt).toBeGreaterThanOrEqual(150);
+        expect(x().metadata!.annotations).toEqual({});
+        expect(lines).toContainEqual(
+          expect.objectContaining({
+            msg: 'caBundle patched, failurePolicy set',
+            configuration: 'MutatingWebhookConfiguration/x',
+            failurePolicy: ['w0: Fail'],
+            annotationRemoved: 'buildkit-fleet.io/failure-policy',
+          }),
+        );
+        // nothing waits any more: the quick rechecks stop
+        const settled = asked.length;
+        await sleep(100);
+        expect(asked.length).toBe(settled);
+      } finally {
+        injector.stop();
+      }
+    });
+
+    test('an endpoint that goes unready before the settle time restarts the wait', async () => {
+      const { client, objects } = fakeClient({ mutating: [pending()] });
+      const answers = [true, false, true];
+      client.servingEndpoints = async () => answers.shift() ?? true;
+      const injector = createCaBundleInjector({
+        targets: { names: ['x'] },
+        client,
+        logger: capture().logger,
+        settleMs: 60,
+      });
+      expect((await injector.sync(PEM)).waiting).toHaveLength(1); // ready, not settled
+      await sleep(80);
+      expect((await injector.sync(PEM)).waiting).toHaveLength(1); // unready: forgotten
+      expect((await injector.sync(PEM)).waiting).toHaveLength(1); // ready again, since now
+      expect(objects.mutating.get('x')!.webhooks![0]!.failurePolicy).toBe('Ignore');
+      await sleep(80);
+      expect((await injector.sync(PEM)).waiting).toEqual([]);
+      expect(objects.mutating.get('x')!.webhooks![0]!.failurePolicy).toBe('Fail');
+    });
+
+    test('endpoints RBAC forbids: the policy is set at once, with an error saying why', async () => {
+      const { client, objects } = fakeClient({ mutating: [pending()] });
+      client.servingEndpoints = async () => {
+        throw new WebhookConfigAccessError('cannot list EndpointSlices of Service sys/hook: 403', 403);
+      };
+      const registry = new Registry();
+      const { logger, lines } = capture();
+      const injector = createCaBundleInjector({ targets: { names: ['x'] }, client, logger, registry });
+      expect((await injector.sync(PEM)).waiting).toEqual([]);
+      expect(objects.mutating.get('x')!.webhooks![0]!.failurePolicy).toBe('Fail');
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          level: 50,
+          service: 'sys/hook',
+          msg: 'failurePolicy is set without waiting for the webhook Service to answer: RBAC forbids reading its endpoints',
+        }),
+      );
+      expect(
+        await metric(registry, 'buildkit_fleet_certs_errors_total', { reason: 'endpoints_forbidden' }),
+      ).toBe(1);
+    });
+
+    test('endpoints that cannot be read for another reason keep the wait', async () => {
+      const { client, objects } = fakeClient({ mutating: [pending()] });
+      client.servingEndpoints = async () => {
+        throw new WebhookConfigAccessError('cannot list EndpointSlices of Service sys/hook: 503', 503);
+      };
+      const { logger, lines } = capture();
+      const report = await createCaBundleInjector({ targets: { names: ['x'] }, client, logger }).sync(PEM);
+      expect(report.waiting).toHaveLength(1);
+      expect(objects.mutating.get('x')!.webhooks![0]).toMatchObject({
+        failurePolicy: 'Ignore',
+        clientConfig: { caBundle: B64 },
+      });
+      expect(lines).toContainEqual(
+        expect.objectContaining({ level: 40, msg: 'cannot tell whether the webhook Service answers' }),
+      );
+    });
   });
 
   test('a watch event showing a reset caBundle restores it from the source', async () => {

@@ -216,6 +216,16 @@ export async function pingPong(port: number, size: number, seconds: number): Pro
 
 /** Connections per second: connect, send a byte, get it back, close; `loops` in parallel. */
 export async function churn(port: number, loops: number, seconds: number): Promise<number> {
+  const { connections, elapsedSeconds } = await churnCounted(port, loops, seconds);
+  return connections / elapsedSeconds;
+}
+
+/** As churn, with how many connections it made and in how long (for CPU per connection). */
+export async function churnCounted(
+  port: number,
+  loops: number,
+  seconds: number,
+): Promise<{ connections: number; elapsedSeconds: number }> {
   const one = Buffer.from('e');
   let done = 0;
   const end = performance.now() + seconds * 1000;
@@ -233,7 +243,7 @@ export async function churn(port: number, loops: number, seconds: number): Promi
       }
     }),
   );
-  return done / ((performance.now() - start) / 1000);
+  return { connections: done, elapsedSeconds: (performance.now() - start) / 1000 };
 }
 
 /** Opens `count` connections that each completed one echo (so the far side is connected too). */

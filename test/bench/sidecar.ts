@@ -22,8 +22,14 @@
 // own, as it would next to buildkitd, and the endpoints cost the same on every path, so "direct"
 // is what the endpoints can do and a proxy that keeps up with them measures 1.0x. Unpinned, the
 // processes would compete for both cores and the scheduler would decide what gets measured.
-// BENCH_PIN=0 turns pinning off. On a shared machine other work lands on both cores anyway:
-// compare the per-round ratios, not the absolute numbers of one run.
+// That contended case is what a busy node sees, so the same run measures it too: after the pinned
+// rounds every process is unpinned (taskset on the running ones) and the rounds run again.
+// BENCH_PIN=1 runs only the pinned variant, BENCH_PIN=0 only the unpinned one. On a shared
+// machine other work lands on both cores anyway: compare the per-round ratios, not the absolute
+// numbers of one run.
+//
+// CPU: the proxy process's user+system time (/proc/<pid>/stat, all its threads) around the
+// iperf3 one-way transfer, per GiB moved, and around each churn slice, per 1,000 connections.
 //
 // The sidecar runs with the process settings the webhook injects (SIDECAR_ENV: NODE_OPTIONS heap
 // caps, MALLOC_ARENA_MAX); BENCH_SIDECAR_PROCESS_SETTINGS=0 runs it with Node's defaults.
@@ -40,18 +46,19 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 import { SIDECAR_ENV } from '../../sidecar/process-settings.ts';
-import { median, percentile, sleep, table, writeResult } from './lib.ts';
+import { median, percentile, processCpuMs, sleep, table, writeResult } from './lib.ts';
 import type { IperfServer } from './sidecar-load.ts';
 import {
   bulkBothWays,
   bulkOneWay,
   churn,
+  churnCounted,
   iperfBulk,
   iperfVersion,
   openIdle,
@@ -63,16 +70,24 @@ import {
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 5);
 const BULK = Number(process.env['BENCH_BULK_MIB'] ?? 1024) * 2 ** 20;
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 2);
-const PIN = process.env['BENCH_PIN'] !== '0';
+type Variant = 'pinned' | 'unpinned';
+const VARIANTS: Variant[] =
+  process.env['BENCH_PIN'] === '0'
+    ? ['unpinned']
+    : process.env['BENCH_PIN'] === '1'
+      ? ['pinned']
+      : ['pinned', 'unpinned'];
+/** whether processes started now are pinned: the variant under way */
+let PIN = VARIANTS[0] === 'pinned';
 const SIDECAR_FLAGS = (process.env['BENCH_SIDECAR_NODE_FLAGS'] ?? '').split(' ').filter(Boolean);
 const SIDECAR_SETTINGS = process.env['BENCH_SIDECAR_PROCESS_SETTINGS'] !== '0';
 const MESSAGE = 1024;
 const CHURN_LOOPS = 4;
-const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
 /** slices of each path's churn time per round, interleaved across the paths */
 const CHURN_SLICES = 8;
 const IDLE = 1000;
 const GB = 1e9;
+const GIB = 2 ** 30;
 
 // Production runs `buildkit-fleet sidecar`, the compiled CLI: the benchmark builds dist/ first and
 // runs that. BENCH_SIDECAR_MAIN=<script> runs a sidecar entry directly instead, e.g.
@@ -213,7 +228,16 @@ function haproxyVersion(): string | undefined {
 
 /** iperf* are iperf3's bulk numbers, node* the Node generator's (GB/s). */
 type Metric =
-  'iperfOneWay' | 'iperfBothWays' | 'nodeOneWay' | 'nodeBothWays' | 'p50' | 'p99' | 'churn' | 'rss';
+  | 'iperfOneWay'
+  | 'iperfBothWays'
+  | 'nodeOneWay'
+  | 'nodeBothWays'
+  | 'p50'
+  | 'p99'
+  | 'churn'
+  | 'cpuPerGiB'
+  | 'cpuPer1000'
+  | 'rss';
 const METRICS: Metric[] = [
   'iperfOneWay',
   'iperfBothWays',
@@ -222,8 +246,12 @@ const METRICS: Metric[] = [
   'p50',
   'p99',
   'churn',
+  'cpuPerGiB',
+  'cpuPer1000',
   'rss',
 ];
+/** figures only a proxy has */
+const PROXY_ONLY: readonly Metric[] = ['cpuPerGiB', 'cpuPer1000', 'rss'];
 type Samples = Record<Metric, number[]>;
 const emptySamples = (): Samples =>
   Object.fromEntries(METRICS.map((m) => [m, [] as number[]])) as unknown as Samples;
@@ -241,6 +269,89 @@ const missing = (what: string, install: string) => {
   process.exitCode = 1;
 };
 
+/** Lets a running process (all its threads) use every core again. */
+function unpin(pid: number | undefined): void {
+  if (pid === undefined) return;
+  execFileSync('taskset', ['-a', '-p', '-c', `0-${availableParallelism() - 1}`, String(pid)], {
+    stdio: 'ignore',
+  });
+}
+
+/** CPU seconds the proxy process `pid` used while `work` ran, and what `work` returned. */
+async function withCpu<T>(
+  pid: number | undefined,
+  work: () => Promise<T>,
+): Promise<{ value: T; cpuSeconds: number }> {
+  const before = pid === undefined ? 0 : processCpuMs(pid);
+  const value = await work();
+  return { value, cpuSeconds: pid === undefined ? NaN : (processCpuMs(pid) - before) / 1000 };
+}
+
+/** One round of every figure for every path, in an order that rotates with the round. */
+async function measureRound(
+  active: Path[],
+  results: Record<string, Samples>,
+  round: number,
+  iperfGBps: (p: Path, bytes: number, bidir: boolean) => Promise<number>,
+): Promise<void> {
+  // rotate the order every round so no path always runs first or last
+  const order = active.map((_, i) => active[(i + round) % active.length]!);
+  const each = async (fn: (p: Path) => Promise<void>) => {
+    for (const p of order) await fn(p);
+  };
+  const add = (p: Path, m: Metric, value: number) => void results[p.name]![m].push(value);
+  await each(async (p) => {
+    const { value, cpuSeconds } = await withCpu(p.iperf.pid, () => iperfGBps(p, BULK, false));
+    add(p, 'iperfOneWay', value);
+    add(p, 'cpuPerGiB', cpuSeconds / (BULK / GIB));
+  });
+  await each(async (p) => add(p, 'iperfBothWays', await iperfGBps(p, BULK, true)));
+  await each(async (p) => add(p, 'nodeOneWay', BULK / (await bulkOneWay(p.port, BULK)) / GB));
+  await each(async (p) => add(p, 'nodeBothWays', (2 * BULK) / (await bulkBothWays(p.port, BULK)) / GB));
+  await each(async (p) => {
+    const samples = await pingPong(p.port, MESSAGE, SECONDS);
+    add(p, 'p50', percentile(samples, 50));
+    add(p, 'p99', percentile(samples, 99));
+  });
+  // churn in short slices taken in turn (A B C A B C ...): a 2 s sample swung between 6.7k
+  // and 11.4k conn/s for the same path on this shared machine, and slices put every slow
+  // phase on all paths alike; each path still gets SECONDS in all
+  const churned = new Map(order.map((p) => [p.name, { connections: 0, seconds: 0, cpu: 0 }]));
+  for (let slice = 0; slice < CHURN_SLICES; slice++) {
+    for (const p of order) {
+      const { value, cpuSeconds } = await withCpu(p.pid, () =>
+        churnCounted(p.port, CHURN_LOOPS, SECONDS / CHURN_SLICES),
+      );
+      const sum = churned.get(p.name)!;
+      sum.connections += value.connections;
+      sum.seconds += value.elapsedSeconds;
+      sum.cpu += cpuSeconds;
+    }
+  }
+  for (const p of order) {
+    const sum = churned.get(p.name)!;
+    add(p, 'churn', sum.connections / sum.seconds);
+    add(p, 'cpuPer1000', (sum.cpu / sum.connections) * 1000);
+  }
+  await each(async (p) => add(p, 'rss', p.pid ? await measureRss(p) : NaN));
+  const r = (name: string, m: Metric, digits = 2) => {
+    const value = results[name]?.[m][round];
+    return value === undefined || Number.isNaN(value) ? '-' : value.toFixed(digits);
+  };
+  console.log(
+    `${PIN ? 'pinned' : 'unpinned'} round ${round + 1}/${ROUNDS}: ` +
+      active
+        .map(
+          (p) =>
+            `${p.name} iperf3 ${r(p.name, 'iperfOneWay')}/${r(p.name, 'iperfBothWays')} ` +
+            `node ${r(p.name, 'nodeOneWay')}/${r(p.name, 'nodeBothWays')} GB/s ` +
+            `p50 ${r(p.name, 'p50')}us p99 ${r(p.name, 'p99')}us ${r(p.name, 'churn', 0)} conn/s ` +
+            `cpu ${r(p.name, 'cpuPerGiB', 3)}s/GiB ${r(p.name, 'cpuPer1000', 3)}s/1000conn rss ${r(p.name, 'rss', 0)}MiB`,
+        )
+        .join(' | '),
+  );
+}
+
 export async function run(): Promise<void> {
   const version = haproxyVersion();
   if (!version) return missing('haproxy', 'apt-get install -y haproxy');
@@ -255,7 +366,6 @@ export async function run(): Promise<void> {
   const paths: Path[] = [];
   /** every proxy process started, for the cleanup */
   const hops: Hop[] = [];
-  const results: Record<string, Samples> = {};
   try {
     iperfServer = await startIperfServer(await freePort(), onCore0);
     paths.push({ name: 'direct', port: peer.port, iperf: { port: iperfServer.port } });
@@ -276,10 +386,7 @@ export async function run(): Promise<void> {
     });
     const active = paths.filter((p) => !only || only.includes(p.name));
     const idleRss: Record<string, number> = {};
-    for (const p of active) {
-      results[p.name] = emptySamples();
-      if (p.pid) idleRss[p.name] = rssMiB(p.pid);
-    }
+    for (const p of active) if (p.pid) idleRss[p.name] = rssMiB(p.pid);
     const iperfGBps = async (p: Path, bytes: number, bidir: boolean) =>
       (await iperfBulk(p.iperf.port, bytes, bidir, onCore0)).bytesPerSecond / GB;
     // warm-up: JIT and heap growth in every process, TCP autotuning
@@ -290,50 +397,28 @@ export async function run(): Promise<void> {
       await pingPong(p.port, MESSAGE, 0.3);
       await churn(p.port, CHURN_LOOPS, 0.3);
     }
-    for (let round = 0; round < ROUNDS; round++) {
-      // rotate the order every round so no path always runs first or last
-      const order = active.map((_, i) => active[(i + round) % active.length]!);
-      const each = async (fn: (p: Path) => Promise<void>) => {
-        for (const p of order) await fn(p);
-      };
-      const add = (p: Path, m: Metric, value: number) => void results[p.name]![m].push(value);
-      await each(async (p) => add(p, 'iperfOneWay', await iperfGBps(p, BULK, false)));
-      await each(async (p) => add(p, 'iperfBothWays', await iperfGBps(p, BULK, true)));
-      await each(async (p) => add(p, 'nodeOneWay', BULK / (await bulkOneWay(p.port, BULK)) / GB));
-      await each(async (p) => add(p, 'nodeBothWays', (2 * BULK) / (await bulkBothWays(p.port, BULK)) / GB));
-      await each(async (p) => {
-        const samples = await pingPong(p.port, MESSAGE, SECONDS);
-        add(p, 'p50', percentile(samples, 50));
-        add(p, 'p99', percentile(samples, 99));
-      });
-      // churn in short slices taken in turn (A B C A B C ...): a 2 s sample swung between 6.7k
-      // and 11.4k conn/s for the same path on this shared machine, and slices put every slow
-      // phase on all paths alike; each path still gets SECONDS in all
-      const churned = new Map<string, number[]>(order.map((p) => [p.name, []]));
-      for (let slice = 0; slice < CHURN_SLICES; slice++) {
-        for (const p of order)
-          churned.get(p.name)!.push(await churn(p.port, CHURN_LOOPS, SECONDS / CHURN_SLICES));
+    const summaries: Record<string, Record<string, unknown>> = {};
+    for (const variant of VARIANTS) {
+      if (variant === 'unpinned' && PIN) {
+        // the running processes too: this one, iperf3's server, every proxy
+        const pids = [process.pid, iperfServer.child.pid, ...hops.map((h) => h.pid)];
+        for (const pid of pids) unpin(pid);
       }
-      for (const p of order) add(p, 'churn', mean(churned.get(p.name)!));
-      await each(async (p) => add(p, 'rss', p.pid ? await measureRss(p) : NaN));
-      const r = (name: string, m: Metric) => results[name]?.[m][round]?.toFixed(m === 'rss' ? 0 : 2) ?? '-';
-      console.log(
-        `round ${round + 1}/${ROUNDS}: ` +
-          active
-            .map(
-              (p) =>
-                `${p.name} iperf3 ${r(p.name, 'iperfOneWay')}/${r(p.name, 'iperfBothWays')} ` +
-                `node ${r(p.name, 'nodeOneWay')}/${r(p.name, 'nodeBothWays')} GB/s ` +
-                `p50 ${r(p.name, 'p50')}us p99 ${r(p.name, 'p99')}us ${r(p.name, 'churn')} conn/s rss ${r(p.name, 'rss')}MiB`,
-            )
-            .join(' | '),
+      PIN = variant === 'pinned';
+      const results: Record<string, Samples> = Object.fromEntries(
+        active.map((p) => [p.name, emptySamples()]),
       );
+      for (let round = 0; round < ROUNDS; round++) await measureRound(active, results, round, iperfGBps);
+      // the proxies in front of iperf3 moved all its bulk: what did that leave behind?
+      const iperfProxyRss = Object.fromEntries(
+        active.filter((p) => p.iperf.pid).map((p) => [p.name, rssMiB(p.iperf.pid!)]),
+      );
+      summaries[variant] = report(variant, results, idleRss, iperfProxyRss, {
+        haproxy: version,
+        iperf3: iperf,
+      });
     }
-    // the proxies in front of iperf3 moved all its bulk: what did that leave behind?
-    const iperfProxyRss = Object.fromEntries(
-      active.filter((p) => p.iperf.pid).map((p) => [p.name, rssMiB(p.iperf.pid!)]),
-    );
-    report(results, idleRss, iperfProxyRss, { haproxy: version, iperf3: iperf });
+    console.log(`results: ${writeResult('sidecar', { variants: summaries })}`);
   } finally {
     for (const h of hops) h.child?.kill();
     iperfServer?.close();
@@ -343,11 +428,12 @@ export async function run(): Promise<void> {
 }
 
 function report(
+  variant: Variant,
   results: Record<string, Samples>,
   idleRss: Record<string, number>,
   iperfProxyRss: Record<string, number>,
   versions: { haproxy: string; iperf3: string },
-): void {
+): Record<string, unknown> {
   const med = (name: string, m: Metric) => (results[name] ? median(results[name][m]) : NaN);
   // per-round ratios (both paths measured back to back) cancel most of the machine's drift
   const ratio = (a: string, b: string, m: Metric) =>
@@ -366,7 +452,10 @@ function report(
       churnLoops: CHURN_LOOPS,
       churnSlices: CHURN_SLICES,
       idleConnections: IDLE,
-      pinned: PIN ? 'load generators + servers (node, iperf3) on core 0, proxy on core 1' : 'no',
+      pinned:
+        variant === 'pinned'
+          ? 'load generators + servers (node, iperf3) on core 0, proxy on core 1'
+          : 'no: every process on every core',
       sidecarNodeFlags: SIDECAR_FLAGS,
       sidecarProcessSettings: SIDECAR_SETTINGS ? SIDECAR_ENV : "none (Node's defaults)",
       sidecarCommand: main.join(' '),
@@ -382,6 +471,8 @@ function report(
         p50: 'us, 1 KiB ping-pong round trip',
         p99: 'us, 1 KiB ping-pong round trip',
         churn: 'connections/s',
+        cpuPerGiB: 'proxy CPU seconds (user+sys) per GiB, iperf3 one way',
+        cpuPer1000: 'proxy CPU seconds (user+sys) per 1,000 churn connections',
         rss: `MiB, proxy VmRSS with ${IDLE} idle connections`,
       },
     },
@@ -407,20 +498,21 @@ function report(
       bulkGBps: 'iperf3, one way and both ways: at least HAProxy and at least 1.25',
       addedLatency: 'p50 and p99 no worse than HAProxy',
       churn: 'at least HAProxy',
+      cpu: 'per GiB and per 1,000 connections: at most HAProxy',
       rssMiBAt1000: 80,
     },
     rounds: results,
   };
   const row = (name: string) => [
     name,
-    ...METRICS.map((m) => (m === 'rss' && name === 'direct' ? '-' : med(name, m))),
+    ...METRICS.map((m) => (PROXY_ONLY.includes(m) && name === 'direct' ? '-' : med(name, m))),
   ];
   const ratioRow = (label: string, a: string, b: string) => [
     label,
-    ...METRICS.map((m) => (m === 'rss' && b === 'direct' ? '-' : ratio(a, b, m))),
+    ...METRICS.map((m) => (PROXY_ONLY.includes(m) && b === 'direct' ? '-' : ratio(a, b, m))),
   ];
   console.log(
-    `\nsidecar: loopback data path (${ROUNDS} rounds, medians; ${PIN ? 'proxy on core 1, generators and servers on core 0' : 'unpinned'}; ` +
+    `\nsidecar, ${variant}: loopback data path (${ROUNDS} rounds, medians; ${variant === 'pinned' ? 'proxy on core 1, generators and servers on core 0' : 'every process on every core'}; ` +
       `sidecar on its ${sidecarEngine ?? '?'} data path ${SIDECAR_SETTINGS ? 'with its injected process settings' : "with Node's defaults"}; ` +
       `churn in ${CHURN_SLICES} interleaved slices per round)`,
   );
@@ -435,6 +527,8 @@ function report(
         'p50 us',
         'p99 us',
         'conn/s',
+        'CPU s/GiB',
+        'CPU s/1000 conn',
         `RSS MiB @${IDLE}`,
       ],
       [
@@ -451,5 +545,5 @@ function report(
       `p99 ${added('sidecar', 'p99').toFixed(1)}; haproxy p50 ${added('haproxy', 'p50').toFixed(1)} ` +
       `p99 ${added('haproxy', 'p99').toFixed(1)}`,
   );
-  console.log(`results: ${writeResult('sidecar', summary)}`);
+  return summary;
 }

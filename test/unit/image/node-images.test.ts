@@ -341,39 +341,45 @@ describe('the buildkitd stand-in image', () => {
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as AddressInfo).port;
     const client = net.connect(port, '127.0.0.1');
-    await new Promise((resolve) => client.once('connect', resolve));
-    const hook = finished(
-      startInImage(root(), config, ['/usr/local/bin/buildkit-prestop.sh', String(port)], {
-        entrypoint: ['/bin/sh'],
-      }),
-    );
-    const messages = () =>
-      fs.existsSync(log)
-        ? fs
-            .readFileSync(log, 'utf8')
-            .trim()
-            .split('\n')
-            .map((l) => JSON.parse(l) as { msg: string; connections: number })
-        : [];
-    // the script's start is not timed (a busy machine may take seconds to start the container):
-    // wait for its report of the connected client, then check it is still waiting past its quiet time
-    let settled = false;
-    void hook.then(
-      () => (settled = true),
-      () => (settled = true),
-    );
-    for (const start = Date.now(); messages().length === 0 && Date.now() - start < 30_000;) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
+    // a failed expectation must not leave the server and client open: they would keep jest alive
+    try {
+      await new Promise((resolve) => client.once('connect', resolve));
+      const hook = finished(
+        startInImage(root(), config, ['/usr/local/bin/buildkit-prestop.sh', String(port)], {
+          entrypoint: ['/bin/sh'],
+        }),
+      );
+      const messages = () =>
+        fs.existsSync(log)
+          ? fs
+              .readFileSync(log, 'utf8')
+              .trim()
+              .split('\n')
+              .map((l) => JSON.parse(l) as { msg: string; connections: number })
+          : [];
+      // the script's start is not timed (a busy machine may take seconds to start the container):
+      // wait for its report of the connected client, then check it is still waiting past its quiet time
+      let settled = false;
+      void hook.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      for (const start = Date.now(); messages().length === 0 && Date.now() - start < 30_000;) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      expect(messages().at(-1)).toMatchObject({ msg: 'preStop: client connections changed', connections: 1 });
+      expect(settled).toBe(false);
+      const closed = Date.now();
+      client.destroy();
+      const r = await hook;
+      server.close();
+      expect(r).toMatchObject({ code: 0, stderr: '' });
+      expect(Date.now() - closed).toBeGreaterThanOrEqual(1000);
+      expect(messages().at(-1)).toMatchObject({ msg: 'preStop: no client for 1s, buildkitd may stop' });
+    } finally {
+      client.destroy();
+      server.close();
     }
-    await new Promise((resolve) => setTimeout(resolve, 1500));
-    expect(messages().at(-1)).toMatchObject({ msg: 'preStop: client connections changed', connections: 1 });
-    expect(settled).toBe(false);
-    const closed = Date.now();
-    client.destroy();
-    const r = await hook;
-    server.close();
-    expect(r).toMatchObject({ code: 0, stderr: '' });
-    expect(Date.now() - closed).toBeGreaterThanOrEqual(1000);
-    expect(messages().at(-1)).toMatchObject({ msg: 'preStop: no client for 1s, buildkitd may stop' });
   }, 60_000);
 });

@@ -80,13 +80,15 @@ export const serviceKey = (service: WebhookServiceRef): string => `${service.nam
  * where the API server can reach the webhook, else a first install would refuse every request
  * between the caBundle patch and the first webhook pod turning ready.
  */
-function policyWait(
-  entry: NonNullable<WebhookConfigObject['webhooks']>[number],
-  policy: string,
-  serving: ServingCheck,
-): string | undefined {
-  const service = entry.clientConfig?.service;
-  if (policy !== 'Fail' || !service || serving(service)) return undefined;
+type WebhookEntry = NonNullable<WebhookConfigObject['webhooks']>[number];
+
+/** The Service an entry must wait for before it gets `policy`: only Fail waits, only for a Service. */
+const serviceToAwait = (entry: WebhookEntry, policy: string): WebhookServiceRef | undefined =>
+  policy === 'Fail' ? entry.clientConfig?.service : undefined;
+
+function policyWait(entry: WebhookEntry, policy: string, serving: ServingCheck): string | undefined {
+  const service = serviceToAwait(entry, policy);
+  if (!service || serving(service)) return undefined;
   return `Service ${serviceKey(service)} has no ready endpoint yet`;
 }
 
@@ -108,9 +110,10 @@ export function failurePolicyWaits(
 export function servicesAwaited(config: WebhookConfigObject): WebhookServiceRef[] {
   const policy = intendedFailurePolicy(config);
   if (policy === undefined) return [];
-  return (config.webhooks ?? []).flatMap((entry) =>
-    entry.failurePolicy !== policy && entry.clientConfig?.service ? [entry.clientConfig.service] : [],
-  );
+  return (config.webhooks ?? []).flatMap((entry) => {
+    const service = entry.failurePolicy === policy ? undefined : serviceToAwait(entry, policy);
+    return service ? [service] : [];
+  });
 }
 
 /** The API said no; `status` 403 means RBAC. */
@@ -368,13 +371,13 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
     return since !== undefined && Date.now() - since >= settleMs;
   };
 
-  const refreshServing = async (services: readonly WebhookServiceRef[]) => {
+  /** Reads each Service's endpoints once per sync (`checked`), however many entries await it. */
+  const refreshServing = async (services: readonly WebhookServiceRef[], checked: Set<string>) => {
     if (!client.servingEndpoints) return;
-    const seen = new Set<string>();
     for (const service of services) {
       const key = serviceKey(service);
-      if (seen.has(key)) continue;
-      seen.add(key);
+      if (checked.has(key)) continue;
+      checked.add(key);
       let ready: boolean;
       try {
         ready = await client.servingEndpoints(service);
@@ -434,13 +437,19 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
     return { byName, note };
   };
 
-  const syncKind = async (kind: WebhookKind, b64: string, why: string, report: CaBundleSyncReport) => {
+  const syncKind = async (
+    kind: WebhookKind,
+    b64: string,
+    why: string,
+    report: CaBundleSyncReport,
+    checked: Set<string>,
+  ) => {
     const { byName, note } = await collect(kind, report);
     for (const [name, first] of byName) {
       report.found.push(describe(kind, name));
       let config: WebhookConfigObject | undefined = first;
       for (let attempt = 1; config; attempt++) {
-        await refreshServing(servicesAwaited(config));
+        await refreshServing(servicesAwaited(config), checked);
         const ops = caBundlePatch(config, b64, serving);
         const waits = failurePolicyWaits(config, serving).map((wait) => `${describe(kind, name)} ${wait}`);
         if (ops.length === 0) {
@@ -506,7 +515,8 @@ export function createCaBundleInjector(options: CaBundleInjectorOptions): CaBund
       waiting: [],
       inSync: false,
     };
-    for (const kind of WEBHOOK_KINDS) await syncKind(kind, b64, why, report);
+    const checked = new Set<string>();
+    for (const kind of WEBHOOK_KINDS) await syncKind(kind, b64, why, report, checked);
     noteWaiting(report.waiting);
     report.inSync = report.forbidden.length === 0 && report.failed.length === 0;
     metrics.caBundleInSync.set(report.inSync && report.found.length > 0 ? 1 : 0);

@@ -62,7 +62,10 @@ const BUFFERS_IN_USE = 8;
 const BUFFERS_IDLE = 9;
 const HANDED_OFF = 10;
 const ACCEPT_SEQ = 11;
-const COUNTERS = 12;
+const SPLICED_BYTES = 12;
+const PIPES_IN_USE = 13;
+const PIPES_IDLE = 14;
+const COUNTERS = 15;
 /** how often counts() reads again when the loop was accepting meanwhile */
 const COUNT_ATTEMPTS = 12;
 /** the first pause between two such reads; it doubles each time (0.05 ms ... about 100 ms in all) */
@@ -138,6 +141,9 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
     },
     get handedOff() {
       return view[HANDED_OFF]!;
+    },
+    get splicedBytes() {
+      return view[SPLICED_BYTES]!;
     },
   };
   const events = new EventEmitter();
@@ -300,5 +306,6 @@ export function createNativeProxy(options: ProxyOptions): Proxy {
     },
     bufferedBytes: () => view[PENDING_BYTES]!,
     readBuffers: () => ({ inUse: view[BUFFERS_IN_USE]!, idle: view[BUFFERS_IDLE]! }),
+    pipes: () => ({ inUse: view[PIPES_IN_USE]!, idle: view[PIPES_IDLE]! }),
   };
 }

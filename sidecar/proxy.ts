@@ -60,6 +60,11 @@ export interface ProxyCounters {
   upstreamFailures: number;
   /** connections of `opened` that were proxied to the handoff address instead of the upstream */
   handedOff: number;
+  /**
+   * bytes of bytesIn and bytesOut that passed through a pipe (splice) instead of being copied
+   * through the proxy's memory: the native engine's bulk path; always 0 in the JavaScript one
+   */
+  splicedBytes: number;
 }
 
 export interface ProxyOptions {
@@ -81,11 +86,14 @@ export interface ProxyCounts {
   backlog: number;
 }
 
-/** The read buffers an engine pools itself (the JavaScript one has none: Node allocates each read). */
-export interface ReadBufferCounts {
-  /** pooled read buffers held by open connections */
+/**
+ * The read buffers, or the pipes of bulk directions, an engine pools itself (the JavaScript one
+ * has neither: Node allocates each read).
+ */
+export interface PoolCounts {
+  /** held by open connections */
   inUse: number;
-  /** pooled read buffers kept for the next connection that needs one */
+  /** kept for the next connection that needs one */
   idle: number;
 }
 
@@ -117,7 +125,9 @@ export interface Proxy {
   destroyAll(): void;
   /** bytes queued in the proxy's own socket write buffers (backpressure checks) */
   bufferedBytes(): number;
-  readBuffers(): ReadBufferCounts;
+  readBuffers(): PoolCounts;
+  /** the pipes bulk directions move through (splice); each holds two descriptors */
+  pipes(): PoolCounts;
 }
 
 /** The most one read takes (libuv reads up to 64 KiB at once): the unit of the buffering bounds. */
@@ -168,6 +178,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       lastActivityMs: null,
       upstreamFailures: 0,
       handedOff: 0,
+      splicedBytes: 0,
     },
     logger,
     connections: new Set(),
@@ -314,6 +325,7 @@ export function createProxy(options: ProxyOptions): Proxy {
       return total;
     },
     readBuffers: () => ({ inUse: 0, idle: 0 }),
+    pipes: () => ({ inUse: 0, idle: 0 }),
   };
 }
 

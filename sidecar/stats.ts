@@ -148,6 +148,11 @@ export function createSidecarMetrics(source: StatsSource): MetricsText {
   );
   counter('buildkit_fleet_sidecar_received_bytes_total', 'Bytes from clients to buildkitd.', () => c.bytesIn);
   counter('buildkit_fleet_sidecar_sent_bytes_total', 'Bytes from buildkitd to clients.', () => c.bytesOut);
+  counter(
+    'buildkit_fleet_sidecar_spliced_bytes_total',
+    'Bytes of both directions moved by splice through a pipe, not copied through the sidecar (the bulk path); part of received and sent.',
+    () => c.splicedBytes,
+  );
   gauge(
     'buildkit_fleet_sidecar_last_activity_timestamp_seconds',
     'Unix time of the last byte in either direction (0 before the first).',

@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -52,6 +53,16 @@ struct Side {
   char* pending = nullptr;
   size_t pendingOffset = 0;
   size_t pendingLength = 0;
+  // The direction from this socket to the other (this one the source): reads in a row that
+  // filled the read buffer, whether it moves through a pipe now, and how many passes in a row
+  // moved only a small message since it does (see PumpSpliced).
+  int fullReads = 0;
+  bool spliced = false;
+  int smallPasses = 0;
+  // while the other socket's direction is spliced: the pipe its bytes pass through towards this
+  // one, and how many of them wait in it
+  Pipe pipe;
+  size_t piped = 0;
 };
 
 struct Connection {
@@ -84,6 +95,16 @@ std::string ErrnoName(int error) {
 namespace {
 
 constexpr size_t kIdleBuffersKept = 16;
+constexpr size_t kIdlePipesKept = 16;
+// Reads in a row that fill the read buffer before a direction moves through a pipe: one full
+// read can be a single large message; two mean the sender keeps the socket full.
+constexpr int kFullReadsToSplice = 2;
+// A spliced direction copies again after kSmallPassesToCopy passes in a row that each moved
+// less than kSmallPassBytes (small messages, not a slow bulk stream): its splices no longer save
+// copies worth having, and every pass costs one splice more than a read would (only EAGAIN tells
+// that the socket is empty, since a short splice may just be a full pipe).
+constexpr size_t kSmallPassBytes = 4 * 1024;
+constexpr int kSmallPassesToCopy = 8;
 constexpr int kAcceptsPerWake = 64;
 constexpr int kReadsPerWake = 16;
 constexpr int kEventsPerWait = 256;
@@ -148,6 +169,41 @@ void GiveBuffer(Engine* engine, char* buffer) {
   Store(engine, kBuffersIdle, static_cast<double>(engine->idleBuffers.size()));
 }
 
+void StorePipes(Engine* engine) {
+  Store(engine, kPipesInUse, engine->pipesInUse);
+  Store(engine, kPipesIdle, static_cast<double>(engine->idlePipes.size()));
+}
+
+// A pipe for a direction that turns bulk, from the pool or new; false when none can be made
+// (at the descriptor limit, say): the direction then keeps copying.
+bool TakePipe(Engine* engine, Pipe* pipe) {
+  if (!engine->idlePipes.empty()) {
+    *pipe = engine->idlePipes.back();
+    engine->idlePipes.pop_back();
+  } else {
+    int ends[2];
+    if (pipe2(ends, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+    pipe->read = ends[0];
+    pipe->write = ends[1];
+  }
+  engine->pipesInUse++;
+  StorePipes(engine);
+  return true;
+}
+
+// Back to the pool when `empty` (a pipe with bytes in it is of no use to another connection).
+void GivePipe(Engine* engine, Pipe* pipe, bool empty) {
+  if (empty && engine->idlePipes.size() < kIdlePipesKept) {
+    engine->idlePipes.push_back(*pipe);
+  } else {
+    close(pipe->read);
+    close(pipe->write);
+  }
+  *pipe = Pipe();
+  engine->pipesInUse--;
+  StorePipes(engine);
+}
+
 void AddPending(Engine* engine, double bytes) {
   engine->pendingBytes += bytes;
   Store(engine, kPendingBytes, engine->pendingBytes);
@@ -208,6 +264,11 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
       AddPending(engine, -static_cast<double>(side->pendingLength - side->pendingOffset));
       GiveBuffer(engine, side->pending);
       side->pending = nullptr;
+    }
+    if (side->pipe.read >= 0) {
+      AddPending(engine, -static_cast<double>(side->piped));
+      GivePipe(engine, &side->pipe, side->piped == 0);
+      side->piped = 0;
     }
   }
   if (connection->prev) connection->prev->next = connection->next;
@@ -352,9 +413,113 @@ bool FlushPending(Engine* engine, Side* to) {
   return true;
 }
 
+// Sends what waits in the pipe towards `to`; returns whether it is empty (false also on failure).
+// A splice that does not take everything means the socket is full, as with send: the kernel
+// only stops short of the length when the socket would block.
+bool FlushPipe(Engine* engine, Side* to) {
+  while (to->piped > 0) {
+    if (!to->writable) return false;
+    ssize_t sent = splice(to->pipe.read, nullptr, to->fd, nullptr, to->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        to->writable = false;
+        return false;
+      }
+      FailErrno(engine, to->connection, to->client ? "client write" : "upstream write", errno);
+      return false;
+    }
+    to->piped -= static_cast<size_t>(sent);
+    AddPending(engine, -static_cast<double>(sent));
+    if (to->piped > 0) {
+      to->writable = false;
+      return false;
+    }
+  }
+  return true;
+}
+
+// The direction from -> from->other copies again (its pipe is empty).
+void StopSplicing(Engine* engine, Side* from) {
+  Side* to = from->other;
+  GivePipe(engine, &to->pipe, true);
+  from->spliced = false;
+  from->fullReads = 0;
+  from->smallPasses = 0;
+}
+
+void Pump(Engine* engine, Side* from);
+
+// The direction from -> from->other through its pipe. The pipe is emptied into the destination
+// before every splice from the source, so that EAGAIN from the source means it has nothing more
+// (and not that the pipe is full) and the pipe never holds more than one read.
+void PumpSpliced(Engine* engine, Side* from, int reads) {
+  Side* to = from->other;
+  Connection* connection = from->connection;
+  size_t moved = 0;
+  for (;;) {
+    if (!FlushPipe(engine, to)) return;
+    if (!from->readable || from->ended) break;
+    if (reads == kReadsPerWake) {
+      Queue(engine, from);
+      return;
+    }
+    reads++;
+    ssize_t n = splice(from->fd, nullptr, to->pipe.write, nullptr, kReadBytes, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      Count(engine, from, static_cast<size_t>(n));
+      Store(engine, kSplicedBytes, Load(engine, kSplicedBytes) + n);
+      to->piped = static_cast<size_t>(n);
+      AddPending(engine, static_cast<double>(n));
+      moved += static_cast<size_t>(n);
+    } else if (n == 0) {
+      from->ended = true;
+      from->readable = false;
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      from->readable = false;
+    } else if ((errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) && moved == 0 &&
+               !engine->spliceUnsupported) {
+      // sockets here cannot be spliced (a sandboxed kernel, say): nothing moved, copy instead
+      engine->spliceUnsupported = true;
+      StopSplicing(engine, from);
+      Pump(engine, from);
+      return;
+    } else {
+      FailErrno(engine, connection, from->client ? "client read" : "upstream read", errno);
+      return;
+    }
+  }
+  if (from->ended) {
+    if (!CanSend(to)) return;
+    StopSplicing(engine, from);
+    FinishDirection(engine, from);
+    return;
+  }
+  if (moved >= kSmallPassBytes) from->smallPasses = 0;
+  else if (++from->smallPasses >= kSmallPassesToCopy) StopSplicing(engine, from);
+}
+
+// The copying direction has filled the read buffer kFullReadsToSplice times in a row and
+// everything read is sent: from now on it moves through a pipe, if one can be had.
+bool StartSplicing(Engine* engine, Side* from) {
+  if (engine->spliceUnsupported || !TakePipe(engine, &from->other->pipe)) {
+    from->fullReads = 0;
+    return false;
+  }
+  from->spliced = true;
+  from->smallPasses = 0;
+  return true;
+}
+
 // Moves what it can in the direction from -> from->other: first what is pending, then reads
 // while `from` is readable and the destination takes everything, then the end of stream.
 void Pump(Engine* engine, Side* from) {
+  if (from->spliced) {
+    PumpSpliced(engine, from, 0);
+    return;
+  }
   Side* to = from->other;
   Connection* connection = from->connection;
   if (!FlushPending(engine, to)) return;
@@ -368,8 +533,10 @@ void Pump(Engine* engine, Side* from) {
     ssize_t n = read(from->fd, engine->readBuffer, kReadBytes);
     if (n > 0) {
       Count(engine, from, static_cast<size_t>(n));
+      bool full = static_cast<size_t>(n) == kReadBytes;
+      from->fullReads = full ? from->fullReads + 1 : 0;
       // a short read emptied the socket, unless its FIN is known to be behind the data
-      if (static_cast<size_t>(n) < kReadBytes && !from->peerClosed) from->readable = false;
+      if (!full && !from->peerClosed) from->readable = false;
       if (!to->writable || !CanSend(to)) {
         // the upstream is still connecting (the client's first bytes), or `to` is full
         KeepPending(engine, to, 0, static_cast<size_t>(n));
@@ -386,6 +553,10 @@ void Pump(Engine* engine, Side* from) {
       if (sent < n) {
         to->writable = false;
         KeepPending(engine, to, static_cast<size_t>(sent), static_cast<size_t>(n));
+        return;
+      }
+      if (from->fullReads >= kFullReadsToSplice && from->readable && StartSplicing(engine, from)) {
+        PumpSpliced(engine, from, reads + 1);
         return;
       }
     } else if (n == 0) {
@@ -759,6 +930,12 @@ void ThreadMain(Engine* engine) {
     free(engine->idleBuffers.back());
     engine->idleBuffers.pop_back();
   }
+  for (Pipe& pipe : engine->idlePipes) {
+    close(pipe.read);
+    close(pipe.write);
+  }
+  engine->idlePipes.clear();
+  StorePipes(engine);
 }
 
 }  // namespace

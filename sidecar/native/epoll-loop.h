@@ -1,6 +1,8 @@
 // The sidecar's native data path: one epoll loop on its own thread that accepts client
-// connections, connects each to the upstream and moves bytes both ways with plain read/send
-// through one shared buffer, the way HAProxy's TCP mode does. JavaScript keeps everything else
+// connections, connects each to the upstream and moves bytes both ways: with plain read/send
+// through one shared buffer while messages are small, and through a pipe with splice (no copy
+// into or out of user space) once a direction turns bulk, the way HAProxy's TCP mode with
+// splice-auto does. JavaScript keeps everything else
 // (flags, stats port, fence, logs); it reads the counters from a Float64Array this loop writes
 // and hears about rare events (an unreachable upstream, the listener closed, drained) through a
 // thread-safe function.
@@ -12,7 +14,8 @@
 //
 // Why native: the same rules in JavaScript on Node's sockets (sidecar/proxy.ts) spent several
 // times HAProxy's user CPU per round trip and per connection in Node's callback machinery, which
-// left latency and connection churn behind HAProxy (docs/benchmarks.md has the measurements). Here a round trip costs four system calls and no allocation.
+// left latency and connection churn behind HAProxy (docs/benchmarks.md has the measurements).
+// Here a round trip costs four system calls and no allocation.
 //
 // The rules are those of sidecar/proxy.ts:
 // - half-close: end of stream from one peer becomes a shutdown(SHUT_WR) towards the other once
@@ -20,8 +23,11 @@
 // - anything else (a read or send error, a reset, an unreachable upstream, the end of the grace
 //   period) resets both sides (SO_LINGER 0), so neither peer mistakes a failure for a clean end;
 // - backpressure: what the destination's kernel buffer does not take at once is kept in a
-//   per-direction buffer and the source is not read until it is sent, so the proxy holds at most
-//   one read per direction;
+//   per-direction buffer (or stays in the direction's pipe) and the source is not read until it
+//   is sent, so the proxy holds at most one read (kReadBytes) per direction;
+// - a direction turns bulk after kFullReadsToSplice reads in a row that fill the read buffer,
+//   and goes back to copying after a run of passes that each moved only a small message; bytes are
+//   counted when they leave the source either way (kSplicedBytes says how many went by pipe);
 // - the client is not read before the upstream is connected (its bytes wait in its kernel buffer);
 // - stopping accepting resets nobody who connected: the listener first refuses new handshakes
 //   (a socket filter drops bare SYNs), stays open a moment for the handshakes under way, then
@@ -67,6 +73,10 @@ enum Counter {
   // odd while an accept is under way (from accept4 until the counters include the client), so
   // a reader of the backlog and the counters can tell it did not miss one in between
   kAcceptSeq,
+  // bytes of kBytesIn and kBytesOut that went through a pipe (splice) rather than the read buffer
+  kSplicedBytes,
+  kPipesInUse,
+  kPipesIdle,
   kCounterCount,
 };
 
@@ -100,6 +110,12 @@ struct Event {
 struct Side;
 struct Connection;
 
+// A pipe a bulk direction's bytes pass through (splice), pooled once empty.
+struct Pipe {
+  int read = -1;
+  int write = -1;
+};
+
 struct Engine {
   // How the loop's events reach the JavaScript side, called on the loop thread: set by whoever
   // makes the engine, and from then on it owns the event (it deletes one it cannot deliver).
@@ -128,6 +144,10 @@ struct Engine {
   char readBuffer[kReadBytes];
   std::vector<char*> idleBuffers;
   double buffersInUse = 0;
+  std::vector<Pipe> idlePipes;
+  double pipesInUse = 0;
+  // splice failed as unsupported for sockets here (EINVAL and the like): every direction copies
+  bool spliceUnsupported = false;
   double pendingBytes = 0;
   Connection* all = nullptr;
   Connection* connectingHead = nullptr;

@@ -24,12 +24,26 @@ import {
 
 test('the native engine is built and loads', () => {
   expect(nativeEnginePath()).toMatch(/build\/native\/proxy-engine\.node$/);
-  expect(loadNativeEngine().counterCount).toBe(12);
+  expect(loadNativeEngine().counterCount).toBe(15);
 });
 
 proxySuite('native');
 
-test('idle connections hold no buffer; a stalled direction holds one until it drains, then returns it', async () => {
+/** Writes `payload` in `piece`-byte writes every `everyMs`, so the proxy's reads stay short (copying). */
+async function writePaced(
+  socket: net.Socket,
+  payload: Buffer,
+  piece: number,
+  everyMs: number,
+): Promise<void> {
+  for (let offset = 0; offset < payload.length; offset += piece) {
+    socket.write(payload.subarray(offset, offset + piece));
+    await sleep(everyMs);
+  }
+  socket.end();
+}
+
+test('idle connections hold no buffer; a stalled small-message direction holds one read buffer until it drains, then returns it', async () => {
   let stalled: net.Socket | undefined;
   const upstream = await tcpServer((socket) => {
     if (!stalled) stalled = socket.pause();
@@ -40,22 +54,134 @@ test('idle connections hold no buffer; a stalled direction holds one until it dr
   await until('upstream connected', () => stalled !== undefined);
   const idle = await echoedConnections(at, 200);
   expect(proxy.readBuffers().inUse).toBe(0);
-  // the stalled upstream's kernel buffers fill, then one read's rest waits in the proxy
-  const payload = randomBytes(32 * 1024 * 1024);
+  expect(proxy.pipes().inUse).toBe(0);
+  // 16 KiB writes, paced: every read is short, the direction copies; once the stalled upstream's
+  // kernel buffers are full, the rest of one read waits in the proxy
+  const payload = randomBytes(24 * 1024 * 1024);
   const got = receiveAll(stalled!);
-  writer.end(payload);
+  const written = writePaced(writer, payload, 16 * 1024, 0.2);
   await until('a pending buffer', () => proxy.readBuffers().inUse === 1, 30_000);
   expect(proxy.bufferedBytes()).toBeGreaterThan(0);
   expect(proxy.bufferedBytes()).toBeLessThanOrEqual(64 * 1024);
+  expect(proxy.pipes().inUse).toBe(0);
   stalled!.resume();
+  await written;
   expect(await got).toEqual({ sha: sha(payload), length: payload.length });
-  expect(proxy.readBuffers().inUse).toBe(0);
-  expect(proxy.readBuffers().idle).toBe(1);
+  expect(proxy.readBuffers()).toEqual({ inUse: 0, idle: 1 });
   expect(proxy.bufferedBytes()).toBe(0);
   idle.forEach((socket) => socket.destroy());
   writer.destroy();
   stalled!.destroy();
   await until('all closed', () => proxy.counters.open === 0);
+  expect(proxy.pipes().inUse).toBe(0);
+});
+
+test('a stalled bulk direction holds one pipe with at most one read in it, and gives it back once drained', async () => {
+  let stalled: net.Socket | undefined;
+  const upstream = await tcpServer((socket) => (stalled = socket.pause()));
+  const { proxy, at } = await startProxy(upstream);
+  const writer = await connect(at);
+  await until('upstream connected', () => stalled !== undefined);
+  const payload = randomBytes(32 * 1024 * 1024);
+  const got = receiveAll(stalled!);
+  writer.end(payload);
+  await until(
+    'bytes waiting in the pipe',
+    () => proxy.bufferedBytes() > 0 && proxy.pipes().inUse === 1,
+    30_000,
+  );
+  // stalled: nothing more is read while the pipe holds bytes
+  const read = proxy.counters.bytesIn;
+  await sleep(200);
+  expect(proxy.counters.bytesIn).toBe(read);
+  expect(proxy.bufferedBytes()).toBeLessThanOrEqual(64 * 1024);
+  expect(proxy.readBuffers().inUse).toBe(0);
+  stalled!.resume();
+  expect(await got).toEqual({ sha: sha(payload), length: payload.length });
+  // the client's end went through once the pipe was empty; the pipe is back in the pool
+  expect(proxy.pipes()).toEqual({ inUse: 0, idle: 1 });
+  expect(proxy.bufferedBytes()).toBe(0);
+  expect(proxy.counters.bytesIn).toBe(payload.length);
+  // all but the first reads, and a few more when a slow start made it copy for a while
+  expect(proxy.counters.splicedBytes).toBeGreaterThan(payload.length - 1024 * 1024);
+});
+
+test('a reset while bytes wait in the pipe resets the other side, and that pipe is closed, not pooled', async () => {
+  let stalled: net.Socket | undefined;
+  const upstream = await tcpServer((socket) => (stalled = socket.pause()));
+  const { proxy, at } = await startProxy(upstream);
+  const writer = await connect(at);
+  writer.on('error', () => undefined);
+  await until('upstream connected', () => stalled !== undefined);
+  const serverOutcome = new Promise<string>((resolve) => {
+    stalled!.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    stalled!.once('end', () => resolve('clean end'));
+  });
+  writer.write(randomBytes(32 * 1024 * 1024));
+  await until(
+    'bytes waiting in the pipe',
+    () => proxy.bufferedBytes() > 0 && proxy.pipes().inUse === 1,
+    30_000,
+  );
+  writer.resetAndDestroy();
+  await until('closed', () => proxy.counters.closed === 1);
+  expect(proxy.pipes()).toEqual({ inUse: 0, idle: 0 });
+  expect(proxy.bufferedBytes()).toBe(0);
+  stalled!.resume();
+  expect(await serverOutcome).toBe('ECONNRESET');
+});
+
+test('one connection switching between small messages and bulk both ways: every byte arrives, counted exactly, and the path follows the traffic', async () => {
+  const upstream = await tcpServer((socket) => socket.pipe(socket));
+  const { proxy, at } = await startProxy(upstream);
+  const client = await connect(at);
+  const received: Buffer[] = [];
+  let receivedBytes = 0;
+  client.on('data', (chunk: Buffer) => {
+    received.push(chunk);
+    receivedBytes += chunk.length;
+  });
+  const sent: Buffer[] = [];
+  let sentBytes = 0;
+  const send = (data: Buffer) => {
+    sent.push(data);
+    sentBytes += data.length;
+    client.write(data);
+  };
+  const echoed = () => until('the echo', () => receivedBytes === sentBytes, 30_000);
+  const roundTrips = async (count: number) => {
+    for (let i = 0; i < count; i++) {
+      send(randomBytes(100 + i));
+      await echoed();
+    }
+  };
+  const bulk = async () => {
+    send(randomBytes(16 * 1024 * 1024));
+    await echoed();
+  };
+
+  await roundTrips(30);
+  expect(proxy.counters.splicedBytes).toBe(0);
+  await bulk();
+  const afterBulk = proxy.counters.splicedBytes;
+  // both directions went bulk (the echo too): most of 2 x 16 MiB by pipe
+  expect(afterBulk).toBeGreaterThan(24 * 1024 * 1024);
+  // small messages again: after a few passes each direction copies again and gives its pipe back
+  await roundTrips(30);
+  expect(proxy.pipes().inUse).toBe(0);
+  const copying = proxy.counters.splicedBytes;
+  await roundTrips(20);
+  expect(proxy.counters.splicedBytes).toBe(copying);
+  // and bulk turns both directions back to the pipe
+  await bulk();
+  expect(proxy.counters.splicedBytes).toBeGreaterThan(copying + 24 * 1024 * 1024);
+
+  expect(sha(Buffer.concat(received))).toBe(sha(Buffer.concat(sent)));
+  expect(proxy.counters).toMatchObject({ open: 1, bytesIn: sentBytes, bytesOut: sentBytes });
+  expect(proxy.bufferedBytes()).toBe(0);
+  client.end();
+  await until('closed', () => proxy.counters.closed === 1);
+  expect(proxy.pipes().inUse).toBe(0);
 });
 
 test('a process whose native proxy stopped accepting and drained exits by itself (the loop thread ends)', async () => {

@@ -568,6 +568,7 @@ const SIDECAR_METRIC_NAMES = [
   'connections_handed_off_total',
   'received_bytes_total',
   'sent_bytes_total',
+  'spliced_bytes_total',
   'last_activity_timestamp_seconds',
   'fenced',
   'fence_broken',
@@ -836,6 +837,7 @@ describe('metrics text', () => {
       lastActivityMs: 1795319492081,
       upstreamFailures: 1,
       handedOff: 4,
+      splicedBytes: 900000000,
     };
     let backlog = 3;
     const fenceControl = createFenceControl(() => ({ opened: counters.opened, backlog }));
@@ -850,7 +852,7 @@ describe('metrics text', () => {
     const text = metrics.metrics();
     expect(metrics.contentType).toBe('text/plain; version=0.0.4; charset=utf-8');
     // byte for byte what prom-client wrote for these metrics before the sidecar dropped it (with
-    // the backlog and handoff families added since)
+    // the backlog, handoff and splice families added since)
     expect(text.slice(0, text.indexOf('# HELP buildkit_fleet_sidecar_process_cpu_user'))).toBe(
       `# HELP buildkit_fleet_sidecar_open_connections Client connections open now.
 # TYPE buildkit_fleet_sidecar_open_connections gauge
@@ -883,6 +885,10 @@ buildkit_fleet_sidecar_received_bytes_total 1234
 # HELP buildkit_fleet_sidecar_sent_bytes_total Bytes from buildkitd to clients.
 # TYPE buildkit_fleet_sidecar_sent_bytes_total counter
 buildkit_fleet_sidecar_sent_bytes_total 987654321
+
+# HELP buildkit_fleet_sidecar_spliced_bytes_total Bytes of both directions moved by splice through a pipe, not copied through the sidecar (the bulk path); part of received and sent.
+# TYPE buildkit_fleet_sidecar_spliced_bytes_total counter
+buildkit_fleet_sidecar_spliced_bytes_total 900000000
 
 # HELP buildkit_fleet_sidecar_last_activity_timestamp_seconds Unix time of the last byte in either direction (0 before the first).
 # TYPE buildkit_fleet_sidecar_last_activity_timestamp_seconds gauge
@@ -920,11 +926,13 @@ buildkit_fleet_sidecar_info{boot_id="7657f7f9-dc7a-461a-9910-594312355752"} 1
     fenceControl.fence(Date.now());
     counters.opened++;
     counters.handedOff++;
+    counters.splicedBytes += 65536;
     const later = parseExposition(metrics.metrics());
     const value = (name: string) => later.get(`buildkit_fleet_sidecar_${name}`)?.samples[0]?.value;
     expect(value('open_connections')).toBe(0);
     expect(value('backlog_connections')).toBe(0);
     expect(value('connections_handed_off_total')).toBe(5);
+    expect(value('spliced_bytes_total')).toBe(900065536);
     expect(value('connections_closed_total')).toBe(7);
     expect(value('last_activity_timestamp_seconds')).toBe(0);
     expect(value('fenced')).toBe(1);

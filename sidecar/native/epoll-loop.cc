@@ -60,9 +60,12 @@ struct Side {
   bool spliced = false;
   int smallPasses = 0;
   // while the other socket's direction is spliced: the pipe its bytes pass through towards this
-  // one, and how many of them wait in it
+  // one, how many of them wait in it, and whether those are in kPendingBytes (only bytes left
+  // after a splice into this socket are, as with `pending`: the counter tells the JavaScript
+  // thread what is held up, not what is on its way)
   Pipe pipe;
   size_t piped = 0;
+  bool pipedHeld = false;
 };
 
 struct Connection {
@@ -266,9 +269,10 @@ void Close(Engine* engine, Connection* connection, bool reset, const std::string
       side->pending = nullptr;
     }
     if (side->pipe.read >= 0) {
-      AddPending(engine, -static_cast<double>(side->piped));
+      if (side->pipedHeld) AddPending(engine, -static_cast<double>(side->piped));
       GivePipe(engine, &side->pipe, side->piped == 0);
       side->piped = 0;
+      side->pipedHeld = false;
     }
   }
   if (connection->prev) connection->prev->next = connection->next;
@@ -430,7 +434,8 @@ bool FlushPipe(Engine* engine, Side* to) {
       return false;
     }
     to->piped -= static_cast<size_t>(sent);
-    AddPending(engine, -static_cast<double>(sent));
+    if (to->pipedHeld) AddPending(engine, -static_cast<double>(sent));
+    if (to->piped == 0) to->pipedHeld = false;
     if (to->piped > 0) {
       to->writable = false;
       return false;
@@ -458,7 +463,13 @@ void PumpSpliced(Engine* engine, Side* from, int reads) {
   Connection* connection = from->connection;
   size_t moved = 0;
   for (;;) {
-    if (!FlushPipe(engine, to)) return;
+    if (!FlushPipe(engine, to)) {
+      if (!connection->closing && !to->pipedHeld) {
+        to->pipedHeld = true;
+        AddPending(engine, static_cast<double>(to->piped));
+      }
+      return;
+    }
     if (!from->readable || from->ended) break;
     if (reads == kReadsPerWake) {
       Queue(engine, from);
@@ -470,7 +481,6 @@ void PumpSpliced(Engine* engine, Side* from, int reads) {
       Count(engine, from, static_cast<size_t>(n));
       Store(engine, kSplicedBytes, Load(engine, kSplicedBytes) + n);
       to->piped = static_cast<size_t>(n);
-      AddPending(engine, static_cast<double>(n));
       moved += static_cast<size_t>(n);
     } else if (n == 0) {
       from->ended = true;

@@ -389,6 +389,15 @@ void KeepPending(Engine* engine, Side* to, size_t sent, size_t n) {
   AddPending(engine, static_cast<double>(rest));
 }
 
+// A send or splice into `to` returned -1 with `error`: whether to try again at once (EINTR).
+// Otherwise `to` is full (it waits for EPOLLOUT) or the connection has failed.
+bool RetrySend(Engine* engine, Side* to, int error) {
+  if (error == EINTR) return true;
+  if (error == EAGAIN || error == EWOULDBLOCK) to->writable = false;
+  else FailErrno(engine, to->connection, to->client ? "client write" : "upstream write", error);
+  return false;
+}
+
 // Sends what is pending towards `to`; returns whether nothing is left (false also on failure).
 bool FlushPending(Engine* engine, Side* to) {
   while (to->pendingLength > 0) {
@@ -396,12 +405,7 @@ bool FlushPending(Engine* engine, Side* to) {
     ssize_t sent = send(to->fd, to->pending + to->pendingOffset, to->pendingLength - to->pendingOffset,
                         MSG_NOSIGNAL);
     if (sent < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        to->writable = false;
-        return false;
-      }
-      FailErrno(engine, to->connection, to->client ? "client write" : "upstream write", errno);
+      if (RetrySend(engine, to, errno)) continue;
       return false;
     }
     AddPending(engine, -static_cast<double>(sent));
@@ -425,12 +429,7 @@ bool FlushPipe(Engine* engine, Side* to) {
     if (!to->writable) return false;
     ssize_t sent = splice(to->pipe.read, nullptr, to->fd, nullptr, to->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (sent < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        to->writable = false;
-        return false;
-      }
-      FailErrno(engine, to->connection, to->client ? "client write" : "upstream write", errno);
+      if (RetrySend(engine, to, errno)) continue;
       return false;
     }
     to->piped -= static_cast<size_t>(sent);
@@ -480,6 +479,7 @@ void PumpSpliced(Engine* engine, Side* from, int reads) {
     if (n > 0) {
       Count(engine, from, static_cast<size_t>(n));
       Store(engine, kSplicedBytes, Load(engine, kSplicedBytes) + n);
+      engine->spliceWorked = true;
       to->piped = static_cast<size_t>(n);
       moved += static_cast<size_t>(n);
     } else if (n == 0) {
@@ -489,8 +489,7 @@ void PumpSpliced(Engine* engine, Side* from, int reads) {
       continue;
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
       from->readable = false;
-    } else if ((errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) && moved == 0 &&
-               !engine->spliceUnsupported) {
+    } else if ((errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) && !engine->spliceWorked) {
       // sockets here cannot be spliced (a sandboxed kernel, say): nothing moved, copy instead
       engine->spliceUnsupported = true;
       StopSplicing(engine, from);

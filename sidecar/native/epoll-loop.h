@@ -146,8 +146,10 @@ struct Engine {
   double buffersInUse = 0;
   std::vector<Pipe> idlePipes;
   double pipesInUse = 0;
-  // splice failed as unsupported for sockets here (EINVAL and the like): every direction copies
+  // splice failed as unsupported for sockets here (EINVAL and the like) before it ever worked:
+  // every direction copies from then on; once one worked, such an error is the connection's
   bool spliceUnsupported = false;
+  bool spliceWorked = false;
   double pendingBytes = 0;
   Connection* all = nullptr;
   Connection* connectingHead = nullptr;

@@ -4,7 +4,8 @@
 //   direct   client -> server
 //   sidecar  client -> `buildkit-fleet sidecar` (its own process, as in production; the native
 //            data path with --engine auto, BKF_SIDECAR_ENGINE=js for the JavaScript one) -> server
-//   haproxy  client -> HAProxy 2.x, mode tcp, option splice-auto, one thread -> server
+//   haproxy  client -> HAProxy 2.x, mode tcp, option splice-auto (BENCH_HAPROXY_SPLICE=always:
+//            splice-request and splice-response), one thread -> server
 // Two load generators, each the same for all three paths (sidecar-load.ts):
 // - iperf3 (client and `iperf3 -s`, native) for bulk: 1 GiB one way (`-n 1G`) and both ways at
 //   once (`--bidir`; iperf3 stops when the client has sent 1 GiB, the reverse direction moves
@@ -53,6 +54,8 @@ import { fileURLToPath } from 'node:url';
 
 import { SIDECAR_ENV } from '../../sidecar/process-settings.ts';
 import { median, percentile, processCpuMs, sleep, table, writeResult } from './lib.ts';
+import type { SyscallCounts } from './syscalls.ts';
+import { countSyscalls, straceAvailable } from './syscalls.ts';
 import type { IperfServer } from './sidecar-load.ts';
 import {
   bulkBothWays,
@@ -81,6 +84,12 @@ const VARIANTS: Variant[] =
 let PIN = VARIANTS[0] === 'pinned';
 const SIDECAR_FLAGS = (process.env['BENCH_SIDECAR_NODE_FLAGS'] ?? '').split(' ').filter(Boolean);
 const SIDECAR_SETTINGS = process.env['BENCH_SIDECAR_PROCESS_SETTINGS'] !== '0';
+// HAProxy's splice-auto splices only where it judges it worth it (on loopback it copied every
+// byte); BENCH_HAPROXY_SPLICE=always forces splicing both ways, the stronger baseline for CPU.
+const HAPROXY_SPLICE_OPTIONS =
+  process.env['BENCH_HAPROXY_SPLICE'] === 'always'
+    ? ['option splice-request', 'option splice-response']
+    : ['option splice-auto'];
 const MESSAGE = 1024;
 const CHURN_LOOPS = 4;
 /** slices of each path's churn time per round, interleaved across the paths */
@@ -198,7 +207,7 @@ function haproxyConfig(listenPort: number, upstreamPort: number): string {
     '  maxconn 4096',
     'defaults',
     '  mode tcp',
-    '  option splice-auto',
+    ...HAPROXY_SPLICE_OPTIONS.map((option) => `  ${option}`),
     '  timeout connect 10s',
     '  timeout client 1h',
     '  timeout server 1h',
@@ -418,13 +427,48 @@ export async function run(): Promise<void> {
         iperf3: iperf,
       });
     }
-    console.log(`results: ${writeResult('sidecar', { variants: summaries })}`);
+    const syscalls = await churnSyscalls(active);
+    console.log(`results: ${writeResult('sidecar', { variants: summaries, syscalls })}`);
   } finally {
     for (const h of hops) h.child?.kill();
     iperfServer?.close();
     await peer.close();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * System calls per churn connection of each proxy (strace -c -f on the proxy process during one
+ * churn slice of SECONDS), the same tool on the sidecar and on HAProxy; null without strace.
+ */
+async function churnSyscalls(active: Path[]): Promise<Record<string, SyscallCounts> | null> {
+  if (!straceAvailable()) {
+    console.log('system calls per connection: NOT RUN (strace is not installed: apt-get install -y strace)');
+    return null;
+  }
+  const perConnection: Record<string, SyscallCounts> = {};
+  for (const p of active) {
+    if (!p.pid) continue;
+    const { counts, result } = await countSyscalls(p.pid, () => churnCounted(p.port, CHURN_LOOPS, SECONDS));
+    perConnection[p.name] = Object.fromEntries(
+      Object.entries(counts)
+        .map(([name, calls]) => [name, Math.round((calls / result.connections) * 100) / 100] as const)
+        .filter(([, calls]) => calls >= 0.01)
+        .sort((a, b) => b[1] - a[1]),
+    );
+  }
+  const names = [...new Set(Object.values(perConnection).flatMap((c) => Object.keys(c)))];
+  const proxies = Object.keys(perConnection);
+  console.log(
+    '\nsystem calls per churn connection (strace -c -f on the proxy process; strace slows it, so only counts)',
+  );
+  console.log(
+    table(
+      ['system call', ...proxies],
+      names.map((name) => [name, ...proxies.map((p) => (perConnection[p]![name] ?? 0).toFixed(2))]),
+    ),
+  );
+  return perConnection;
 }
 
 function report(
@@ -460,7 +504,7 @@ function report(
       sidecarProcessSettings: SIDECAR_SETTINGS ? SIDECAR_ENV : "none (Node's defaults)",
       sidecarCommand: main.join(' '),
       sidecarEngine,
-      haproxy: `${versions.haproxy}, mode tcp, option splice-auto, nbthread 1`,
+      haproxy: `${versions.haproxy}, mode tcp, ${HAPROXY_SPLICE_OPTIONS.map((o) => `option ${o.split(' ')[1]}`).join(', ')}, nbthread 1`,
       iperf3: `${versions.iperf3}, -n ${BULK} one way and --bidir, receiver-side rates`,
       node: process.version,
       metrics: {

@@ -1,10 +1,13 @@
 // The data-path suite on the native engine (sidecar/native/epoll-loop.cc and napi-binding.cc,
 // through sidecar/native-proxy.ts), plus what only it has. The addon must be built (npm ci builds
 // it when g++ is there; npm test installs g++ first): a missing addon fails here, not skipped.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { loadNativeEngine, nativeEnginePath } from '../../../sidecar/native-proxy.ts';
@@ -21,6 +24,7 @@ import {
   unresponsiveUpstream,
   until,
 } from '../../support/sidecar-proxy-suite.ts';
+import { cleanups } from '../../support/sidecar.ts';
 
 test('the native engine is built and loads', () => {
   expect(nativeEnginePath()).toMatch(/build\/native\/proxy-engine\.node$/);
@@ -184,11 +188,97 @@ test('one connection switching between small messages and bulk both ways: every 
   expect(proxy.pipes().inUse).toBe(0);
 });
 
+/** Runs `script` (an ES module) in a child node at the repository root; its exit and output. */
+async function runScript(
+  script: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+    cwd: fileURLToPath(new URL('../../..', import.meta.url)),
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env,
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+  clearTimeout(timer);
+  return { code, signal, out, err };
+}
+
+const nativeProxyModule = JSON.stringify(
+  fileURLToPath(new URL('../../../sidecar/native-proxy.ts', import.meta.url)),
+);
+
+test('where the kernel refuses splice on sockets, bulk directions keep copying: bytes intact, counted, nothing spliced', async () => {
+  // A shim preloaded into a child process makes splice fail with EINVAL, as a kernel (or a
+  // sandbox) without splice for sockets does; it counts the calls it refused.
+  const dir = mkdtempSync(join(tmpdir(), 'no-splice-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const source = join(dir, 'no-splice.cc');
+  const shim = join(dir, 'no-splice.so');
+  writeFileSync(
+    source,
+    `#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+static int calls = 0;
+extern "C" ssize_t splice(int, __off64_t*, int, __off64_t*, size_t, unsigned int) {
+  calls++;
+  errno = EINVAL;
+  return -1;
+}
+__attribute__((destructor)) static void report() { fprintf(stderr, "splice calls %d\\n", calls); }
+`,
+  );
+  execFileSync(process.env['CXX'] || 'g++', ['-shared', '-fPIC', '-O2', '-o', shim, source]);
+  const script = `
+    import net from 'node:net';
+    import { createHash, randomBytes } from 'node:crypto';
+    import { pino } from 'pino';
+    import { createNativeProxy } from ${nativeProxyModule};
+    const server = net.createServer({ allowHalfOpen: true }, (s) => s.pipe(s)).listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const proxy = createNativeProxy({ upstream: { host: '127.0.0.1', port: server.address().port }, logger: pino({ level: 'silent' }) });
+    const { port } = await proxy.listen('127.0.0.1', 0);
+    const payload = randomBytes(16 * 1024 * 1024);
+    const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    const hash = createHash('sha256');
+    let length = 0;
+    client.on('data', (d) => { hash.update(d); length += d.length; });
+    client.end(payload);
+    await new Promise((r) => client.on('end', r));
+    client.destroy();
+    while (proxy.counters.open > 0) await new Promise((r) => setTimeout(r, 5));
+    const c = proxy.counters;
+    console.log(JSON.stringify({
+      intact: length === payload.length && hash.digest('hex') === createHash('sha256').update(payload).digest('hex'),
+      bytesIn: c.bytesIn, bytesOut: c.bytesOut, spliced: c.splicedBytes, pipes: proxy.pipes(),
+    }));
+    await proxy.stopAccepting();
+    server.close();
+  `;
+  const run = await runScript(script, { ...process.env, LD_PRELOAD: shim });
+  expect({ code: run.code, signal: run.signal }).toEqual({ code: 0, signal: null });
+  const size = 16 * 1024 * 1024;
+  // one refusal, then the engine copies for every direction (both directions turned bulk)
+  expect(run.err).toContain('splice calls 1\n');
+  expect(JSON.parse(run.out)).toEqual({
+    intact: true,
+    bytesIn: size,
+    bytesOut: size,
+    spliced: 0,
+    pipes: { inUse: 0, idle: 1 },
+  });
+});
+
 test('a process whose native proxy stopped accepting and drained exits by itself (the loop thread ends)', async () => {
   const script = `
     import net from 'node:net';
     import { pino } from 'pino';
-    import { createNativeProxy } from ${JSON.stringify(fileURLToPath(new URL('../../../sidecar/native-proxy.ts', import.meta.url)))};
+    import { createNativeProxy } from ${nativeProxyModule};
     const server = net.createServer((s) => s.pipe(s)).listen(0, '127.0.0.1');
     await new Promise((r) => server.once('listening', r));
     const proxy = createNativeProxy({ upstream: { host: '127.0.0.1', port: server.address().port }, logger: pino({ level: 'silent' }) });
@@ -201,16 +291,8 @@ test('a process whose native proxy stopped accepting and drained exits by itself
     await proxy.waitForDrain(5000);
     server.close();
   `;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-    cwd: fileURLToPath(new URL('../../..', import.meta.url)),
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let out = '';
-  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const [code, signal] = await once(child, 'exit');
-  clearTimeout(timer);
-  expect({ code, signal, out }).toEqual({ code: 0, signal: null, out: 'hello' });
+  const { code, signal, out, err } = await runScript(script);
+  expect({ code, signal, out, err }).toEqual({ code: 0, signal: null, out: 'hello', err: '' });
 });
 
 // proxy.test.ts checks the same of the JavaScript engine.

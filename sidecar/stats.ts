@@ -18,7 +18,8 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
+import { getHeapStatistics } from 'node:v8';
 
 import type { HostPort } from '../flags/options.ts';
 import { authorize } from './auth.ts';
@@ -200,25 +201,68 @@ function processMetrics({ counter, gauge }: MetricsText): void {
     'Start time of the process since the Unix epoch, in seconds.',
     () => startTime,
   );
-  gauge(`${p}process_resident_memory_bytes`, 'Resident memory size, in bytes.', () =>
-    process.memoryUsage.rss(),
+  // process.memoryUsage() opens /proc/self/stat for the RSS on every call, which fails at the
+  // descriptor limit: the heap figures come from V8 itself, and only the RSS needs the file
+  gauge(
+    `${p}process_resident_memory_bytes`,
+    'Resident memory size, in bytes (NaN at the descriptor limit).',
+    () => atDescriptorLimit(() => process.memoryUsage.rss(), NaN),
   );
-  gauge(`${p}nodejs_heap_size_used_bytes`, 'V8 heap in use, in bytes.', () => process.memoryUsage().heapUsed);
+  gauge(
+    `${p}nodejs_heap_size_used_bytes`,
+    'V8 heap in use, in bytes.',
+    () => getHeapStatistics().used_heap_size,
+  );
   gauge(
     `${p}nodejs_heap_size_total_bytes`,
     'V8 heap reserved, in bytes.',
-    () => process.memoryUsage().heapTotal,
+    () => getHeapStatistics().total_heap_size,
   );
   gauge(
     `${p}nodejs_external_memory_bytes`,
     'Memory outside the V8 heap held by JavaScript objects (socket buffers among them), in bytes.',
-    () => process.memoryUsage().external,
+    () => getHeapStatistics().external_memory,
   );
   if (process.platform === 'linux') {
-    // one readdir per scrape; the proxy holds two descriptors per connection
-    gauge(`${p}process_open_fds`, 'Open file descriptors.', () => readdirSync('/proc/self/fd').length - 1);
+    // read now: at the limit, opening /proc/self/limits would fail like everything else
+    const maxFds = openFilesLimit();
+    // one readdir per scrape; the proxy holds two descriptors per connection (two more per bulk direction)
+    gauge(`${p}process_open_fds`, 'Open file descriptors.', () => openFds(maxFds));
+    gauge(`${p}process_max_fds`, 'The limit on open file descriptors (ulimit -n).', () => maxFds);
   }
   gauge(`${p}nodejs_version_info`, 'Node.js version.', () => 1, { version: process.version });
+}
+
+/** The soft limit on open descriptors (RLIMIT_NOFILE) from /proc/self/limits; NaN if unreadable. */
+export function openFilesLimit(limits?: string): number {
+  let text = limits;
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/self/limits', 'utf8');
+    } catch {
+      return NaN;
+    }
+  }
+  const soft = /^Max open files\s+(\S+)/m.exec(text)?.[1];
+  return soft === undefined ? NaN : soft === 'unlimited' ? Infinity : Number(soft);
+}
+
+/**
+ * Descriptors open now. At the limit the readdir itself cannot get one (EMFILE), and then every
+ * descriptor is in use: the count is the limit. A scrape at the limit is when it matters most.
+ */
+function openFds(maxFds: number): number {
+  return atDescriptorLimit(() => readdirSync('/proc/self/fd').length - 1, maxFds);
+}
+
+/** `read()`, or `otherwise` when it fails for want of a descriptor (EMFILE). */
+function atDescriptorLimit(read: () => number, otherwise: number): number {
+  try {
+    return read();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EMFILE') return otherwise;
+    throw error;
+  }
 }
 
 export interface StatsServerOptions {

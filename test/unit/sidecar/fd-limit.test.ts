@@ -3,6 +3,7 @@
 // and new clients get through again once descriptors free up. The native engine makes a client's
 // upstream socket before it accepts the client, so at the limit new clients wait in the backlog
 // and are served later (and shown as `backlog` meanwhile); libuv (the js engine) closes them at once.
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -44,6 +45,31 @@ function exchange(socket: net.Socket, text: string): Promise<string> {
   socket.write(text);
   return outcome;
 }
+
+/** Sends `payload` and resolves with the sha256 of as many bytes coming back (the upstream echoes). */
+function bulkEcho(socket: net.Socket, payload: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const hash = createHash('sha256');
+    let length = 0;
+    const onData = (chunk: Buffer) => {
+      hash.update(chunk);
+      length += chunk.length;
+      if (length < payload.length) return;
+      socket.off('data', onData);
+      resolve(hash.digest('hex'));
+    };
+    socket.on('data', onData);
+    socket.once('error', reject);
+    socket.write(payload);
+  });
+}
+
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+/** The value of the sidecar's metric `name` (no labels) in a /metrics answer; NaN if absent. */
+const gaugeValue = (metrics: string, name: string) =>
+  Number(new RegExp(`^buildkit_fleet_sidecar_${name} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+const splicedBytes = (metrics: string) => gaugeValue(metrics, 'spliced_bytes_total');
 
 /** user + system CPU of a process, in clock ticks (100 a second on Linux) */
 function cpuTicks(pid: number): number {
@@ -169,6 +195,21 @@ describe.each(FILE_LIMITS)('ulimit -n %i', (limit) => {
       err: 'EMFILE',
     });
     await step('the open connections at the limit', child, expectStillServed(served));
+    // bulk at the limit: no descriptors for a pipe, so both directions keep copying, bytes intact
+    const bulk = randomBytes(8 * 1024 * 1024);
+    expect(await step('a bulk echo at the limit', child, bulkEcho(served[1]!, bulk))).toBe(sha256(bulk));
+    const [atLimit] = await step('metrics at the limit', child, control.send({ path: '/metrics' }));
+    expect({ status: atLimit!.status, body: atLimit!.status === 200 ? '' : atLimit!.body }).toEqual({
+      status: 200,
+      body: '',
+    });
+    expect(splicedBytes(atLimit!.body)).toBe(0);
+    // the descriptor count cannot be read at the limit (the readdir needs one): it is the limit
+    expect(gaugeValue(atLimit!.body, 'process_max_fds')).toBe(limit);
+    expect(gaugeValue(atLimit!.body, 'process_open_fds')).toBe(limit);
+    // nor the RSS (/proc/self/stat): NaN, while the heap figures come from V8 and are there
+    expect(atLimit!.body).toMatch(/^buildkit_fleet_sidecar_process_resident_memory_bytes NaN$/m);
+    expect(gaugeValue(atLimit!.body, 'nodejs_heap_size_used_bytes')).toBeGreaterThan(0);
 
     // one connection leaves: the held client takes its two descriptors, its first bytes intact,
     // and with nobody else waiting the episode is over
@@ -182,6 +223,10 @@ describe.each(FILE_LIMITS)('ulimit -n %i', (limit) => {
     expect(await step('a new client', child, exchange(fresh, 'fresh'))).toBe('fresh');
     const after = await step('stats', child, stats(statsPort));
     expect(after).toMatchObject({ open: 2, opened: served.length + 3, upstreamFailures: 0 });
+    // with descriptors free again the same transfer goes through pipes
+    expect(await step('a bulk echo', child, bulkEcho(fresh, bulk))).toBe(sha256(bulk));
+    const [metrics] = await step('metrics', child, control.send({ path: '/metrics' }));
+    expect(splicedBytes(metrics!.body)).toBeGreaterThan(bulk.length);
   });
 
   test('js engine: open connections keep flowing, new clients are closed at once, and are served again once descriptors free up', async () => {

@@ -28,7 +28,7 @@ import {
   formatValue,
 } from '../../../sidecar/metrics-text.ts';
 import type { ProxyCounters } from '../../../sidecar/proxy.ts';
-import { createSidecarMetrics } from '../../../sidecar/stats.ts';
+import { createSidecarMetrics, openFilesLimit } from '../../../sidecar/stats.ts';
 import { cleanups, connect as connectTo, echoServer, roundTrip, runCleanups } from '../../support/sidecar.ts';
 
 const connect = (running: RunningSidecar) => connectTo(running.listen.port);
@@ -199,7 +199,10 @@ describe('stats port', () => {
     expect(heapUsed).toBeGreaterThan(2 ** 20);
     expect(heapUsed).toBeLessThanOrEqual(value('nodejs_heap_size_total_bytes'));
     expect(value('nodejs_external_memory_bytes')).toBeGreaterThan(0);
-    if (process.platform === 'linux') expect(value('process_open_fds')).toBeGreaterThan(2);
+    if (process.platform === 'linux') {
+      expect(value('process_open_fds')).toBeGreaterThan(2);
+      expect(value('process_max_fds')).toBeGreaterThanOrEqual(value('process_open_fds')!);
+    }
     expect(text).toContain(`buildkit_fleet_sidecar_nodejs_version_info{version="${process.version}"} 1`);
     // nothing from collectDefaultMetrics: no lag histogram, no GC observer, no heap-space walk
     expect(text).not.toMatch(/eventloop_lag|gc_duration|heap_space|active_handles/);
@@ -558,7 +561,18 @@ describe('options', () => {
   });
 });
 
-/** Every family the sidecar's /metrics has, in order (process_open_fds on Linux only). */
+test('openFilesLimit reads the soft limit of /proc/self/limits', () => {
+  const limits = (soft: string) =>
+    'Limit                     Soft Limit           Hard Limit           Units     \n' +
+    'Max processes             95360                95360                processes \n' +
+    `Max open files            ${soft.padEnd(20)} 1048576              files     \n`;
+  expect(openFilesLimit(limits('64'))).toBe(64);
+  expect(openFilesLimit(limits('unlimited'))).toBe(Infinity);
+  expect(openFilesLimit('Max processes 1 1 processes\n')).toBeNaN();
+  if (process.platform === 'linux') expect(openFilesLimit()).toBeGreaterThan(0);
+});
+
+/** Every family the sidecar's /metrics has, in order (the descriptor gauges on Linux only). */
 const SIDECAR_METRIC_NAMES = [
   'open_connections',
   'backlog_connections',
@@ -581,7 +595,7 @@ const SIDECAR_METRIC_NAMES = [
   'nodejs_heap_size_used_bytes',
   'nodejs_heap_size_total_bytes',
   'nodejs_external_memory_bytes',
-  ...(process.platform === 'linux' ? ['process_open_fds'] : []),
+  ...(process.platform === 'linux' ? ['process_open_fds', 'process_max_fds'] : []),
   'nodejs_version_info',
 ].map((n) => `buildkit_fleet_sidecar_${n}`);
 

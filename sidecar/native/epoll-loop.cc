@@ -398,6 +398,23 @@ bool RetrySend(Engine* engine, Side* to, int error) {
   return false;
 }
 
+// A read or splice from `from` returned `n` <= 0 (with `error` when -1): whether to try again at
+// once (EINTR). Otherwise `from` has ended (0), is empty for now (EAGAIN), or the connection has
+// failed (it is closing then).
+bool RetryRead(Engine* engine, Side* from, ssize_t n, int error) {
+  if (n == 0) {
+    from->ended = true;
+    from->readable = false;
+  } else if (error == EINTR) {
+    return true;
+  } else if (error == EAGAIN || error == EWOULDBLOCK) {
+    from->readable = false;
+  } else {
+    FailErrno(engine, from->connection, from->client ? "client read" : "upstream read", error);
+  }
+  return false;
+}
+
 // Sends what is pending towards `to`; returns whether nothing is left (false also on failure).
 bool FlushPending(Engine* engine, Side* to) {
   while (to->pendingLength > 0) {
@@ -482,21 +499,15 @@ void PumpSpliced(Engine* engine, Side* from, int reads) {
       engine->spliceWorked = true;
       to->piped = static_cast<size_t>(n);
       moved += static_cast<size_t>(n);
-    } else if (n == 0) {
-      from->ended = true;
-      from->readable = false;
-    } else if (errno == EINTR) {
-      continue;
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      from->readable = false;
-    } else if ((errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) && !engine->spliceWorked) {
+    } else if (n < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) && !engine->spliceWorked) {
       // sockets here cannot be spliced (a sandboxed kernel, say): nothing moved, copy instead
       engine->spliceUnsupported = true;
       StopSplicing(engine, from);
       Pump(engine, from);
       return;
-    } else {
-      FailErrno(engine, connection, from->client ? "client read" : "upstream read", errno);
+    } else if (RetryRead(engine, from, n, errno)) {
+      continue;
+    } else if (connection->closing) {
       return;
     }
   }
@@ -568,15 +579,9 @@ void Pump(Engine* engine, Side* from) {
         PumpSpliced(engine, from, reads + 1);
         return;
       }
-    } else if (n == 0) {
-      from->ended = true;
-      from->readable = false;
-    } else if (errno == EINTR) {
+    } else if (RetryRead(engine, from, n, errno)) {
       continue;
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      from->readable = false;
-    } else {
-      FailErrno(engine, connection, from->client ? "client read" : "upstream read", errno);
+    } else if (connection->closing) {
       return;
     }
   }

@@ -15,6 +15,7 @@ import type {
   ActivatorOptions,
   ActivatorStats,
   ActivatorTarget,
+  DrainResult,
   ListenFailure,
   TargetMode,
 } from './types.ts';
@@ -33,7 +34,8 @@ export function createActivator(options: ActivatorOptions): Activator {
   const metrics = createActivatorMetrics(options.registry, function* () {
     for (const target of targets.values()) yield [target.key, target.held.size];
   });
-  let whenAllClosed: (() => void) | undefined;
+  /** resolved (and emptied) whenever the last open connection closes */
+  let whenAllClosed: (() => void)[] = [];
   const shared: Shared = {
     logger,
     metrics,
@@ -41,12 +43,18 @@ export function createActivator(options: ActivatorOptions): Activator {
     open: new Set(),
     heldTotal: 0,
     closed: () => {
-      if (whenAllClosed && shared.open.size === 0) whenAllClosed();
+      if (shared.open.size > 0) return;
+      const waiting = whenAllClosed;
+      whenAllClosed = [];
+      for (const resolve of waiting) resolve();
     },
   };
+  const allClosed = (): Promise<void> =>
+    shared.open.size === 0 ? Promise.resolve() : new Promise((resolve) => whenAllClosed.push(resolve));
   /** setTargets calls run one after the other */
   let queue: Promise<unknown> = Promise.resolve();
   let closing: Promise<void> | undefined;
+  let draining: Promise<DrainResult> | undefined;
 
   const requestWake = (target: TargetState, reason: string) => {
     if (target.wakeRequested) return;
@@ -208,8 +216,9 @@ export function createActivator(options: ActivatorOptions): Activator {
       }
     }
     const failures: ListenFailure[] = [];
+    // a draining activator takes no new connections: modes switch, nothing is bound
     await Promise.all(
-      binds.map(async ({ target, isNew }) => {
+      (draining ? [] : binds).map(async ({ target, isNew }) => {
         try {
           await openListener(target, isNew);
           logger.info(
@@ -229,6 +238,8 @@ export function createActivator(options: ActivatorOptions): Activator {
     );
     if (failures.length) throw new ListenError(failures, listenHost);
   };
+
+  const openCounts = (): DrainResult => ({ open: shared.open.size, held: shared.heldTotal });
 
   return {
     setTargets(input) {
@@ -258,6 +269,37 @@ export function createActivator(options: ActivatorOptions): Activator {
         bufferedBytes,
       };
     },
+    drain() {
+      const timeoutMs = settings.drainTimeoutMs;
+      if (closing) return Promise.resolve(openCounts());
+      draining ??= (async () => {
+        // a setTargets in flight may be binding: its listeners close with the others
+        await queue;
+        for (const target of targets.values()) void closeListener(target);
+        const before = openCounts();
+        logger.info(
+          { ...before, timeoutMs },
+          'activator draining: listeners closed; held connections wait for their target, spliced ones for their end',
+        );
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = new Promise<boolean>(
+          (resolve) => (timer = setTimeout(() => resolve(true), timeoutMs)),
+        );
+        const expired = await Promise.race([allClosed().then(() => false), timedOut]);
+        clearTimeout(timer);
+        const left = openCounts();
+        if (expired) {
+          logger.warn(
+            { ...left, timeoutMs },
+            'activator drain timed out: the connections still open will be reset',
+          );
+        } else {
+          logger.info({ finished: before.open }, 'activator drained: every connection finished');
+        }
+        return left;
+      })();
+      return draining;
+    },
     close() {
       closing ??= (async () => {
         await queue;
@@ -268,7 +310,7 @@ export function createActivator(options: ActivatorOptions): Activator {
         }
         const open = [...shared.open];
         for (const connection of open) connection.destroy('activator closing');
-        if (shared.open.size > 0) await new Promise<void>((resolve) => (whenAllClosed = resolve));
+        await allClosed();
         await Promise.all(listeners);
         logger.info({ reset: open.length }, 'activator closed');
       })();

@@ -10,6 +10,7 @@ export type {
   ActivatorOptions,
   ActivatorStats,
   ActivatorTarget,
+  DrainResult,
   ListenFailure,
   TargetMode,
   TargetStats,

@@ -37,6 +37,8 @@ export interface ActivatorOptions {
   holdTimeoutMs?: number;
   /** the whole budget for reaching the upstream of one connection, retries included; default 10000 */
   connectTimeoutMs?: number;
+  /** how long drain() waits for open connections to finish; default 600000 */
+  drainTimeoutMs?: number;
   /**
    * Asks for the target to be woken. The rule: a target's hold episode begins when a connection
    * enters its hold queue while no wake is outstanding for it, and onWake(key) is called then,
@@ -86,8 +88,24 @@ export interface Activator {
   /** held connections of `key` (0 for an unknown key), or of all targets */
   held(key?: string): number;
   stats(): ActivatorStats;
+  /**
+   * For a replica that stops: closes every listener at once and waits, up to `drainTimeoutMs`,
+   * for the open connections to finish. Held connections are still spliced when setTargets says their
+   * target is ready (setTargets keeps switching modes but binds no listener), and spliced ones
+   * flow until they end. Resolves with what is still open then; close() resets that. Calling it
+   * again returns the same promise.
+   */
+  drain(): Promise<DrainResult>;
   /** closes every listener and resets every connection; resolves once all sockets are closed */
   close(): Promise<void>;
+}
+
+/** What drain() left open at its end (0 and 0 when every connection finished). */
+export interface DrainResult {
+  /** connections not yet closed, whatever their phase */
+  open: number;
+  /** of those, still held (their target never became ready) */
+  held: number;
 }
 
 /** One port that setTargets could not listen on. */

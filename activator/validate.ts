@@ -14,7 +14,11 @@ export const DEFAULTS = {
   maxHeldTotal: 10_000,
   holdTimeoutMs: 300_000,
   connectTimeoutMs: 10_000,
+  drainTimeoutMs: 600_000,
 } as const;
+
+/** setTimeout's longest delay: a longer one fires at once, so no time setting may exceed it */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export type Settings = Required<Omit<ActivatorOptions, 'logger' | 'registry' | 'onWake'>>;
 
@@ -29,6 +33,8 @@ export function settingsOf(options: ActivatorOptions): Settings {
     const value = options[name] ?? DEFAULTS[name];
     if (!Number.isSafeInteger(value) || value < 1)
       problems.push(`${name} must be a positive integer, not ${value}`);
+    else if (name.endsWith('Ms') && value > MAX_TIMER_MS)
+      problems.push(`${name} must be at most ${MAX_TIMER_MS} (about 24.8 days), not ${value}`);
     return value;
   };
   const settings: Settings = {
@@ -37,6 +43,7 @@ export function settingsOf(options: ActivatorOptions): Settings {
     maxHeldTotal: positive('maxHeldTotal'),
     holdTimeoutMs: positive('holdTimeoutMs'),
     connectTimeoutMs: positive('connectTimeoutMs'),
+    drainTimeoutMs: positive('drainTimeoutMs'),
   };
   if (!net.isIP(settings.listenHost))
     problems.push(`listenHost must be an IP address, not ${settings.listenHost}`);

@@ -195,6 +195,7 @@ export async function startController(
       listenHost: options['activator-listen-host'],
       maxHeld: options['activator-max-held'],
       holdTimeoutMs: options['activator-hold-timeout'] * 1000,
+      drainTimeoutMs: Math.round(options['activator-drain-timeout'] * 1000),
       scaleIntervalMs: options['scale-interval'] * 1000,
       fenceSettleMs: options['fence-settle'] * 1000,
       minIdleTimeoutMs: parseMinIdleTimeout(options['min-idle-timeout']),

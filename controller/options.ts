@@ -109,6 +109,13 @@ export const CONTROLLER_OPTIONS = {
       'Longest the activator holds a connection for a target that does not become ready; then it is reset (logged and counted)',
     default: '300',
   },
+  'activator-drain-timeout': {
+    type: 'seconds',
+    env: 'BKF_ACTIVATOR_DRAIN_TIMEOUT',
+    description:
+      'When the controller stops: how long its activator waits for the connections it still holds or splices to finish (builds running through it); then they are reset',
+    default: '600',
+  },
   ...COMMON_OPTIONS,
 } as const;
 

@@ -69,6 +69,8 @@ function convert(name: string, spec: OptionSpec, raw: string | boolean, source: 
     }
     case 'seconds': {
       if (!/^[0-9]+(\.[0-9]+)?$/.test(text)) throw bad('must be a number of seconds');
+      // every duration ends up in a timer, and Node fires a longer one at once
+      if (Number(text) > MAX_SECONDS) throw bad(`must be at most ${MAX_SECONDS} seconds (about 24 days)`);
       return Number(text);
     }
     case 'hostport': {
@@ -81,6 +83,9 @@ function convert(name: string, spec: OptionSpec, raw: string | boolean, source: 
       return text;
   }
 }
+
+/** the longest duration a flag takes: setTimeout's limit (2^31 - 1 ms), whole seconds */
+export const MAX_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
 
 export function parseOptions<S extends OptionSpecs>(
   args: string[],

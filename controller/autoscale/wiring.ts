@@ -34,6 +34,8 @@ export interface AutoscalingSettings {
   listenHost: string;
   maxHeld: number;
   holdTimeoutMs: number;
+  /** how long a stopping replica's activator lets its open connections finish */
+  drainTimeoutMs: number;
   scaleIntervalMs: number;
   fenceSettleMs: number;
   /** the shortest idle timeout an annotated workload may ask for */
@@ -79,6 +81,7 @@ export function startAutoscaling(o: {
     listenHost: o.settings.listenHost,
     maxHeldPerTarget: o.settings.maxHeld,
     holdTimeoutMs: o.settings.holdTimeoutMs,
+    drainTimeoutMs: o.settings.drainTimeoutMs,
     onWake(key) {
       const target = parseTargetKey(key);
       const { kind, namespace, name } = target;
@@ -219,8 +222,11 @@ export function startAutoscaling(o: {
       });
     },
     async stop() {
-      // leave the others' routes first (the registry lingers until they have), then stop listening
+      // leave the others' routes first (the registry lingers until they have), then stop
+      // listening; the sync goes on while draining, so held clients are still spliced once
+      // their target runs (another replica leads the wake), and builds already spliced finish
       await replicas?.stop();
+      await activator.drain();
       sync.stop();
       await activator.close();
     },

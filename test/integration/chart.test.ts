@@ -188,6 +188,35 @@ test.each([
   60_000,
 );
 
+// A controller pod that stops first leaves the routes, then drains: the kubelet must not kill it
+// before its activator's drain timeout has run.
+test.each([
+  ['the default', [], 600],
+  ['drainTimeout=900', ['--set', 'controller.activator.drainTimeout=900'], 900],
+] as const)(
+  'the controller pod outlives its activator drain (%s)',
+  async (_name, values, drain) => {
+    const rendered = await helm([
+      'template',
+      'fleet',
+      CHART,
+      '--show-only',
+      'templates/controller/deployment.yaml',
+      ...values,
+    ]);
+    expect(rendered.code).toBe(0);
+    const [deployment] = docs(rendered.stdout) as unknown as {
+      spec: {
+        template: { spec: { terminationGracePeriodSeconds: number; containers: { args: string[] }[] } };
+      };
+    }[];
+    const pod = deployment!.spec.template.spec;
+    expect(pod.containers[0]!.args).toContain(`--activator-drain-timeout=${drain}`);
+    expect(pod.terminationGracePeriodSeconds).toBe(drain + 30);
+  },
+  60_000,
+);
+
 describe('values.schema.json refuses a wrong value, naming it', () => {
   test.each([
     ['webhook.failurePolicy=Sometimes', 'webhook.failurePolicy'],
@@ -197,6 +226,7 @@ describe('values.schema.json refuses a wrong value, naming it', () => {
     ['buildkitd.persistence.size=lots', 'buildkitd.persistence.size'],
     ['certs.caValidity=10years', 'certs.caValidity'],
     ['buildkitd.service.port=70000', 'buildkitd.service.port'],
+    ['controller.activator.drainTimeout=3000000', 'controller.activator.drainTimeout'],
   ])('--set %s', async (setting, named) => {
     const result = await helm(['template', 'bad', CHART, '--set', setting]);
     expect(result.code).not.toBe(0);

@@ -218,6 +218,74 @@ test('close(): listeners closed, held and spliced connections reset; setTargets 
   await h.activator.close();
 });
 
+test('drain(): listeners close at once; held clients are still spliced once ready, spliced ones flow until they end', async () => {
+  const h = startActivator();
+  const upstream = await upstreamServer();
+  const [portA, portB, portC] = [await freePort(), await freePort(), await freePort()];
+  const forward = { kind: 'forward', upstream } as const;
+  await h.activator.setTargets([
+    { key: 'ns/a', port: portA, mode: hold },
+    { key: 'ns/b', port: portB, mode: forward },
+  ]);
+  const [held] = (await heldClients(h, 'ns/a', portA, 1)) as [net.Socket];
+  const spliced = await connect(portB);
+  expect(await roundTrip(spliced, 'before')).toBe('before');
+
+  let result: unknown = 'pending';
+  const drained = h.activator.drain().then((r) => (result = r));
+  expect(
+    await h.logged(
+      'activator draining: listeners closed; held connections wait for their target, spliced ones for their end',
+    ),
+  ).toMatchObject({ open: 2, held: 1, timeoutMs: 600_000 });
+  expect([await dial(portA), await dial(portB)]).toEqual(['ECONNREFUSED', 'ECONNREFUSED']);
+  // the sync goes on: a new target binds nothing, the held client's target becomes ready
+  await h.activator.setTargets([
+    { key: 'ns/a', port: portA, mode: forward },
+    { key: 'ns/b', port: portB, mode: forward },
+    { key: 'ns/c', port: portC, mode: hold },
+  ]);
+  expect(await dial(portC)).toBe('ECONNREFUSED');
+  expect(await roundTrip(held, 'held through the drain')).toBe('held through the drain');
+  expect(await roundTrip(spliced, 'still flowing')).toBe('still flowing');
+  expect(result).toBe('pending');
+
+  const ends = Promise.all([outcomeOf(held), outcomeOf(spliced)]);
+  held.end();
+  spliced.end();
+  expect(await ends).toEqual(['clean end', 'clean end']);
+  await drained;
+  expect(result).toEqual({ open: 0, held: 0 });
+  expect(await h.logged('activator drained: every connection finished')).toMatchObject({ finished: 2 });
+  expect(await outcomes(h.registry, 'ns/a')).toEqual({ spliced: 1 });
+  await h.activator.close();
+  expect(h.logs.filter((l) => l.msg === 'activator closed').map((l) => l.reset)).toEqual([0]);
+});
+
+test('drain() that times out reports what is still open; close() resets it', async () => {
+  const h = startActivator({ drainTimeoutMs: 300 });
+  const port = await freePort();
+  await h.activator.setTargets([{ key: 'ns/a', port, mode: hold }]);
+  const [held] = (await heldClients(h, 'ns/a', port, 1)) as [net.Socket];
+  const started = Date.now();
+  expect(await h.activator.drain()).toEqual({ open: 1, held: 1 });
+  expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+  expect(await h.logged('activator drain timed out: the connections still open will be reset')).toMatchObject(
+    {
+      level: WARN,
+      open: 1,
+      held: 1,
+      timeoutMs: 300,
+    },
+  );
+  // the same promise again
+  expect(await h.activator.drain()).toEqual({ open: 1, held: 1 });
+  const outcome = outcomeOf(held);
+  await h.activator.close();
+  expect(await outcome).toBe('ECONNRESET');
+  expect(await outcomes(h.registry, 'ns/a')).toEqual({ target_removed: 1 });
+});
+
 test('bad options are refused at creation, each one named', () => {
   const base = { logger: pino({ level: 'silent' }), registry: new Registry(), onWake: () => undefined };
   expect(() => createActivator({ ...base, maxHeldPerTarget: 0, holdTimeoutMs: -1 })).toThrow(
@@ -225,6 +293,10 @@ test('bad options are refused at creation, each one named', () => {
   );
   expect(() => createActivator({ ...base, listenHost: 'localhost' })).toThrow(
     /listenHost must be an IP address/,
+  );
+  // Node fires a longer timer at once: a hold or drain would end as it starts
+  expect(() => createActivator({ ...base, holdTimeoutMs: 2 ** 31, drainTimeoutMs: 2 ** 31 })).toThrow(
+    /holdTimeoutMs must be at most 2147483647 \(about 24.8 days\), not 2147483648; drainTimeoutMs must be at most 2147483647/,
   );
 });
 

@@ -53,6 +53,8 @@ describe('webhook options', () => {
     [['--listen', '1.2.3.4:70000'], 'must be host:port'],
     [['--failure-policy', 'Maybe'], '--failure-policy "Maybe": must be one of Fail, Ignore'],
     [['--shutdown-grace', 'soon'], 'must be a number of seconds'],
+    // a longer timer fires at once: it would end the grace at the start
+    [['--shutdown-grace', '2147484'], '--shutdown-grace "2147484": must be at most 2147483 seconds'],
     [['--log-level', 'loud'], 'must be one of trace, debug, info, warn, error'],
     [['--tls-cert-file', ''], 'must not be empty'],
   ])('%j is refused clearly', (args, message) => {

@@ -59,6 +59,8 @@ describeRealNode(
         NAMESPACE,
         INSTANCE,
       ]);
+    const untilPhase = (phase: string, what: string, timeoutMs = 60_000) =>
+      waitFor(what, async () => (await buildkit()).status?.phase === phase, { timeoutMs, intervalMs: 250 });
     const sliceAddresses = async () => {
       const slice = await json<{ endpoints?: { addresses: string[] }[] }>([
         'get',
@@ -142,18 +144,8 @@ spec: { template: autoscaled }
       expect(await isLeader(other)).toBe(true);
 
       // the dead replica's activator Lease expires and the routes drop it
-      await waitFor('the Running instance', async () => (await buildkit()).status?.phase === 'Running', {
-        timeoutMs: 60_000,
-        intervalMs: 250,
-      });
-      await waitFor(
-        'the instance at zero again',
-        async () => (await buildkit()).status?.phase === 'ScaledToZero',
-        {
-          timeoutMs: 60_000,
-          intervalMs: 250,
-        },
-      );
+      await untilPhase('Running', 'the Running instance');
+      await untilPhase('ScaledToZero', 'the instance at zero again');
       await waitFor(
         'the route to list only the survivor',
         async () => JSON.stringify(await sliceAddresses()) === JSON.stringify([otherAddress]),
@@ -214,14 +206,7 @@ spec: { template: autoscaled }
       expect(lines.find((l) => l.msg.startsWith('activator draining'))).toMatchObject({ open: 1 });
       expect(lines.map((l) => l.msg)).toContain('activator drained: every connection finished');
       expect(lines.find((l) => l.msg === 'activator closed')).toMatchObject({ reset: 0 });
-      await waitFor(
-        'the instance at zero again',
-        async () => (await buildkit()).status?.phase === 'ScaledToZero',
-        {
-          timeoutMs: 60_000,
-          intervalMs: 250,
-        },
-      );
+      await untilPhase('ScaledToZero', 'the instance at zero again');
       await waitFor(
         'the route to list only the survivor again',
         async () => (await sliceAddresses()).every((a) => a !== freedAddress),

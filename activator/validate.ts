@@ -2,6 +2,7 @@
 // one error, before anything changes.
 import net from 'node:net';
 
+import { MAX_TIMER_MS } from '../flags/options.ts';
 import type { ActivatorOptions, ActivatorTarget } from './types.ts';
 
 /** One path segment of a key: no slash, no whitespace. */
@@ -16,9 +17,6 @@ export const DEFAULTS = {
   connectTimeoutMs: 10_000,
   drainTimeoutMs: 600_000,
 } as const;
-
-/** setTimeout's longest delay: a longer one fires at once, so no time setting may exceed it */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export type Settings = Required<Omit<ActivatorOptions, 'logger' | 'registry' | 'onWake'>>;
 

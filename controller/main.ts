@@ -20,7 +20,7 @@ import { readServerVersion } from '../kube/server-version.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { shutdownSignal } from '../telemetry/shutdown.ts';
 import { startMetricsServer } from '../telemetry/metrics-server.ts';
-import type { ParsedOptions } from '../flags/options.ts';
+import { millisecondsOf, type ParsedOptions } from '../flags/options.ts';
 import {
   AUTOSCALE_ENABLED,
   AUTOSCALE_LABEL,
@@ -194,8 +194,8 @@ export async function startController(
       activator: settings,
       listenHost: options['activator-listen-host'],
       maxHeld: options['activator-max-held'],
-      holdTimeoutMs: options['activator-hold-timeout'] * 1000,
-      drainTimeoutMs: Math.round(options['activator-drain-timeout'] * 1000),
+      holdTimeoutMs: millisecondsOf(options['activator-hold-timeout']),
+      drainTimeoutMs: millisecondsOf(options['activator-drain-timeout']),
       scaleIntervalMs: options['scale-interval'] * 1000,
       fenceSettleMs: options['fence-settle'] * 1000,
       minIdleTimeoutMs: parseMinIdleTimeout(options['min-idle-timeout']),

@@ -84,8 +84,16 @@ function convert(name: string, spec: OptionSpec, raw: string | boolean, source: 
   }
 }
 
-/** the longest duration a flag takes: setTimeout's limit (2^31 - 1 ms), whole seconds */
-export const MAX_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+/** setTimeout's longest delay: a longer one fires at once, so no duration may exceed it */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** the longest duration a flag takes: MAX_TIMER_MS in whole seconds */
+export const MAX_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
+
+/**
+ * A `seconds` flag's value in whole milliseconds, for settings that must be integers: the plain
+ * product is not one for many values given to the millisecond (1.001 * 1000 is 1000.9999999999999).
+ */
+export const millisecondsOf = (seconds: number): number => Math.round(seconds * 1000);
 
 export function parseOptions<S extends OptionSpecs>(
   args: string[],

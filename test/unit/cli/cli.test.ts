@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 
 import { runCli } from '../../../cli/commands.ts';
-import { parseHostPort, parseOptions } from '../../../flags/options.ts';
+import { millisecondsOf, parseHostPort, parseOptions } from '../../../flags/options.ts';
 import { WEBHOOK_OPTIONS } from '../../../webhook/main.ts';
 
 async function cli(...argv: string[]) {
@@ -65,6 +65,11 @@ describe('webhook options', () => {
     expect(() => parseOptions([], WEBHOOK_OPTIONS, { BKF_SHUTDOWN_GRACE: 'x' })).toThrow(
       'BKF_SHUTDOWN_GRACE "x"',
     );
+  });
+
+  test('a seconds value in whole milliseconds, where the plain product is not whole', () => {
+    expect(Number.isInteger(1.001 * 1000)).toBe(false);
+    expect([1.001, 1.005, 0.3, 2.5, 600].map(millisecondsOf)).toEqual([1001, 1005, 300, 2500, 600_000]);
   });
 
   test('host:port forms', () => {
